@@ -1,0 +1,51 @@
+"""Celery settings shared by producers and workers (Celery's config-module convention).
+
+Loaded with `app.config_from_object("featurevis.celeryconfig")`. Every host
+that enqueues or works must use the same values: kombu re-delivers any
+unacknowledged message older than the visibility timeout, and the shortest
+timeout among the clients wins.
+"""
+import os
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+broker_url = REDIS_URL
+result_backend = REDIS_URL
+
+# JSON only: other systems enqueue by name, and pickle from the wire runs code.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# A job is acknowledged when it finishes, not when it starts, so a worker that
+# dies mid-job leaves it on the queue; each worker holds one job at a time.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_track_started = True
+
+# The longest a job may run, and the redelivery timeout above it.
+task_soft_time_limit = int(os.environ.get("FEATUREVIS_SOFT_TIME_LIMIT", 3000))
+task_time_limit = task_soft_time_limit + 60
+visibility_timeout = task_time_limit + 540
+broker_transport_options = {"visibility_timeout": visibility_timeout}
+result_backend_transport_options = {"visibility_timeout": visibility_timeout}
+
+# Events, so Flower sees jobs from the moment they are queued.
+worker_send_task_events = True
+task_send_sent_event = True
+
+# TensorFlow's import alone takes ~5 s; the default 4 s would kill every child at start.
+worker_proc_alive_timeout = 120
+
+# Fail fast when Redis is down instead of retrying for minutes: a producer
+# must report an unreachable broker within seconds.
+broker_connection_retry_on_startup = True
+broker_connection_timeout = 3
+redis_socket_connect_timeout = 3
+redis_socket_timeout = 30
+task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+
+result_expires = 7 * 24 * 3600
+result_extended = True

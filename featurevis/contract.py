@@ -1,0 +1,188 @@
+"""The job contract, shared by producer and worker. TensorFlow-free.
+
+A job arrives as JSON keyword arguments, from our producer or from any other
+system that sends `featurevis.optimize` by name. `normalize` turns them into a
+`JobSpec` with every default filled in and the target resolved both ways
+(conv_id and layer name), or raises `JobError`: one line naming the field and
+its valid range. The job id is a hash of the normalized spec, so the same job
+submitted twice is the same job, on any host.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from featurevis import catalog
+
+CONTRACT_VERSION = 1
+MAX_ITERATIONS = 10_000
+MAX_SEED = 2**32 - 1
+METHODS = ("gradient_ascent",)
+DEFAULT_MODEL = "inception_v3"
+
+
+class JobError(ValueError):
+    """A job the service cannot run. `str()` is the one-line message for users."""
+
+    def __init__(self, field: str, message: str):
+        # Both parts stay in args: Celery rebuilds a task's exception as type(*args).
+        super().__init__(field, message)
+        self.field, self.message = field, message
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class JobFields(BaseModel):
+    """The wire format. Strict: JSON numbers are not strings, booleans are not ints."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    model: str = DEFAULT_MODEL
+    conv_id: int | None = None
+    layer: str | None = None
+    feature: int = Field(default=0, ge=0)
+    iterations: int = Field(default=30, ge=1, le=MAX_ITERATIONS)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    method: Literal[METHODS] = "gradient_ascent"  # type: ignore[valid-type]
+
+
+class JobSpec(BaseModel):
+    """A normalized job: every field set, target resolved. `conv_id` None means the logits."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    conv_id: int | None
+    layer: str
+    feature: int
+    iterations: int
+    seed: int
+    method: str
+
+    @property
+    def job_id(self) -> str:
+        canonical = json.dumps({"v": CONTRACT_VERSION, **self.model_dump()}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+    @property
+    def key(self) -> str:
+        """Where the result lives in the store: model / layer / feature / job id."""
+        return f"{self.model}/{self.layer}/feature_{self.feature:04d}/{self.job_id}"
+
+
+# What each field accepts, for messages about a value of the wrong type or range.
+FIELD_RANGES = {
+    "model": f"one of {', '.join(catalog.model_names())}",
+    "conv_id": "null (the class logits) or an integer conv layer index",
+    "layer": f"null or a Conv2D layer name from the model's description, or '{catalog.LOGITS}'",
+    "feature": "an integer channel or class index, >= 0",
+    "iterations": f"an integer in 1..{MAX_ITERATIONS}",
+    "seed": f"null or an integer in 0..{MAX_SEED}",
+    "method": f"one of {', '.join(METHODS)}",
+}
+
+
+def normalize(fields: dict[str, Any], draw_seed: bool = True) -> JobSpec:
+    """Validate raw job fields and fill in defaults; raise JobError on the first problem."""
+    if not isinstance(fields, dict):
+        raise JobError("job", f"must be a JSON object of fields ({', '.join(FIELD_RANGES)})")
+    try:
+        parsed = JobFields(**{str(k): v for k, v in fields.items()})
+    except pydantic.ValidationError as error:
+        raise _first_error(error) from None
+    info = _model_info(parsed.model)
+    conv_id, layer = _resolve_target(info, parsed.conv_id, parsed.layer)
+    _check_feature(info, conv_id, parsed.feature)
+    seed = parsed.seed
+    if seed is None:
+        if not draw_seed:
+            raise JobError("seed", f"required here, {FIELD_RANGES['seed']}")
+        seed = secrets.randbelow(MAX_SEED + 1)
+    return JobSpec(
+        model=parsed.model, conv_id=conv_id, layer=layer, feature=parsed.feature,
+        iterations=parsed.iterations, seed=seed, method=parsed.method,
+    )
+
+
+MAX_SWEEP_FEATURES = 16
+
+
+def normalize_sweep(fields: dict[str, Any], draw_seed: bool = True) -> list[JobSpec]:
+    """A sweep is one job per feature of one layer, sharing seed and settings.
+
+    Each feature keeps the job id it would have on its own, so a sweep fills
+    the same cache that single jobs read.
+    """
+    if not isinstance(fields, dict):
+        raise JobError("job", "must be a JSON object of fields")
+    fields = dict(fields)
+    features = fields.pop("features", None)
+    if "feature" in fields:
+        raise JobError("feature", "not allowed in a sweep; give features, a list")
+    if (not isinstance(features, list) or not 1 <= len(features) <= MAX_SWEEP_FEATURES
+            or len(set(map(repr, features))) != len(features)):
+        raise JobError("features", f"must be a list of 1..{MAX_SWEEP_FEATURES} distinct feature indices, "
+                                   f"got {_shown(features)}")
+    first = normalize({**fields, "feature": features[0]}, draw_seed=draw_seed)
+    return [first] + [normalize({**fields, "feature": f, "seed": first.seed}) for f in features[1:]]
+
+
+def sweep_id(specs: list[JobSpec]) -> str:
+    return hashlib.sha256(" ".join(spec.job_id for spec in specs).encode()).hexdigest()[:24]
+
+
+def sweep_key(specs: list[JobSpec]) -> str:
+    return f"{specs[0].model}/{specs[0].layer}/sweeps/{sweep_id(specs)}"
+
+
+def _first_error(error: pydantic.ValidationError) -> JobError:
+    detail = error.errors()[0]
+    field = str(detail["loc"][0]) if detail["loc"] else "job"
+    if detail["type"] == "extra_forbidden":
+        return JobError(_shown(field).strip('"'), f"unknown field; valid fields are {', '.join(FIELD_RANGES)}")
+    return JobError(field, f"must be {FIELD_RANGES[field]}, got {_shown(detail['input'])}")
+
+
+def _shown(value: Any) -> str:
+    """A value quoted on one short line, whatever it holds."""
+    text = json.dumps(value, ensure_ascii=True, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _model_info(name: str) -> catalog.ModelInfo:
+    try:
+        return catalog.get(name)
+    except KeyError:
+        raise JobError("model", f"unknown model {_shown(name)}; must be {FIELD_RANGES['model']}") from None
+
+
+def _resolve_target(info: catalog.ModelInfo, conv_id: int | None, layer: str | None) -> tuple[int | None, str]:
+    last = len(info.conv_layers) - 1
+    if conv_id is not None and not 0 <= conv_id <= last:
+        raise JobError("conv_id", f"must be in 0..{last} for {info.name} (or null for the class logits), got {conv_id}")
+    if layer is None:
+        return conv_id, catalog.LOGITS if conv_id is None else info.conv_layers[conv_id].name
+    named_id = None if layer == catalog.LOGITS else info.conv_id_of(layer)
+    if named_id is None and layer != catalog.LOGITS:
+        raise JobError("layer", f"unknown layer {_shown(layer)} for {info.name}; must be '{catalog.LOGITS}' or a "
+                                f"Conv2D name such as {info.conv_layers[0].name}..{info.conv_layers[-1].name}")
+    if conv_id is not None and conv_id != named_id:
+        raise JobError("layer", f"{_shown(layer)} is not conv_id {conv_id}; give one of conv_id and layer, or both agreeing")
+    return named_id, layer
+
+
+def _check_feature(info: catalog.ModelInfo, conv_id: int | None, feature: int) -> None:
+    if conv_id is None:
+        if feature >= info.classes:
+            raise JobError("feature", f"must be a class index in 0..{info.classes - 1} for {info.name} logits, got {feature}")
+        return
+    channels = info.conv_layers[conv_id].channels
+    if feature >= channels:
+        raise JobError("feature", f"must be a channel in 0..{channels - 1} for conv_id {conv_id} "
+                                  f"({info.conv_layers[conv_id].name}) of {info.name}, got {feature}")

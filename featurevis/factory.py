@@ -1,0 +1,113 @@
+"""The per-process model factory: every model, sub-model and compiled step built once.
+
+A worker process owns exactly one factory, made in that process (Celery's
+`worker_process_init`), never in a parent that forks: TensorFlow state
+inherited across fork hangs the child on its first call.
+
+Models are kept for the life of the process. Compiled steps are kept per
+(model, layer) in an LRU of `FEATUREVIS_STEP_CACHE` entries (default 32), which
+bounds memory when jobs wander over many layers.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from featurevis import catalog, zoo
+from featurevis.optvis import objectives, render
+
+DEFAULT_STEP_CACHE = 32
+
+
+@dataclass
+class LoadedModel:
+    info: catalog.ModelInfo
+    network: keras.Model
+    preprocess: Callable
+    conv_layers: list[keras.layers.Layer]
+    classify: Callable
+    build_s: float
+    build_reported: bool = False
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """What a job gets from the factory, and what getting it cost this job."""
+
+    model: LoadedModel
+    step: render.CompiledStep
+    model_load_s: float
+    compile_s: float
+
+
+class ModelFactory:
+    def __init__(self, step_cache_size: int | None = None):
+        self.step_cache_size = step_cache_size or int(os.environ.get("FEATUREVIS_STEP_CACHE", DEFAULT_STEP_CACHE))
+        self._models: dict[str, LoadedModel] = {}
+        self._steps: OrderedDict[tuple[str, int | None], render.CompiledStep] = OrderedDict()
+        self.builds: Counter[str] = Counter()  # "model", "step": how often each was built
+
+    def model(self, name: str) -> LoadedModel:
+        if name not in self._models:
+            started = time.perf_counter()
+            info = catalog.get(name)
+            architecture = zoo.ARCHITECTURES[info.architecture]
+            network = zoo.build(info)
+            self._models[name] = LoadedModel(
+                info=info, network=network, preprocess=architecture.preprocess,
+                conv_layers=zoo.conv_layers_in_graph_order(network),
+                classify=render.classifier(network, architecture.preprocess, info.input_shape),
+                build_s=time.perf_counter() - started,
+            )
+            self.builds["model"] += 1
+        return self._models[name]
+
+    def acquire(self, name: str, conv_id: int | None) -> Acquired:
+        """Model and compiled step for a target; a second call for the same layer builds nothing."""
+        loaded = self.model(name)
+        model_load_s = 0.0 if loaded.build_reported else loaded.build_s
+        loaded.build_reported = True  # a preloaded model's build time lands on its first job
+        key = (name, conv_id)
+        compile_s = 0.0
+        if key in self._steps:
+            self._steps.move_to_end(key)
+        else:
+            started = time.perf_counter()
+            self._steps[key] = self._compile(loaded, conv_id)
+            compile_s = time.perf_counter() - started
+            self.builds["step"] += 1
+            while len(self._steps) > self.step_cache_size:
+                self._steps.popitem(last=False)
+        return Acquired(loaded, self._steps[key], model_load_s, compile_s)
+
+    def cached_steps(self) -> list[tuple[str, int | None]]:
+        return list(self._steps)
+
+    @staticmethod
+    def _compile(loaded: LoadedModel, conv_id: int | None) -> render.CompiledStep:
+        if conv_id is None:
+            network, objective = loaded.network, objectives.class_logit
+        else:
+            layer = loaded.conv_layers[conv_id]
+            network, objective = keras.Model(loaded.network.input, layer.output), objectives.channel_mean
+        return render.gradient_ascent_step(network, loaded.preprocess, objective, loaded.info.input_shape)
+
+
+def device_name() -> str:
+    """The device TensorFlow places ops on by default in this process."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    physical = tf.config.list_physical_devices("GPU")[0]
+    details = tf.config.experimental.get_device_details(physical)
+    return f"{gpus[0].name} ({details.get('device_name', 'GPU')})"
+
+
+def versions() -> dict[str, str]:
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}

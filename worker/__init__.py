@@ -1,0 +1,1 @@
+"""The featurevis worker: `celery -A worker.app worker` or `python -m worker`."""

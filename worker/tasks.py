@@ -1,0 +1,133 @@
+"""The Celery tasks: thin wiring of contract, factory, math and store.
+
+`featurevis.optimize` runs one job, `featurevis.sweep` several features of one
+layer as one batched pass. Both take the contract's fields as JSON keyword
+arguments, so any system can send them by name.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from datetime import datetime, timezone
+
+import celery
+from celery.exceptions import SoftTimeLimitExceeded
+import numpy as np
+
+from featurevis import contract, images
+from featurevis.catalog import WeightsUnavailable
+from featurevis.contract import JobSpec
+from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore
+from worker import runtime
+from worker.app import app
+
+PREDICT_EVERY = 10
+
+
+@app.task(bind=True, name="featurevis.optimize")
+def optimize(self, **fields) -> dict:
+    spec = contract.normalize(fields)
+    store = ResultStore.from_env()
+    meta = store.read_meta(spec.key)
+    cached = meta is not None
+    if not cached:
+        [meta] = _render_safely(self, store, [spec])
+    return _summary(spec, meta, cached)
+
+
+@app.task(bind=True, name="featurevis.sweep")
+def sweep(self, **fields) -> dict:
+    specs = contract.normalize_sweep(fields)
+    store = ResultStore.from_env()
+    metas = {spec.job_id: store.read_meta(spec.key) for spec in specs}
+    missing = [spec for spec in specs if metas[spec.job_id] is None]
+    if missing:
+        metas.update({spec.job_id: meta for spec, meta in zip(missing, _render_safely(self, store, missing))})
+    key = contract.sweep_key(specs)
+    sheet = images.contact_sheet([np.load(store.path(spec.key, IMAGE_NPY)) for spec in specs])
+    jobs = [_summary(spec, metas[spec.job_id], cached=spec not in missing) for spec in specs]
+    store.write(key, {"contact_sheet.png": sheet}, {"sweep_id": contract.sweep_id(specs), "jobs": jobs})
+    return {"sweep_id": contract.sweep_id(specs), "key": key, "contact_sheet": f"{key}/contact_sheet.png",
+            "meta": f"{key}/{META}", "jobs": jobs}
+
+
+def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[dict]:
+    """_render, with TensorFlow's exceptions turned into plain ones.
+
+    Celery unpickles a failed task's exception in the worker's parent process;
+    a TensorFlow or Keras exception class would import TensorFlow there, and
+    the parent must stay TF-free to fork healthy children.
+    """
+    try:
+        return _render(task, store, specs)
+    except (WeightsUnavailable, SoftTimeLimitExceeded):
+        raise
+    except Exception as error:
+        if type(error).__module__ == "builtins":
+            raise
+        raise RuntimeError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
+
+
+def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[dict]:
+    """Optimize specs of one layer as one batch, publish each result, return their metas."""
+    from featurevis.optvis import param, render  # TensorFlow side: imported in pool children only
+
+    factory = runtime.factory()
+    first = specs[0]
+    acquired = factory.acquire(first.model, first.conv_id)
+    info = acquired.model.info
+    class_names = info.class_names()
+    predictions: list[list[dict]] = [[] for _ in specs]
+    started = time.perf_counter()
+
+    def on_iteration(iteration, current, stats):
+        done = iteration + 1
+        if done % PREDICT_EVERY == 0 or done == first.iterations:
+            probabilities = acquired.model.classify(current).numpy()
+            for history, row in zip(predictions, probabilities):
+                top = int(row.argmax())
+                history.append({"iteration": done, "class_id": top, "class_name": class_names[top],
+                                "score": float(row[top])})
+        task.update_state(state="PROGRESS", meta={
+            "job_ids": [spec.job_id for spec in specs], "iteration": done, "iterations": first.iterations,
+            "loss": float(np.mean(stats.loss)), "grad_min": float(np.min(stats.grad_min)),
+            "grad_max": float(np.max(stats.grad_max)), "step_size": float(np.mean(stats.step_size)),
+            "prediction": predictions[0][-1] if predictions[0] else None,
+        })
+
+    final, losses = render.ascend(acquired.step, param.batch(info.input_shape, [s.seed for s in specs]),
+                                  [spec.feature for spec in specs], first.iterations, on_iteration)
+    timings = {"model_load_s": acquired.model_load_s, "compile_s": acquired.compile_s,
+               "optimize_s": time.perf_counter() - started}
+    metas = []
+    for index, spec in enumerate(specs):
+        history = [float(row[index]) for row in losses]
+        meta = _meta(task, spec, info, history, predictions[index], timings, len(specs))
+        store.write_image_result(spec.key, final[index], images.png_bytes(final[index]), meta)
+        metas.append(meta)
+    return metas
+
+
+def _meta(task, spec: JobSpec, info, losses: list[float], predictions: list[dict], timings: dict,
+          batch_size: int) -> dict:
+    from featurevis import factory  # loaded by runtime.factory() before any job gets here
+
+    return {
+        "job_id": spec.job_id, "key": spec.key, "spec": spec.model_dump(),
+        "model": spec.model, "weights": info.weights, "untrained": info.untrained,
+        "layer_name": spec.layer, "conv_id": spec.conv_id, "feature": spec.feature,
+        "iterations": spec.iterations, "seed": spec.seed, "method": spec.method,
+        "loss": losses, "final_loss": losses[-1], "predictions": predictions,
+        "timings": {**timings, "batch_size": batch_size},
+        "worker": {"hostname": task.request.hostname or socket.gethostname(), "pid": os.getpid(),
+                   "device": factory.device_name()},
+        "versions": {**factory.versions(), "celery": celery.__version__},
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def _summary(spec: JobSpec, meta: dict, cached: bool) -> dict:
+    return {"job_id": spec.job_id, "key": spec.key, "image": f"{spec.key}/{IMAGE_PNG}",
+            "array": f"{spec.key}/{IMAGE_NPY}", "meta": f"{spec.key}/{META}",
+            "final_loss": meta["final_loss"], "untrained": meta["untrained"], "cached": cached}
