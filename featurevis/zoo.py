@@ -58,8 +58,13 @@ def build(info: catalog.ModelInfo) -> keras.Model:
         file_name = IMAGENET_WEIGHT_FILES[info.architecture]
         raise WeightsUnavailable(
             f"model {info.name}: weights file {file_name} is not in {keras_cache_dir()} and could not be "
-            f"downloaded ({' '.join(str(error).split())[:160]}); put the file there (or set KERAS_HOME) and retry"
+            f"downloaded ({_reason(error)}); put the file there (or set KERAS_HOME) and retry"
         ) from None
+
+
+def _reason(error: Exception) -> str:
+    """The tail of Keras' fetch error ("[Errno -2] Name or service not known"), on one line."""
+    return " ".join(str(error).split(" -- ")[-1].split())[:120] or type(error).__name__
 
 
 def conv_layers_in_graph_order(model: keras.Model) -> list[keras.layers.Layer]:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         job = producer.sweep(fields) if args.command == "sweep" else producer.enqueue(fields)
         print(job.id, flush=True)
         if args.wait:
-            print(_wait(job))
+            print(follow(job))
         return 0
     except JobError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _wait(job: Job) -> str:
+def follow(job: Job) -> str:
     """Follow the job with a progress bar; the absolute path of its picture."""
     total = job.specs[0].iterations
     with tqdm(total=total, desc=job.id[:12], unit="it", file=sys.stderr, dynamic_ncols=True) as bar:

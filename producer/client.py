@@ -57,7 +57,7 @@ class Job:
                 raise TimeoutError(f"job {self.id} not done after {timeout} s (state {self.result.state})")
             time.sleep(POLL_SECONDS)
         if self.result.state != states.SUCCESS:
-            raise JobFailed(_one_line(self.result.result))
+            raise JobFailed(_one_line(self.result.result)) from self.result.result
         return self.result.result
 
 

@@ -85,10 +85,10 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
         done = iteration + 1
         if done % PREDICT_EVERY == 0 or done == first.iterations:
             probabilities = acquired.model.classify(current).numpy()
-            for history, row in zip(predictions, probabilities):
+            for job_predictions, row in zip(predictions, probabilities):
                 top = int(row.argmax())
-                history.append({"iteration": done, "class_id": top, "class_name": class_names[top],
-                                "score": float(row[top])})
+                job_predictions.append({"iteration": done, "class_id": top,
+                                        "class_name": class_names[top], "score": float(row[top])})
         task.update_state(state="PROGRESS", meta={
             "job_ids": [spec.job_id for spec in specs], "iteration": done, "iterations": first.iterations,
             "loss": float(np.mean(stats.loss)), "grad_min": float(np.min(stats.grad_min)),
@@ -96,20 +96,22 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
             "prediction": predictions[0][-1] if predictions[0] else None,
         })
 
-    final, losses = render.ascend(acquired.step, param.batch(info.input_shape, [s.seed for s in specs]),
+    final, history = render.ascend(acquired.step, param.batch(info.input_shape, [s.seed for s in specs]),
                                   [spec.feature for spec in specs], first.iterations, on_iteration)
     timings = {"model_load_s": acquired.model_load_s, "compile_s": acquired.compile_s,
                "optimize_s": time.perf_counter() - started}
     metas = []
     for index, spec in enumerate(specs):
-        history = [float(row[index]) for row in losses]
-        meta = _meta(task, spec, info, history, predictions[index], timings, len(specs))
+        steps = {name: [float(getattr(row, name)[index]) for row in history] for name in render.StepStats._fields}
+        meta = _meta(task, spec, info, steps, predictions[index], timings, len(specs))
+        meta["factory"] = {"models_built": factory.builds["model"], "steps_built": factory.builds["step"],
+                           "step_traces": acquired.step.traces[0]}
         store.write_image_result(spec.key, final[index], images.png_bytes(final[index]), meta)
         metas.append(meta)
     return metas
 
 
-def _meta(task, spec: JobSpec, info, losses: list[float], predictions: list[dict], timings: dict,
+def _meta(task, spec: JobSpec, info, steps: dict[str, list[float]], predictions: list[dict], timings: dict,
           batch_size: int) -> dict:
     from featurevis import factory  # loaded by runtime.factory() before any job gets here
 
@@ -118,7 +120,8 @@ def _meta(task, spec: JobSpec, info, losses: list[float], predictions: list[dict
         "model": spec.model, "weights": info.weights, "untrained": info.untrained,
         "layer_name": spec.layer, "conv_id": spec.conv_id, "feature": spec.feature,
         "iterations": spec.iterations, "seed": spec.seed, "method": spec.method,
-        "loss": losses, "final_loss": losses[-1], "predictions": predictions,
+        "loss": steps["loss"], "final_loss": steps["loss"][-1], "predictions": predictions,
+        "grad_min": steps["grad_min"], "grad_max": steps["grad_max"], "step_size": steps["step_size"],
         "timings": {**timings, "batch_size": batch_size},
         "worker": {"hostname": task.request.hostname or socket.gethostname(), "pid": os.getpid(),
                    "device": factory.device_name()},

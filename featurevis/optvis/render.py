@@ -66,6 +66,7 @@ def classifier(model: keras.Model, preprocess: Callable, image_shape: tuple[int,
     def classify(images):
         return tf.nn.softmax(model(preprocess(images), training=False))
 
+    classify.get_concrete_function()  # traced with the model, not in the middle of a job
     return classify
 
 
@@ -73,14 +74,14 @@ IterationCallback = Callable[[int, tf.Tensor, StepStats], None]
 
 
 def ascend(step: CompiledStep, images: np.ndarray, features: list[int], iterations: int,
-           on_iteration: IterationCallback | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Run the step `iterations` times; returns final images and the loss history (one row per iteration)."""
+           on_iteration: IterationCallback | None = None) -> tuple[np.ndarray, list[StepStats]]:
+    """Run the step `iterations` times; the final images and each iteration's stats (as numpy)."""
     current = tf.convert_to_tensor(images, tf.float32)
     feature_tensor = tf.constant(features, tf.int32)
-    losses = []
+    history = []
     for iteration in range(iterations):
         current, stats = step.fn(current, feature_tensor)
-        losses.append(stats.loss.numpy())
+        history.append(StepStats(*(value.numpy() for value in stats)))
         if on_iteration is not None:
-            on_iteration(iteration, current, stats)
-    return current.numpy(), losses
+            on_iteration(iteration, current, history[-1])
+    return current.numpy(), history

@@ -1,0 +1,93 @@
+"""The job contract: defaults, normalization, job ids, and one-line errors field by field."""
+import pytest
+
+from featurevis import catalog
+from featurevis.contract import JobError, normalize, normalize_sweep
+
+BAD_JOBS = [
+    ({"model": "resnet"}, "model", "one of inception_v3, inception_v3_untrained"),
+    ({"model": 3}, "model", "one of inception_v3"),
+    ({"conv_id": 94}, "conv_id", "0..93"),
+    ({"conv_id": -1}, "conv_id", "0..93"),
+    ({"conv_id": "5"}, "conv_id", "integer"),
+    ({"conv_id": 5.0}, "conv_id", "integer"),
+    ({"conv_id": float("nan")}, "conv_id", "integer"),
+    ({"conv_id": True}, "conv_id", "integer"),
+    ({"conv_id": 5, "feature": 64}, "feature", "0..63"),
+    ({"conv_id": 0, "feature": 32}, "feature", "0..31"),
+    ({"feature": 1000}, "feature", "0..999"),
+    ({"feature": -1}, "feature", ">= 0"),
+    ({"feature": "2"}, "feature", "integer"),
+    ({"iterations": 0}, "iterations", "1..10000"),
+    ({"iterations": 10001}, "iterations", "1..10000"),
+    ({"iterations": 2.5}, "iterations", "1..10000"),
+    ({"iterations": None}, "iterations", "1..10000"),
+    ({"seed": -5}, "seed", "0..4294967295"),
+    ({"seed": 2**40}, "seed", "0..4294967295"),
+    ({"method": "deepdream"}, "method", "gradient_ascent"),
+    ({"layer": "../../x"}, "layer", "Conv2D name"),
+    ({"layer": "conv2d_8", "conv_id": 4}, "layer", "not conv_id 4"),
+    ({"colour": "red"}, "colour", "unknown field"),
+    ({"line\nbreak": 1}, "line\\nbreak", "unknown field"),
+]
+
+
+@pytest.mark.parametrize("fields,field,valid_range", BAD_JOBS)
+def test_each_bad_field_gets_one_line_naming_field_and_range(fields, field, valid_range):
+    with pytest.raises(JobError) as caught:
+        normalize(fields)
+    message = str(caught.value)
+    assert caught.value.field == field
+    assert message.startswith(f"{field}: ")
+    assert valid_range in message
+    assert "\n" not in message and len(message) < 300
+
+
+def test_defaults_follow_the_tutorial():
+    spec = normalize({})
+    assert (spec.model, spec.conv_id, spec.layer, spec.feature, spec.iterations, spec.method) == \
+        ("inception_v3", None, "logits", 0, 30, "gradient_ascent")
+    assert 0 <= spec.seed <= 2**32 - 1
+
+
+def test_conv_id_and_layer_name_are_two_ways_to_one_target():
+    by_id = normalize({"conv_id": 5, "feature": 2, "seed": 7})
+    by_name = normalize({"layer": "conv2d_8", "feature": 2, "seed": 7})
+    assert by_id == by_name
+    assert by_id.layer == "conv2d_8" and by_name.conv_id == 5
+    assert normalize({"layer": "logits", "seed": 1}).conv_id is None
+
+
+def test_job_id_is_a_function_of_the_normalized_spec_seed_included():
+    first = normalize({"conv_id": 5, "feature": 2, "seed": 1})
+    assert normalize({"feature": 2, "conv_id": 5, "seed": 1, "iterations": 30}).job_id == first.job_id
+    assert normalize({"conv_id": 5, "feature": 2, "seed": 2}).job_id != first.job_id
+    assert normalize({"conv_id": 5, "feature": 3, "seed": 1}).job_id != first.job_id
+    assert first.key == f"inception_v3/conv2d_8/feature_0002/{first.job_id}"
+
+
+def test_an_absent_seed_is_drawn_and_recorded():
+    drawn = {normalize({"conv_id": 1}).seed for _ in range(5)}
+    assert len(drawn) > 1
+    with pytest.raises(JobError, match="^seed: required"):
+        normalize({"conv_id": 1}, draw_seed=False)
+
+
+def test_a_sweep_is_one_job_per_feature_sharing_the_seed():
+    specs = normalize_sweep({"conv_id": 5, "features": [1, 2, 3], "iterations": 4})
+    assert [s.feature for s in specs] == [1, 2, 3]
+    assert len({s.seed for s in specs}) == 1
+    assert specs[1] == normalize({"conv_id": 5, "feature": 2, "iterations": 4, "seed": specs[0].seed})
+    for bad, field in [({"conv_id": 5, "features": []}, "features"), ({"conv_id": 5, "features": [1, 1]}, "features"),
+                       ({"conv_id": 5, "features": [1, 64]}, "feature"), ({"conv_id": 5, "features": "1-6"}, "features")]:
+        with pytest.raises(JobError) as caught:
+            normalize_sweep(bad)
+        assert caught.value.field == field
+
+
+def test_every_served_model_has_a_description_and_class_names():
+    for name in catalog.model_names():
+        info = catalog.get(name)
+        assert len(info.class_names()) == info.classes
+    assert catalog.get("inception_v3_untrained").untrained
+    assert len(catalog.get("inception_v3").conv_layers) == 94

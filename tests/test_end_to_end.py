@@ -1,0 +1,171 @@
+"""Producer -> Redis -> prefork worker -> store, with real processes."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+
+from featurevis.contract import normalize
+from featurevis.optvis import param, render
+from featurevis.redis_server import free_port
+from tests.conftest import UNTRAINED
+
+META_FIELDS = {"job_id", "spec", "layer_name", "conv_id", "feature", "iterations", "seed", "method", "loss",
+               "final_loss", "predictions", "timings", "worker", "versions", "created_at", "grad_min",
+               "grad_max", "step_size", "untrained"}
+
+
+def _meta(stack, key):
+    return json.loads((stack.results_dir / key / "meta.json").read_text())
+
+
+def test_enqueue_and_wait_through_the_cli(stack, run_cli):
+    done = run_cli("enqueue", "--model", UNTRAINED, "--conv-id", "5", "--feature", "2",
+                   "--iterations", "10", "--seed", "1", "--wait")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    job_id, picture = lines[0], lines[-1]
+    spec = normalize({"model": UNTRAINED, "conv_id": 5, "feature": 2, "iterations": 10, "seed": 1})
+    assert job_id == spec.job_id
+    assert picture == str(stack.results_dir / spec.key / "image.png")
+    assert Image.open(picture).size == (299, 299)
+    raw = np.load(stack.results_dir / spec.key / "image.npy")
+    assert raw.dtype == np.float32 and raw.shape == (299, 299, 3) and 0 <= raw.min() <= raw.max() <= 255
+    meta = _meta(stack, spec.key)
+    assert META_FIELDS <= set(meta)
+    assert (meta["layer_name"], meta["conv_id"], meta["untrained"]) == ("conv2d_8", 5, True)
+    assert len(meta["loss"]) == 10 and meta["final_loss"] == meta["loss"][-1]
+    assert [p["iteration"] for p in meta["predictions"]] == [10]
+    assert set(meta["timings"]) >= {"model_load_s", "compile_s", "optimize_s"}
+    assert meta["worker"]["device"] == "CPU" and meta["worker"]["hostname"].startswith("w1@")
+    assert set(meta["versions"]) == {"tensorflow", "keras", "celery"}
+    assert "100%" in done.stderr  # the progress bar ran to the end
+
+
+def test_progress_is_visible_while_a_job_runs(producer_api):
+    job = producer_api.enqueue({"model": UNTRAINED, "conv_id": 5, "feature": 9, "iterations": 40, "seed": 3})
+    seen = []
+    result = job.wait(on_progress=seen.append, timeout=240)
+    assert seen, "no PROGRESS state was observed"
+    assert {"iteration", "iterations", "loss", "grad_min", "grad_max", "step_size"} <= set(seen[-1])
+    assert seen[-1]["iterations"] == 40 and 1 <= seen[0]["iteration"] <= seen[-1]["iteration"] <= 40
+    assert result["job_id"] == job.id and result["cached"] is False
+
+
+def test_a_second_job_on_the_same_layer_builds_nothing(stack, producer_api):
+    first = producer_api.enqueue({"model": UNTRAINED, "conv_id": 7, "feature": 1, "iterations": 2, "seed": 1}).wait(timeout=240)
+    second = producer_api.enqueue({"model": UNTRAINED, "conv_id": 7, "feature": 2, "iterations": 2, "seed": 1}).wait(timeout=240)
+    before, after = _meta(stack, first["key"]), _meta(stack, second["key"])
+    assert before["timings"]["compile_s"] > 0
+    assert after["timings"]["compile_s"] == 0 and after["timings"]["model_load_s"] == 0
+    assert after["factory"]["steps_built"] == before["factory"]["steps_built"]
+    assert after["factory"]["models_built"] == before["factory"]["models_built"] == 1
+    assert after["factory"]["step_traces"] == 1
+    assert after["worker"]["pid"] == before["worker"]["pid"]
+
+
+def test_the_same_job_twice_is_one_result(stack, producer_api):
+    fields = {"model": UNTRAINED, "conv_id": 3, "feature": 4, "iterations": 3, "seed": 8}
+    first = producer_api.enqueue(fields).wait(timeout=240)
+    created = _meta(stack, first["key"])["created_at"]
+    second = producer_api.enqueue(fields).wait(timeout=240)
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert second["key"] == first["key"] and second["final_loss"] == first["final_loss"]
+    assert _meta(stack, first["key"])["created_at"] == created
+
+
+def test_the_worker_computes_what_the_bare_math_computes(stack, producer_api, factory):
+    fields = {"model": UNTRAINED, "conv_id": 5, "feature": 6, "iterations": 5, "seed": 42}
+    result = producer_api.enqueue(fields).wait(timeout=240)
+    local, _ = render.ascend(factory.acquire(UNTRAINED, 5).step, param.batch((299, 299, 3), [42]), [6], 5)
+    np.testing.assert_allclose(np.load(stack.results_dir / result["array"]), local[0], atol=0.05)
+
+
+def test_sweep_is_one_batched_job_with_a_contact_sheet(stack, run_cli):
+    done = run_cli("sweep", "--model", UNTRAINED, "--conv-id", "5", "--features", "1-6",
+                   "--iterations", "3", "--seed", "77", "--wait")
+    assert done.returncode == 0, done.stderr
+    sheet = done.stdout.strip().splitlines()[-1]
+    assert sheet.endswith("contact_sheet.png")
+    assert Image.open(sheet).size == (3 * 299 + 2 * 4, 2 * 299 + 4)
+    for feature in range(1, 7):
+        spec = normalize({"model": UNTRAINED, "conv_id": 5, "feature": feature, "iterations": 3, "seed": 77})
+        assert _meta(stack, spec.key)["timings"]["batch_size"] == 6
+
+
+def test_class_logit_job(stack, producer_api):
+    result = producer_api.enqueue({"model": UNTRAINED, "feature": 278, "iterations": 2, "seed": 4}).wait(timeout=240)
+    meta = _meta(stack, result["key"])
+    assert result["key"].startswith(f"{UNTRAINED}/logits/feature_0278/")
+    assert meta["conv_id"] is None and meta["predictions"][-1]["class_name"]
+
+
+def test_invalid_input_is_refused_before_anything_is_queued(stack, run_cli):
+    broker = redis.Redis.from_url(stack.redis_url)
+    keys_before = set(broker.keys("celery-task-meta-*"))
+    done = run_cli("enqueue", "--model", UNTRAINED, "--conv-id", "94", "--feature", "0")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: conv_id: must be in 0..93 for inception_v3_untrained (or null for the class logits), got 94"
+    assert done.stdout == ""
+    assert broker.llen("celery") == 0 and set(broker.keys("celery-task-meta-*")) == keys_before
+    # Validation does not even need Redis.
+    offline = run_cli("enqueue", "--iterations", "0", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert offline.returncode == 2 and offline.stderr.strip() == "error: iterations: must be an integer in 1..10000, got 0"
+
+
+def test_unreachable_redis_fails_fast_with_one_line(run_cli):
+    started = time.monotonic()
+    done = run_cli("enqueue", "--model", UNTRAINED, "--conv-id", "5", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 3
+    assert time.monotonic() - started < 15  # includes interpreter start-up; the connect itself is bounded at 3 s
+    assert len(done.stderr.strip().splitlines()) == 1 and "cannot reach Redis" in done.stderr
+
+
+def test_missing_weights_fail_the_job_with_one_line_naming_the_file(stack, run_cli):
+    done = run_cli("enqueue", "--model", "inception_v3", "--conv-id", "5", "--iterations", "1", "--wait")
+    assert done.returncode == 1
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: job failed: model inception_v3: weights file "
+                            "inception_v3_weights_tf_dim_ordering_tf_kernels.h5 is not in ")
+    assert str(stack.env()["KERAS_HOME"]) in error
+
+
+def test_a_bad_job_sent_by_name_fails_with_the_contract_error_and_the_worker_carries_on(producer_api):
+    bad = producer_api.app.send_task("featurevis.optimize", kwargs={"model": UNTRAINED, "conv_id": 999})
+    with pytest.raises(Exception) as caught:
+        bad.get(timeout=120)
+    assert str(caught.value) == "conv_id: must be in 0..93 for inception_v3_untrained (or null for the class logits), got 999"
+    good = producer_api.enqueue({"model": UNTRAINED, "conv_id": 5, "feature": 0, "iterations": 1, "seed": 1})
+    assert good.wait(timeout=240)["job_id"] == good.id
+
+
+def test_status_command(producer_api, run_cli):
+    job = producer_api.enqueue({"model": UNTRAINED, "conv_id": 2, "feature": 0, "iterations": 1, "seed": 2})
+    job.wait(timeout=240)
+    done = run_cli("status", job.id)
+    assert done.returncode == 0
+    status = json.loads(done.stdout)
+    assert status["state"] == "SUCCESS" and status["info"]["job_id"] == job.id
+
+
+def test_the_worker_parent_never_loads_tensorflow(stack):
+    # Run after jobs (including a failed one): the parent that forks pool children must stay TF-free.
+    maps = open(f"/proc/{stack.processes['w1'].pid}/maps").read()
+    assert "tensorflow" not in maps
+
+
+def test_producer_never_imports_tensorflow(stack):
+    import subprocess
+    import sys
+
+    code = ("import sys, producer; "
+            f"job = producer.Producer({stack.redis_url!r}).enqueue({{'model': {UNTRAINED!r}, 'conv_id': 1, 'iterations': 1}}); "
+            "job.wait(timeout=240); "
+            "loaded = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]; "
+            "print(loaded); sys.exit(1 if loaded else 0)")
+    done = subprocess.run([sys.executable, "-c", code], env=stack.env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,89 @@
+"""The math, run in this process: the tutorial's step, clipping, a rising loss, and the factory's caching."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from featurevis.optvis import param, render
+
+MODEL = "inception_v3_untrained"
+SHAPE = (299, 299, 3)
+
+
+@pytest.fixture(scope="module")
+def conv5(factory):
+    return factory.acquire(MODEL, 5)
+
+
+def test_step_is_the_tutorials_formula(conv5):
+    image = param.batch(SHAPE, [3])
+    network = tf.keras.Model(conv5.model.network.input, conv5.model.conv_layers[5].output)
+
+    @tf.function  # graph mode like the step: eager gradients differ by float error amplified ~1e5
+    def loss_and_grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_mean(network(x / 127.5 - 1.0, training=False)[..., 2])
+        return loss, tape.gradient(loss, x)
+
+    x = tf.constant(image)
+    loss, grad = loss_and_grad(x)
+    grad = grad.numpy()
+    step_size = 1.0 / (grad.std() + 1e-8)
+    expected = np.clip(image + step_size * grad, 0.0, 255.0)
+
+    updated, stats = conv5.step.fn(x, tf.constant([2]))
+    assert stats.loss.numpy()[0] == pytest.approx(float(loss), rel=1e-4)
+    assert stats.step_size.numpy()[0] == pytest.approx(step_size, rel=1e-3)
+    assert stats.grad_min.numpy()[0] == pytest.approx(grad.min(), rel=1e-3)
+    assert stats.grad_max.numpy()[0] == pytest.approx(grad.max(), rel=1e-3)
+    np.testing.assert_allclose(updated.numpy(), expected, atol=1e-3)
+
+
+def test_pixels_are_clipped_to_0_255(conv5):
+    rng = np.random.default_rng(0)
+    near_edges = np.where(rng.random((1, *SHAPE)) < 0.5, 0.5, 254.5).astype(np.float32)
+    updated, _ = conv5.step.fn(tf.constant(near_edges), tf.constant([2]))
+    pixels = updated.numpy()
+    assert pixels.min() == 0.0 and pixels.max() == 255.0  # the step (~1/std) overshoots both ends
+    assert (pixels > 0).any() and (pixels < 255).any()
+
+
+def test_loss_rises_over_iterations_for_a_fixed_seed(conv5):
+    _, history = render.ascend(conv5.step, param.batch(SHAPE, [11]), [2], 12)
+    losses = [float(stats.loss[0]) for stats in history]
+    climbs = np.diff(losses[1:])  # the first step may overshoot from the flat start image
+    assert (climbs > 0).mean() >= 0.9
+    assert losses[-1] > 2 * losses[1]
+
+
+def test_class_logit_rises(factory):
+    logits = factory.acquire(MODEL, None)
+    _, history = render.ascend(logits.step, param.batch(SHAPE, [5]), [278], 4)
+    losses = [float(stats.loss[0]) for stats in history]
+    assert losses[-1] > losses[1]
+
+
+def test_batching_never_changes_a_jobs_image(conv5):
+    alone, _ = render.ascend(conv5.step, param.batch(SHAPE, [21]), [2], 3)
+    batched, _ = render.ascend(conv5.step, param.batch(SHAPE, [20, 21]), [1, 2], 3)
+    np.testing.assert_allclose(batched[1], alone[0], atol=0.05)
+
+
+def test_a_second_job_on_a_layer_builds_nothing(factory, conv5):
+    builds = dict(factory.builds)
+    again = factory.acquire(MODEL, 5)
+    render.ascend(again.step, param.batch(SHAPE, [1, 2, 3]), [7, 8, 9], 1)  # new features, new batch size
+    assert again.step is conv5.step
+    assert (again.model_load_s, again.compile_s) == (0.0, 0.0)
+    assert dict(factory.builds) == builds
+    assert conv5.step.traces[0] == 1  # no retrace for new features or batch sizes
+
+
+def test_the_step_cache_is_a_bounded_lru():
+    from featurevis.factory import ModelFactory
+
+    small = ModelFactory(step_cache_size=2)
+    for conv_id in (0, 1, 0, 2):
+        small.acquire(MODEL, conv_id)
+    assert small.cached_steps() == [(MODEL, 0), (MODEL, 2)]
+    assert small.builds == {"model": 1, "step": 3}

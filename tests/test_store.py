@@ -1,0 +1,69 @@
+"""The object-store directory: atomic publication, meta.json last, nothing outside the root."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featurevis import images
+from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore
+
+KEY = "inception_v3_untrained/conv2d_8/feature_0002/abc123"
+
+
+def _image():
+    return (np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.float32)
+
+
+def test_a_written_result_is_complete_and_leaves_no_temporaries(tmp_path):
+    store = ResultStore(tmp_path)
+    image = _image()
+    store.write_image_result(KEY, image, images.png_bytes(image), {"job_id": "abc123"})
+    folder = tmp_path / KEY
+    assert sorted(os.listdir(folder)) == [IMAGE_NPY, IMAGE_PNG, META]
+    assert store.read_meta(KEY) == {"job_id": "abc123"}
+    np.testing.assert_array_equal(np.load(folder / IMAGE_NPY), image)
+    png = np.asarray(Image.open(folder / IMAGE_PNG))
+    assert png.min() == 0 and png.max() == 255  # the tutorial's min-max view
+
+
+def test_meta_json_is_published_last_so_a_crash_leaves_no_result(tmp_path, monkeypatch):
+    store = ResultStore(tmp_path)
+    published = []
+    real_replace = os.replace
+
+    def replace_then_crash_before_meta(source, target):
+        if str(target).endswith(META):
+            raise OSError("disk full")
+        published.append(os.path.basename(target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_then_crash_before_meta)
+    with pytest.raises(OSError):
+        store.write_image_result(KEY, _image(), images.png_bytes(_image()), {"job_id": "abc123"})
+    assert published == [IMAGE_PNG, IMAGE_NPY]
+    assert store.read_meta(KEY) is None  # a reader (and the cache check) sees no result
+    assert not [name for name in os.listdir(tmp_path / KEY) if name.endswith(".tmp")]
+
+
+def test_rewriting_a_result_replaces_it_whole(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write(KEY, {"image.png": b"old"}, {"v": 1})
+    store.write(KEY, {"image.png": b"new"}, {"v": 2})
+    assert (tmp_path / KEY / "image.png").read_bytes() == b"new"
+    assert json.loads((tmp_path / KEY / META).read_text()) == {"v": 2}
+
+
+@pytest.mark.parametrize("key", ["../outside", "a/../../outside", "/etc/passwd-x"])
+def test_keys_cannot_escape_the_root(tmp_path, key):
+    store = ResultStore(tmp_path / "results")
+    with pytest.raises(ValueError, match="escapes"):
+        store.write(key, {"image.png": b"x"}, {})
+    assert not (tmp_path / "outside").exists()
+
+
+def test_contact_sheet_is_a_grid_of_views():
+    sheet = Image.open(io.BytesIO(images.contact_sheet([_image()] * 6, columns=3, gap=4)))
+    assert sheet.size == (3 * 8 + 2 * 4, 2 * 8 + 4)
