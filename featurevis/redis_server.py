@@ -37,7 +37,8 @@ class RedisServer:
     """A redis-server child process; use as a context manager or start()/stop()."""
 
     def __init__(self, data_dir: str | os.PathLike | None = None, port: int | None = None,
-                 password: str | None = None):
+                 password: str | None = None, binary: str | None = None):
+        self.binary = binary or redis_server_binary()
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="featurevis-redis-"))
         self.port = port or free_port()
         self.password = password
@@ -50,7 +51,7 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port),
+        command = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
                    "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
                    "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
                    "--logfile", str(self.data_dir / "redis.log")]
