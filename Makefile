@@ -7,20 +7,33 @@ TF_VERSION := 2.21.0
 TF_PACKAGE ?= $(shell if nvidia-smi -L >/dev/null 2>&1; then echo "tensorflow[and-cuda]==$(TF_VERSION)"; else echo "tensorflow-cpu==$(TF_VERSION)"; fi)
 STAMP := $(VENV)/.setup-$(firstword $(subst [, ,$(TF_PACKAGE)))
 
-.PHONY: setup demo test clean
+.PHONY: setup browser demo test up down clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt "$(TF_PACKAGE)"
 	touch $@
 
+# Headless Chromium renders Flower in the browser test; Debian's package, installed where we may.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: install Debian's chromium for the Flower browser test"
+
 demo: setup
 	$(PY) -m featurevis.demo
 
 test: setup
 	$(PY) -m pytest
+
+# Redis, a worker and Flower (http://127.0.0.1:5555), left running; `make down` stops them, keeping queued jobs.
+up: setup
+	$(PY) -m featurevis.stack up
+
+down:
+	$(PY) -m featurevis.stack down
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

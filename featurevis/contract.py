@@ -43,7 +43,7 @@ class JobFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    model: str = DEFAULT_MODEL
+    model: str = Field(default=DEFAULT_MODEL, json_schema_extra={"enum": catalog.model_names()})
     conv_id: int | None = None
     layer: str | None = None
     feature: int = Field(default=0, ge=0)
@@ -139,6 +139,23 @@ def sweep_id(specs: list[JobSpec]) -> str:
 
 def sweep_key(specs: list[JobSpec]) -> str:
     return f"{specs[0].model}/{specs[0].layer}/sweeps/{sweep_id(specs)}"
+
+
+def json_schema(task: str = "featurevis.optimize") -> dict:
+    """JSON Schema of a task's keyword arguments, for systems that enqueue by name.
+
+    It checks types and fixed ranges; ranges that depend on the model (conv_id,
+    feature) are checked by `normalize`, in the producer and again in the worker.
+    """
+    schema = JobFields.model_json_schema()
+    if task == "featurevis.sweep":
+        feature = schema["properties"].pop("feature")
+        schema["properties"]["features"] = {
+            "type": "array", "items": {key: feature[key] for key in ("type", "minimum")},
+            "minItems": 1, "maxItems": MAX_SWEEP_FEATURES, "uniqueItems": True, "title": "Features"}
+        schema["required"] = ["features"]
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"{task}.schema.json",
+            **schema, "title": f"{task} keyword arguments"}
 
 
 def _first_error(error: pydantic.ValidationError) -> JobError:

@@ -99,14 +99,20 @@ class ModelFactory:
         return render.gradient_ascent_step(network, loaded.preprocess, objective, loaded.info.input_shape)
 
 
+def grow_gpu_memory() -> None:
+    """Allocate GPU memory as needed instead of all at once; must run before TensorFlow's runtime starts."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
 def device_name() -> str:
-    """The device TensorFlow places ops on by default in this process."""
-    gpus = tf.config.list_logical_devices("GPU")
+    """The device TensorFlow places ops on by default in this process, and how it was pinned."""
+    gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return "CPU"
-    physical = tf.config.list_physical_devices("GPU")[0]
-    details = tf.config.experimental.get_device_details(physical)
-    return f"{gpus[0].name} ({details.get('device_name', 'GPU')})"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"GPU:0 ({details.get('device_name', 'GPU')}){f' CUDA_VISIBLE_DEVICES={pinned}' if pinned else ''}"
 
 
 def versions() -> dict[str, str]:

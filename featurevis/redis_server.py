@@ -37,7 +37,8 @@ class RedisServer:
     """A redis-server child process; use as a context manager or start()/stop()."""
 
     def __init__(self, data_dir: str | os.PathLike | None = None, port: int | None = None,
-                 password: str | None = None, binary: str | None = None):
+                 password: str | None = None, binary: str | None = None, detached: bool = False):
+        self.detached = detached  # its own session: outlives the command that started it (`make up`)
         self.binary = binary or redis_server_binary()
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="featurevis-redis-"))
         self.port = port or free_port()
@@ -57,7 +58,8 @@ class RedisServer:
                    "--logfile", str(self.data_dir / "redis.log")]
         if self.password:
             command += ["--requirepass", self.password]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                        start_new_session=self.detached)
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         while True:

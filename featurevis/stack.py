@@ -1,35 +1,50 @@
 """A local stack of real processes: Redis (embedded unless REDIS_URL is set), workers, Flower.
 
-Used by `make demo` and the tests, so both exercise what production runs:
-`python -m worker` processes and `celery flower`, talking over Redis.
+Used by `make demo`, `make up`/`make down` and the tests, so all of them run
+what production runs: `python -m worker` processes and `celery flower`,
+talking over Redis.
+
+    python -m featurevis.stack up     start and leave running (state in .featurevis/)
+    python -m featurevis.stack down   warm-stop workers (running jobs finish), Flower, then Redis;
+                                      queued jobs stay in Redis' append-only file for the next `up`
 """
 from __future__ import annotations
 
+import argparse
+import ipaddress
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import kombu.exceptions
+import redis
 from celery import Celery
 
-from featurevis.redis_server import RedisServer
+from featurevis.redis_server import RedisServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = REPO_ROOT / ".featurevis"
 
 
 class LocalStack:
     def __init__(self, results_dir: str | os.PathLike, workers: int = 1, flower_port: int | None = None,
                  redis_url: str | None = None, redis_dir: str | os.PathLike | None = None,
-                 preload: str = "", log_dir: str | os.PathLike | None = None, extra_env: dict | None = None):
+                 redis_port: int | None = None, preload: str = "", log_dir: str | os.PathLike | None = None,
+                 extra_env: dict | None = None, flower_address: str = "127.0.0.1",
+                 flower_auth: str | None = None, detached: bool = False):
         self.results_dir = Path(results_dir).resolve()
         self.workers = workers
-        self.flower_port = flower_port
+        self.flower_port, self.flower_address, self.flower_auth = flower_port, flower_address, flower_auth
         self.preload = preload
         self.log_dir = Path(log_dir or self.results_dir.parent / "logs").resolve()
         self.extra_env = extra_env or {}
-        self.redis = None if redis_url else RedisServer(data_dir=redis_dir)
+        self.detached = detached
+        self.redis = None if redis_url else RedisServer(data_dir=redis_dir, port=redis_port, detached=detached)
         self.redis_url = redis_url or self.redis.url
         self.processes: dict[str, subprocess.Popen] = {}
 
@@ -45,8 +60,7 @@ class LocalStack:
         for index in range(1, self.workers + 1):
             self.start_worker(f"w{index}")
         if self.flower_port:
-            self._spawn("flower", [sys.executable, "-m", "celery", "-A", "worker.app", "flower",
-                                   f"--address=127.0.0.1", f"--port={self.flower_port}"])
+            self.start_flower()
         self.wait_for_workers(self.workers, timeout)
         return self
 
@@ -54,13 +68,25 @@ class LocalStack:
         return self._spawn(name, [sys.executable, "-m", "worker", f"--hostname={name}@%h",
                                   f"--preload={self.preload}"])
 
+    def start_flower(self) -> subprocess.Popen:
+        """Flower with the app (so async-apply works); a login wherever it listens beyond loopback."""
+        command = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", f"--address={self.flower_address}",
+                   f"--port={self.flower_port}", "--purge_offline_workers=60"]
+        env = {}
+        if self.flower_auth:
+            command.append(f"--basic-auth={self.flower_auth}")
+        elif ipaddress.ip_address(self.flower_address).is_loopback:
+            env["FLOWER_UNAUTHENTICATED_API"] = "true"  # loopback only: the API needs no login
+        else:
+            raise ValueError(f"Flower on {self.flower_address} must have a login: set basic auth (user:password)")
+        process = self._spawn("flower", command, env)
+        wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.flower_port}/healthcheck"), 30, "Flower did not start")
+        return process
+
     def wait_for_workers(self, count: int, timeout: float) -> None:
         app = Celery(broker=self.redis_url)
-        deadline = time.monotonic() + timeout
-        while len(app.control.ping(timeout=0.5) or []) < count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{count} worker(s) not up after {timeout} s; logs in {self.log_dir}")
-            time.sleep(0.2)
+        wait_until(lambda: _pongs(app) >= count, timeout,
+                   f"{count} worker(s) not up after {timeout} s; logs in {self.log_dir}")
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
         process = self.processes.pop(name)
@@ -78,10 +104,17 @@ class LocalStack:
         if self.redis:
             self.redis.stop()
 
-    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+    def pids(self) -> dict[str, int]:
+        pids = {name: process.pid for name, process in self.processes.items()}
+        if self.redis:
+            pids["redis"] = self.redis.process.pid
+        return pids
+
+    def _spawn(self, name: str, command: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
-        self.processes[name] = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env(),
-                                                stdout=log, stderr=subprocess.STDOUT)
+        self.processes[name] = subprocess.Popen(command, cwd=REPO_ROOT, env={**self.env(), **(env or {})},
+                                                stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=self.detached)
         log.close()
         return self.processes[name]
 
@@ -94,3 +127,134 @@ class LocalStack:
 
     def __exit__(self, *_) -> None:
         self.stop()
+
+
+def wait_until(condition, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(message)
+        time.sleep(0.2)
+
+
+def _pongs(app: Celery) -> int:
+    """Workers answering a ping; 0 while Redis is unreachable.
+
+    kombu's producer pools are process-global, so after a Redis restart the
+    first ping can meet a pooled connection the old server closed.
+    """
+    try:
+        return len(app.control.ping(timeout=0.5) or [])
+    except (OSError, redis.RedisError, kombu.exceptions.OperationalError):
+        return 0
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+# `make up` / `make down`: a stack that outlives the command that started it.
+
+def up(state_dir: Path = STATE_DIR, flower_port: int = 5555, workers: int = 1) -> dict:
+    state_file = state_dir / "stack.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if any(_alive(pid) for pid in state.get("pids", {}).values()):
+        raise SystemExit(f"the stack is already up ({state_file}); `make down` first")
+    auth_file = state_dir / "flower-auth"
+    if not auth_file.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        auth_file.write_text(f"featurevis:{secrets.token_urlsafe(12)}")
+        auth_file.chmod(0o600)
+    port = state.get("redis_port") if state.get("redis_port") and _port_free(state["redis_port"]) else free_port()
+    stack = LocalStack(results_dir=os.environ.get("RESULTS_DIR", REPO_ROOT / "results"), workers=workers,
+                       flower_port=flower_port, redis_url=os.environ.get("REDIS_URL"), redis_dir=state_dir / "redis",
+                       redis_port=port, log_dir=state_dir / "logs", flower_auth=auth_file.read_text().strip(),
+                       preload=os.environ.get("FEATUREVIS_PRELOAD", ""), detached=True)
+    try:
+        stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    state = {"redis_url": stack.redis_url, "redis_port": port, "pids": stack.pids(),
+             "flower": f"http://127.0.0.1:{flower_port}", "flower_auth_file": str(auth_file),
+             "results_dir": str(stack.results_dir)}
+    state_file.write_text(json.dumps(state, indent=1))
+    return state
+
+
+def down(state_dir: Path = STATE_DIR, timeout: float = 600) -> None:
+    """Workers first (warm shutdown: the running job finishes, queued ones stay queued), Redis last."""
+    state_file = state_dir / "stack.json"
+    if not state_file.exists():
+        return
+    state = json.loads(state_file.read_text())
+    pids = state.get("pids", {})
+    for name in sorted(pids, key=lambda n: n == "redis"):
+        if name == "redis":
+            _shutdown_redis(state["redis_url"])
+        _terminate(pids[name], timeout)
+    state["pids"] = {}
+    state_file.write_text(json.dumps(state, indent=1))
+
+
+def _shutdown_redis(url: str) -> None:
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).shutdown()  # fsyncs the append-only file
+    except redis.ConnectionError:
+        pass  # SHUTDOWN closes the connection; or Redis was already gone
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    try:
+        wait_until(lambda: not _alive(pid), timeout, "")
+    except RuntimeError:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie of ours (not yet reaped) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m featurevis.stack")
+    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", 1)))
+    args = parser.parse_args(argv)
+    if args.command == "down":
+        down()
+        print("stack stopped; queued jobs are kept in .featurevis/redis")
+        return 0
+    state = up(workers=args.workers)
+    user, password = Path(state["flower_auth_file"]).read_text().strip().split(":", 1)
+    print(f"Redis:   export REDIS_URL={state['redis_url']} RESULTS_DIR={state['results_dir']}")
+    print(f"Flower:  {state['flower']}  (user {user}, password {password}; stored in {state['flower_auth_file']})")
+    print(f"metrics: {state['flower']}/metrics")
+    print("stop with `make down`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

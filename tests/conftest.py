@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from featurevis.redis_server import free_port
 from featurevis.stack import REPO_ROOT, LocalStack
 
 UNTRAINED = "inception_v3_untrained"
+FLOWER_AUTH = "operator:s3cret-for-tests"
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +21,8 @@ def stack(tmp_path_factory):
     # An empty Keras cache: the ImageNet weights must be reported missing, whatever this machine has cached.
     keras_home = base / "keras-home"
     with LocalStack(results_dir=base / "results", preload=UNTRAINED, log_dir=base / "logs",
-                    redis_dir=base / "redis", extra_env={"KERAS_HOME": str(keras_home)}) as running:
+                    redis_dir=base / "redis", extra_env={"KERAS_HOME": str(keras_home)},
+                    flower_port=free_port(), flower_auth=FLOWER_AUTH) as running:
         yield running
 
 

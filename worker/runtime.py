@@ -33,7 +33,8 @@ def factory():
     global _factory
     if _factory is None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide C++ notices; speed unaffected
-        from featurevis.factory import ModelFactory  # TensorFlow loads here, in this process only
+        from featurevis.factory import ModelFactory, grow_gpu_memory  # TensorFlow loads here, in this process only
 
+        grow_gpu_memory()
         _factory = ModelFactory()
     return _factory

@@ -21,6 +21,7 @@ from featurevis.contract import JobSpec
 from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore
 from worker import runtime
 from worker.app import app
+from worker.progress import ProgressPublisher
 
 PREDICT_EVERY = 10
 
@@ -79,6 +80,7 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
     info = acquired.model.info
     class_names = info.class_names()
     predictions: list[list[dict]] = [[] for _ in specs]
+    publisher = ProgressPublisher(task)
     started = time.perf_counter()
 
     def on_iteration(iteration, current, stats):
@@ -89,12 +91,12 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
                 top = int(row.argmax())
                 job_predictions.append({"iteration": done, "class_id": top,
                                         "class_name": class_names[top], "score": float(row[top])})
-        task.update_state(state="PROGRESS", meta={
+        publisher.publish({
             "job_ids": [spec.job_id for spec in specs], "iteration": done, "iterations": first.iterations,
             "loss": float(np.mean(stats.loss)), "grad_min": float(np.min(stats.grad_min)),
             "grad_max": float(np.max(stats.grad_max)), "step_size": float(np.mean(stats.step_size)),
             "prediction": predictions[0][-1] if predictions[0] else None,
-        })
+        }, final=done == first.iterations)
 
     final, history = render.ascend(acquired.step, param.batch(info.input_shape, [s.seed for s in specs]),
                                   [spec.feature for spec in specs], first.iterations, on_iteration)

@@ -1,0 +1,39 @@
+"""Recording Celery's task events from Redis, to count how often each job really ran."""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from celery import Celery
+
+
+class EventLog:
+    """Captures every event in a background thread; ready once the first event (a heartbeat) arrives."""
+
+    def __init__(self, redis_url: str, timeout: float = 30):
+        self.app = Celery(broker=redis_url)
+        self.events: list[dict] = []
+        self._ready = threading.Event()
+        self._receiver = None
+        threading.Thread(target=self._capture, daemon=True).start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("no Celery event arrived: are workers running with -E?")
+
+    def _record(self, event: dict) -> None:
+        self.events.append(event)
+        self._ready.set()
+
+    def _capture(self) -> None:
+        with self.app.connection() as connection:
+            self._receiver = self.app.events.Receiver(connection, handlers={"*": self._record})
+            self._receiver.capture(limit=None, timeout=None, wakeup=True)
+
+    def count(self, event_type: str) -> Counter:
+        return Counter(e["uuid"] for e in list(self.events) if e.get("type") == event_type)
+
+    def hostnames(self, event_type: str) -> Counter:
+        return Counter(e["hostname"].split("@")[0] for e in list(self.events) if e.get("type") == event_type)
+
+    def close(self) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True

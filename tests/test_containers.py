@@ -1,0 +1,217 @@
+"""The operators' containers: docker-compose.yml against the Compose specification, and Dockerfile.gpu.
+
+No Docker engine is needed: check-jsonschema ships the compose-spec JSON Schema, and the rest is read
+from the parsed files. Fast (a few seconds), no Redis, no TensorFlow.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = REPO_ROOT / "docker-compose.yml"
+DOCKERFILE = REPO_ROOT / "Dockerfile.gpu"
+
+# task_time_limit = FEATUREVIS_SOFT_TIME_LIMIT (default 3000 s) + 60 s, see featurevis/celeryconfig.py:
+# a worker's stop grace period must let the longest job finish.
+LONGEST_JOB_S = 3000 + 60
+
+
+def _load(path: Path):
+    return YAML(typ="safe").load(path.read_text())
+
+
+def _dump(data, path: Path) -> None:
+    yaml = YAML(typ="safe")
+    yaml.default_flow_style = False
+    with path.open("w") as f:
+        yaml.dump(data, f)
+
+
+def _validate(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True, text=True, timeout=120)
+
+
+def _seconds(duration: str) -> float:
+    """A Compose duration ("3700s", "1h2m", "1m30s", "500ms") in seconds."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a Compose duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _words(command) -> str:
+    return command if isinstance(command, str) else " ".join(command)
+
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _strings(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item)
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return _load(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def services(compose):
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def workers(services):
+    found = {int(m.group(1)): svc for name, svc in services.items()
+             if (m := re.fullmatch(r"worker-gpu(\d+)", name))}
+    assert {0, 1} <= set(found), f"expected worker-gpu0 and worker-gpu1, got {sorted(services)}"
+    return found
+
+
+# --- the Compose specification ------------------------------------------------------------------
+
+def test_compose_file_is_valid_compose_spec():
+    result = _validate(COMPOSE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok" in result.stdout
+
+
+@pytest.mark.parametrize("breakage", ["devices_as_string", "unknown_top_level_key"])
+def test_validation_rejects_a_broken_compose_file(tmp_path, breakage):
+    broken = _load(COMPOSE)
+    if breakage == "devices_as_string":
+        broken["services"]["worker-gpu0"]["deploy"]["resources"]["reservations"]["devices"] = "nvidia"
+        expected = "devices"
+    else:
+        broken["workers"] = {"gpu0": {}}
+        expected = "workers"
+    path = tmp_path / "docker-compose.yml"
+    _dump(broken, path)
+    result = _validate(path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Schema validation errors" in result.stdout + result.stderr
+    assert expected in result.stdout + result.stderr
+
+
+def test_no_version_key_and_dollars_escaped(compose):
+    assert "version" not in compose, "the Compose specification has no version: key"
+    for text in _strings(compose):
+        # ${VAR...} is interpolated by compose on the host; a container-side $VAR must be written $$VAR.
+        bare = re.findall(r"\$(?!\{)\w+", text.replace("$$", ""))
+        assert not bare, f"{bare} in {text!r} would be interpolated by compose on the host; write $$"
+
+
+# --- the services -------------------------------------------------------------------------------
+
+def test_redis(services):
+    redis = services["redis"]
+    assert redis["image"] == "redis:7.2"
+    command = _words(redis["command"])
+    assert "--appendonly yes" in command
+    assert "--appendfsync everysec" in command
+    assert "--maxmemory-policy noeviction" in command
+    assert re.search(r"--requirepass \$\{REDIS_PASSWORD:\?[^}]*\}", command), command
+    assert "redis-data:/data" in redis["volumes"]
+    check = redis["healthcheck"]
+    assert "redis-cli" in _words(check["test"]) and "ping" in _words(check["test"])
+    assert {"interval", "timeout", "retries"} <= set(check)
+    assert "ports" not in redis, "Redis is for the services on the compose network only"
+
+
+def test_one_worker_per_gpu(workers):
+    for gpu, worker in workers.items():
+        assert worker["build"]["dockerfile"] == "Dockerfile.gpu"
+        assert worker["deploy"]["resources"]["reservations"]["devices"] == [
+            {"driver": "nvidia", "device_ids": [str(gpu)], "capabilities": ["gpu"]}]
+        # The container sees only its own GPU, as device 0.
+        command = _words(worker["command"])
+        assert "python -m worker --gpus 0" in command
+        assert f"--hostname gpu{gpu}@%h" in command
+        assert _seconds(worker["stop_grace_period"]) > LONGEST_JOB_S
+        check = worker["healthcheck"]
+        assert "celery -A worker.app inspect ping" in _words(check["test"])
+        assert f"gpu{gpu}@$$HOSTNAME" in _words(check["test"])
+        assert _seconds(check["start_period"]) >= 120, "TensorFlow's import and the model build come first"
+        assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "results:/results" in worker["volumes"]
+        assert "keras-cache:/keras" in worker["volumes"]
+        env = worker["environment"]
+        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD[^}]*\}@redis:6379/0", env["REDIS_URL"])
+        assert env["RESULTS_DIR"] == "/results"
+        assert env["KERAS_HOME"] == "/keras"
+        assert env["FEATUREVIS_PRELOAD"] == "inception_v3"
+    device_ids = [w["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for w in workers.values()]
+    assert len({tuple(ids) for ids in device_ids}) == len(device_ids), "two workers on one GPU"
+
+
+def test_flower(services):
+    flower = services["flower"]
+    command = _words(flower["command"])
+    assert command.startswith("celery -A worker.app flower")
+    assert re.search(r"--basic-auth=\$\{FLOWER_USER:\?[^}]*\}:\$\{FLOWER_PASSWORD:\?[^}]*\}", command), command
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+    assert "/healthcheck" in _words(flower["healthcheck"]["test"])
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_producer(services, workers):
+    producer = services["producer"]
+    assert producer["profiles"] == ["producer"]
+    assert producer["entrypoint"] == ["python", "-m", "producer"]
+    assert producer["environment"]["REDIS_URL"] == workers[0]["environment"]["REDIS_URL"]
+    assert producer["environment"]["RESULTS_DIR"] == "/results"
+    assert "results:/results" in producer["volumes"]
+
+
+def test_named_volumes_are_declared(compose, services):
+    declared = set(compose["volumes"])
+    assert {"redis-data", "results", "keras-cache"} <= declared
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            if source and not source.startswith((".", "/", "~")):
+                assert source in declared, f"{name} mounts undeclared volume {source}"
+
+
+def test_clients_share_the_time_limit(services, workers):
+    """The visibility timeout derives from FEATUREVIS_SOFT_TIME_LIMIT; the shortest among the clients wins."""
+    values = {name: svc["environment"].get("FEATUREVIS_SOFT_TIME_LIMIT")
+              for name, svc in services.items() if name != "redis"}
+    assert len(set(values.values())) == 1, values
+
+
+# --- Dockerfile.gpu -----------------------------------------------------------------------------
+
+def test_dockerfile_pins_tensorflow_and_runs_as_non_root():
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    froms = [line for line in lines if line.upper().startswith("FROM ")]
+    assert len(froms) == 1
+    match = re.fullmatch(r"FROM\s+tensorflow/tensorflow:(\d+\.\d+\.\d+)-gpu", froms[0])
+    assert match, f"FROM must pin tensorflow/tensorflow:<x.y.z>-gpu, got {froms[0]!r}"
+    # The same TensorFlow as `make setup` installs.
+    makefile_tf = re.search(r"^TF_VERSION\s*:?=\s*(\S+)", (REPO_ROOT / "Makefile").read_text(), re.M)
+    assert makefile_tf and match.group(1) == makefile_tf.group(1)
+    users = [line.split()[1] for line in lines if line.upper().startswith("USER ")]
+    assert users, "no USER line: the container would run as root"
+    assert users[-1].split(":")[0] not in {"root", "0"}
+    assert any(re.search(r"pip install --no-cache-dir -r requirements\.txt", line) for line in lines)
+    assert any(line.startswith("CMD ") and '"worker"' in line for line in lines)
+
+
+def test_dockerignore_keeps_local_state_out():
+    entries = {line.strip().removeprefix("**/") for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".venv", "results", ".git", "__pycache__", ".featurevis", ".pytest_cache"} <= entries

@@ -1,0 +1,49 @@
+"""Publishing a running job's progress where people look for it.
+
+Two audiences, two channels, each throttled so the job pays almost nothing:
+
+- `AsyncResult(job_id).info` (producers, `--wait`): `update_state('PROGRESS')`
+  writes the result backend, at most every BACKEND_INTERVAL seconds.
+- Flower: it builds its task view from events only, and shows only the task
+  fields it knows (`celery.events.state.Task._fields`). A custom
+  `task-progress` event turns the state into PROGRESS and its fields are
+  merged into the task; `result` is one of the known fields, so the progress
+  text travels in it and shows on Flower's task list and task page. The
+  task-succeeded event later replaces it with the real result.
+"""
+from __future__ import annotations
+
+import time
+
+BACKEND_INTERVAL = 0.25
+EVENT_INTERVAL = 1.0
+
+
+class ProgressPublisher:
+    def __init__(self, task, backend_interval: float = BACKEND_INTERVAL, event_interval: float = EVENT_INTERVAL):
+        self.task = task
+        self.intervals = {"backend": backend_interval, "event": event_interval}
+        self.last = {"backend": float("-inf"), "event": float("-inf")}
+
+    def publish(self, progress: dict, final: bool = False) -> None:
+        """Send progress on every channel whose interval has passed (always on the final iteration)."""
+        now = time.monotonic()
+        if self._due("backend", now, final):
+            self.task.update_state(state="PROGRESS", meta=progress)
+        if self._due("event", now, final) and self.task.request.id:
+            self.task.send_event("task-progress", result=describe(progress), progress=progress)
+
+    def _due(self, channel: str, now: float, final: bool) -> bool:
+        if final or now - self.last[channel] >= self.intervals[channel]:
+            self.last[channel] = now
+            return True
+        return False
+
+
+def describe(progress: dict) -> str:
+    """One line for Flower's Result column, e.g. 'PROGRESS 12/30 loss=0.5312 top=syringe (22.6%)'."""
+    text = f"PROGRESS {progress['iteration']}/{progress['iterations']} loss={progress['loss']:.4g}"
+    prediction = progress.get("prediction")
+    if prediction:
+        text += f" top={prediction['class_name']} ({prediction['score']:.1%})"
+    return text
