@@ -25,12 +25,24 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 task_track_started = True
 
-# The longest a job may run, and the redelivery timeout above it.
+# The rule that keeps a long job from running twice: soft limit < hard limit < visibility timeout.
+# At the soft limit the job fails with a clear reason; at the hard limit the pool child is
+# killed; only a message unacknowledged for longer than the visibility timeout is re-delivered
+# (and a job whose worker died is, once that timeout has passed).
 task_soft_time_limit = int(os.environ.get("FEATUREVIS_SOFT_TIME_LIMIT", 3000))
-task_time_limit = task_soft_time_limit + 60
-visibility_timeout = task_time_limit + 540
-broker_transport_options = {"visibility_timeout": visibility_timeout}
+task_time_limit = int(os.environ.get("FEATUREVIS_TIME_LIMIT", task_soft_time_limit + 60))
+visibility_timeout = int(os.environ.get("FEATUREVIS_VISIBILITY_TIMEOUT", task_time_limit + 540))
+if not task_soft_time_limit < task_time_limit < visibility_timeout:
+    raise ValueError(f"time limits must rise: FEATUREVIS_SOFT_TIME_LIMIT {task_soft_time_limit} < "
+                     f"FEATUREVIS_TIME_LIMIT {task_time_limit} < FEATUREVIS_VISIBILITY_TIMEOUT {visibility_timeout}")
+# kombu looks for unacknowledged messages past the timeout every 10 s but, by default, acts on
+# every 10th look only; acting on each look brings a dead worker's job back within timeout + 10 s.
+broker_transport_options = {"visibility_timeout": visibility_timeout, "unacked_restore_throttle": 1}
 result_backend_transport_options = {"visibility_timeout": visibility_timeout}
+
+# A Redis restart mid-job must not fail the job: results are written with retries.
+result_backend_always_retry = True
+result_backend_max_retries = 20
 
 # Events, so Flower sees jobs from the moment they are queued.
 worker_send_task_events = True

@@ -17,13 +17,16 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from featurevis import catalog
+from featurevis import catalog, celeryconfig
 
 CONTRACT_VERSION = 1
 MAX_ITERATIONS = 10_000
 MAX_SEED = 2**32 - 1
 METHODS = ("gradient_ascent",)
 DEFAULT_MODEL = "inception_v3"
+# No device we serve on does one step faster than this (an H200-class GPU on a small layer), so a
+# job needing iterations * FASTEST_STEP_SECONDS beyond the soft time limit can never finish in time.
+FASTEST_STEP_SECONDS = 0.002
 
 
 class JobError(ValueError):
@@ -99,6 +102,7 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True) -> JobSpec:
     info = _model_info(parsed.model)
     conv_id, layer = _resolve_target(info, parsed.conv_id, parsed.layer)
     _check_feature(info, conv_id, parsed.feature)
+    _check_duration(parsed.iterations)
     seed = parsed.seed
     if seed is None:
         if not draw_seed:
@@ -192,6 +196,15 @@ def _resolve_target(info: catalog.ModelInfo, conv_id: int | None, layer: str | N
     if conv_id is not None and conv_id != named_id:
         raise JobError("layer", f"{_shown(layer)} is not conv_id {conv_id}; give one of conv_id and layer, or both agreeing")
     return named_id, layer
+
+
+def _check_duration(iterations: int) -> None:
+    """Refuse jobs that cannot finish before the time limit, which sits below the visibility timeout."""
+    budget = celeryconfig.task_soft_time_limit
+    most = int(budget / FASTEST_STEP_SECONDS)
+    if iterations > most:
+        raise JobError("iterations", f"must be at most {most} under this service's time limit of {budget} s "
+                                     f"(FEATUREVIS_SOFT_TIME_LIMIT), got {iterations}")
 
 
 def _check_feature(info: catalog.ModelInfo, conv_id: int | None, feature: int) -> None:

@@ -24,9 +24,12 @@ class EventLog:
         self._ready.set()
 
     def _capture(self) -> None:
-        with self.app.connection() as connection:
-            self._receiver = self.app.events.Receiver(connection, handlers={"*": self._record})
-            self._receiver.capture(limit=None, timeout=None, wakeup=True)
+        try:
+            with self.app.connection() as connection:
+                self._receiver = self.app.events.Receiver(connection, handlers={"*": self._record})
+                self._receiver.capture(limit=None, timeout=None, wakeup=True)
+        except Exception:  # Redis went away (a test's teardown, or a deliberate restart): stop recording
+            pass
 
     def count(self, event_type: str) -> Counter:
         return Counter(e["uuid"] for e in list(self.events) if e.get("type") == event_type)

@@ -13,7 +13,10 @@ Two audiences, two channels, each throttled so the job pays almost nothing:
 """
 from __future__ import annotations
 
+import logging
 import time
+
+log = logging.getLogger(__name__)
 
 BACKEND_INTERVAL = 0.25
 EVENT_INTERVAL = 1.0
@@ -26,12 +29,18 @@ class ProgressPublisher:
         self.last = {"backend": float("-inf"), "event": float("-inf")}
 
     def publish(self, progress: dict, final: bool = False) -> None:
-        """Send progress on every channel whose interval has passed (always on the final iteration)."""
+        """Send progress on every channel whose interval has passed (always on the final iteration).
+
+        Best effort: a broker hiccup must cost a progress update, never the job.
+        """
         now = time.monotonic()
-        if self._due("backend", now, final):
-            self.task.update_state(state="PROGRESS", meta=progress)
-        if self._due("event", now, final) and self.task.request.id:
-            self.task.send_event("task-progress", result=describe(progress), progress=progress)
+        try:
+            if self._due("backend", now, final):
+                self.task.update_state(state="PROGRESS", meta=progress)
+            if self._due("event", now, final) and self.task.request.id:
+                self.task.send_event("task-progress", result=describe(progress), progress=progress)
+        except Exception as error:
+            log.warning("progress of %s not published: %s", self.task.request.id, error)
 
     def _due(self, channel: str, now: float, final: bool) -> bool:
         if final or now - self.last[channel] >= self.intervals[channel]:

@@ -1,6 +1,6 @@
-"""The one model factory of this worker process.
+"""Per-process state of a worker: its one model factory, and a Redis client for job locks.
 
-Made in `worker_process_init`, i.e. in the pool child after the fork, never
+The factory is made in `worker_process_init`, i.e. in the pool child after the fork, never
 in the parent: TensorFlow state inherited across fork hangs the child on its
 first call. Models named in FEATUREVIS_PRELOAD (comma-separated) are built
 there too, so the first job does not wait for them; their build time is still
@@ -11,10 +11,14 @@ from __future__ import annotations
 import logging
 import os
 
+import redis
 from celery.signals import worker_process_init
+
+from worker.app import app
 
 log = logging.getLogger(__name__)
 _factory = None
+_redis = None
 
 
 @worker_process_init.connect
@@ -26,6 +30,19 @@ def _start(**_):
             log.info("preloaded model %s in %.2f s", name, loaded.build_s)
         except Exception as error:  # a job on this model will report the reason
             log.warning("could not preload model %s: %s", name, error)
+
+
+def job_lock(job_id: str):
+    """A Redis lock per job id, so concurrent duplicates of one job compute it once.
+
+    It expires with the hard time limit, so a worker that dies holding it
+    blocks nobody for longer than its job could have run.
+    """
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(app.conf.broker_url)
+    limit = app.conf.task_time_limit
+    return _redis.lock(f"featurevis:job:{job_id}", timeout=limit, blocking_timeout=limit)
 
 
 def factory():

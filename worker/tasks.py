@@ -31,9 +31,13 @@ def optimize(self, **fields) -> dict:
     spec = contract.normalize(fields)
     store = ResultStore.from_env()
     meta = store.read_meta(spec.key)
-    cached = meta is not None
-    if not cached:
-        [meta] = _render_safely(self, store, [spec])
+    if meta is not None:
+        return _summary(spec, meta, cached=True)
+    with runtime.job_lock(spec.job_id):  # a duplicate waits here, then finds the first run's result
+        meta = store.read_meta(spec.key)
+        cached = meta is not None
+        if not cached:
+            [meta] = _render_safely(self, store, [spec])
     return _summary(spec, meta, cached)
 
 
@@ -62,7 +66,10 @@ def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) 
     """
     try:
         return _render(task, store, specs)
-    except (WeightsUnavailable, SoftTimeLimitExceeded):
+    except SoftTimeLimitExceeded:
+        raise TimeoutError(f"job exceeded its time limit of {app.conf.task_soft_time_limit} s "
+                           f"(FEATUREVIS_SOFT_TIME_LIMIT); ask for fewer iterations") from None
+    except WeightsUnavailable:
         raise
     except Exception as error:
         if type(error).__module__ == "builtins":
