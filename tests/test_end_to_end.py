@@ -81,7 +81,7 @@ def test_the_same_job_twice_is_one_result(stack, producer_api):
 def test_the_worker_computes_what_the_bare_math_computes(stack, producer_api, factory):
     fields = {"model": UNTRAINED, "conv_id": 5, "feature": 6, "iterations": 5, "seed": 42}
     result = producer_api.enqueue(fields).wait(timeout=240)
-    local, _ = render.ascend(factory.acquire(UNTRAINED, 5).step, param.batch((299, 299, 3), [42]), [6], 5)
+    local = render.ascend(factory.acquire(UNTRAINED, 5).step, param.batch((299, 299, 3), [42]), [6], 5).images
     np.testing.assert_allclose(np.load(stack.results_dir / result["array"]), local[0], atol=0.05)
 
 

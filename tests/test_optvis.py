@@ -49,7 +49,7 @@ def test_pixels_are_clipped_to_0_255(conv5):
 
 
 def test_loss_rises_over_iterations_for_a_fixed_seed(conv5):
-    _, history = render.ascend(conv5.step, param.batch(SHAPE, [11]), [2], 12)
+    history = render.ascend(conv5.step, param.batch(SHAPE, [11]), [2], 12).history
     losses = [float(stats.loss[0]) for stats in history]
     climbs = np.diff(losses[1:])  # the first step may overshoot from the flat start image
     assert (climbs > 0).mean() >= 0.9
@@ -58,15 +58,22 @@ def test_loss_rises_over_iterations_for_a_fixed_seed(conv5):
 
 def test_class_logit_rises(factory):
     logits = factory.acquire(MODEL, None)
-    _, history = render.ascend(logits.step, param.batch(SHAPE, [5]), [278], 4)
+    history = render.ascend(logits.step, param.batch(SHAPE, [5]), [278], 4).history
     losses = [float(stats.loss[0]) for stats in history]
     assert losses[-1] > losses[1]
 
 
 def test_batching_never_changes_a_jobs_image(conv5):
-    alone, _ = render.ascend(conv5.step, param.batch(SHAPE, [21]), [2], 3)
-    batched, _ = render.ascend(conv5.step, param.batch(SHAPE, [20, 21]), [1, 2], 3)
+    alone = render.ascend(conv5.step, param.batch(SHAPE, [21]), [2], 3).images
+    batched = render.ascend(conv5.step, param.batch(SHAPE, [20, 21]), [1, 2], 3).images
     np.testing.assert_allclose(batched[1], alone[0], atol=0.05)
+
+
+def test_predictions_come_every_ten_iterations_and_at_the_end(conv5):
+    ascent = render.ascend(conv5.step, param.batch(SHAPE, [1, 2]), [1, 2], 23, classify=conv5.model.classify)
+    assert [p.iteration for p in ascent.predictions] == [10, 20, 23]
+    assert ascent.predictions[-1].probabilities.shape == (2, 1000)
+    np.testing.assert_allclose(ascent.predictions[-1].probabilities.sum(axis=1), 1.0, rtol=1e-4)
 
 
 def test_a_second_job_on_a_layer_builds_nothing(factory, conv5):

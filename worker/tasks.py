@@ -23,9 +23,6 @@ from worker import runtime
 from worker.app import app
 from worker.progress import ProgressPublisher
 
-PREDICT_EVERY = 10
-
-
 @app.task(bind=True, name="featurevis.optimize")
 def optimize(self, **fields) -> dict:
     spec = contract.normalize(fields)
@@ -86,38 +83,44 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
     acquired = factory.acquire(first.model, first.conv_id)
     info = acquired.model.info
     class_names = info.class_names()
-    predictions: list[list[dict]] = [[] for _ in specs]
     publisher = ProgressPublisher(task)
-    started = time.perf_counter()
+    latest: dict | None = None
+    started, started_at = time.perf_counter(), time.time()
 
-    def on_iteration(iteration, current, stats):
-        done = iteration + 1
-        if done % PREDICT_EVERY == 0 or done == first.iterations:
-            probabilities = acquired.model.classify(current).numpy()
-            for job_predictions, row in zip(predictions, probabilities):
-                top = int(row.argmax())
-                job_predictions.append({"iteration": done, "class_id": top,
-                                        "class_name": class_names[top], "score": float(row[top])})
+    def on_iteration(done: int, stats: render.StepStats, predicted: render.Prediction | None) -> None:
+        nonlocal latest
+        if predicted is not None:
+            latest = _top_class(predicted, 0, class_names)
         publisher.publish({
             "job_ids": [spec.job_id for spec in specs], "iteration": done, "iterations": first.iterations,
             "loss": float(np.mean(stats.loss)), "grad_min": float(np.min(stats.grad_min)),
             "grad_max": float(np.max(stats.grad_max)), "step_size": float(np.mean(stats.step_size)),
-            "prediction": predictions[0][-1] if predictions[0] else None,
+            "prediction": latest,
         }, final=done == first.iterations)
 
-    final, history = render.ascend(acquired.step, param.batch(info.input_shape, [s.seed for s in specs]),
-                                  [spec.feature for spec in specs], first.iterations, on_iteration)
+    ascent = render.ascend(acquired.step, param.batch(info.input_shape, [s.seed for s in specs]),
+                           [spec.feature for spec in specs], first.iterations,
+                           classify=acquired.model.classify, on_iteration=on_iteration)
     timings = {"model_load_s": acquired.model_load_s, "compile_s": acquired.compile_s,
-               "optimize_s": time.perf_counter() - started}
+               "optimize_s": time.perf_counter() - started, "started_at": started_at}
     metas = []
     for index, spec in enumerate(specs):
-        steps = {name: [float(getattr(row, name)[index]) for row in history] for name in render.StepStats._fields}
-        meta = _meta(task, spec, info, steps, predictions[index], timings, len(specs))
+        steps = {name: [float(getattr(row, name)[index]) for row in ascent.history]
+                 for name in render.StepStats._fields}
+        predictions = [_top_class(predicted, index, class_names) for predicted in ascent.predictions]
+        meta = _meta(task, spec, info, steps, predictions, timings, len(specs))
         meta["factory"] = {"models_built": factory.builds["model"], "steps_built": factory.builds["step"],
                            "step_traces": acquired.step.traces[0]}
-        store.write_image_result(spec.key, final[index], images.png_bytes(final[index]), meta)
+        image = ascent.images[index]
+        store.write_image_result(spec.key, image, images.png_bytes(image), meta)
         metas.append(meta)
     return metas
+
+
+def _top_class(predicted, index: int, class_names: list[str]) -> dict:
+    row = predicted.probabilities[index]
+    top = int(row.argmax())
+    return {"iteration": predicted.iteration, "class_id": top, "class_name": class_names[top], "score": float(row[top])}
 
 
 def _meta(task, spec: JobSpec, info, steps: dict[str, list[float]], predictions: list[dict], timings: dict,

@@ -70,18 +70,40 @@ def classifier(model: keras.Model, preprocess: Callable, image_shape: tuple[int,
     return classify
 
 
-IterationCallback = Callable[[int, tf.Tensor, StepStats], None]
+class Prediction(NamedTuple):
+    """The classifier's verdict on every image after `iteration` steps."""
+
+    iteration: int
+    probabilities: np.ndarray  # batch x classes
+
+
+class Ascent(NamedTuple):
+    images: np.ndarray
+    history: list[StepStats]  # one per iteration, as numpy
+    predictions: list[Prediction]
+
+
+IterationCallback = Callable[[int, StepStats, "Prediction | None"], None]
+PREDICT_EVERY = 10
 
 
 def ascend(step: CompiledStep, images: np.ndarray, features: list[int], iterations: int,
-           on_iteration: IterationCallback | None = None) -> tuple[np.ndarray, list[StepStats]]:
-    """Run the step `iterations` times; the final images and each iteration's stats (as numpy)."""
+           classify: Callable | None = None, on_iteration: IterationCallback | None = None) -> Ascent:
+    """Run the step `iterations` times, classifying every PREDICT_EVERY iterations and at the end.
+
+    Classifying runs the full network, so doing it every step (as the tutorial's
+    session.run did) would throw away what truncating the model saves.
+    """
     current = tf.convert_to_tensor(images, tf.float32)
     feature_tensor = tf.constant(features, tf.int32)
-    history = []
-    for iteration in range(iterations):
+    history, predictions = [], []
+    for done in range(1, iterations + 1):
         current, stats = step.fn(current, feature_tensor)
         history.append(StepStats(*(value.numpy() for value in stats)))
+        predicted = None
+        if classify is not None and (done % PREDICT_EVERY == 0 or done == iterations):
+            predicted = Prediction(done, classify(current).numpy())
+            predictions.append(predicted)
         if on_iteration is not None:
-            on_iteration(iteration, current, history[-1])
-    return current.numpy(), history
+            on_iteration(done, history[-1], predicted)
+    return Ascent(current.numpy(), history, predictions)
