@@ -7,7 +7,7 @@ TF_VERSION := 2.21.0
 TF_PACKAGE ?= $(shell if nvidia-smi -L >/dev/null 2>&1; then echo "tensorflow[and-cuda]==$(TF_VERSION)"; else echo "tensorflow-cpu==$(TF_VERSION)"; fi)
 STAMP := $(VENV)/.setup-$(firstword $(subst [, ,$(TF_PACKAGE)))
 
-.PHONY: setup browser demo test up down clean
+.PHONY: setup browser demo test bench bench-quick up down clean
 
 setup: $(STAMP) browser
 
@@ -27,6 +27,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# Speed against the tutorial's way and a bare loop; prints a table, writes bench/results.json.
+bench: setup
+	$(PY) bench/run.py
+
+bench-quick: setup
+	$(PY) bench/run.py --quick
 
 # Redis, a worker and Flower (http://127.0.0.1:5555), left running; `make down` stops them, keeping queued jobs.
 up: setup

@@ -85,7 +85,7 @@ class LocalStack:
 
     def wait_for_workers(self, count: int, timeout: float) -> None:
         app = Celery(broker=self.redis_url)
-        wait_until(lambda: _pongs(app) >= count, timeout,
+        wait_until(lambda: pongs(app) >= count, timeout,
                    f"{count} worker(s) not up after {timeout} s; logs in {self.log_dir}")
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
@@ -137,7 +137,7 @@ def wait_until(condition, timeout: float, message: str) -> None:
         time.sleep(0.2)
 
 
-def _pongs(app: Celery) -> int:
+def pongs(app: Celery) -> int:
     """Workers answering a ping; 0 while Redis is unreachable.
 
     kombu's producer pools are process-global, so after a Redis restart the

@@ -1,0 +1,225 @@
+"""`make bench` (a few minutes) and `make bench-quick` (under 2): the service against its baselines.
+
+Measures, in one run on inception_v3_untrained at 299x299, and writes bench/results.json:
+1. the tutorial's way (bench/tutorial.py) against a warm worker reached through Redis, per job of
+   30 iterations, for conv_id 5, 50, 93 and the logits: `speedup_vs_tutorial`;
+2. per-iteration time inside the worker against a bare loop doing the same math in this process
+   (featurevis.optvis.render.ascend, predictions included): `service_over_bare`;
+3. enqueue to the start of the first iteration on a warm worker, p50 and p95 over 20 jobs;
+4. six features of one layer as one batched sweep against six separate jobs: `batched_6_speedup`;
+5. the worker process's RSS after 50 jobs over 10 layers, against after the first job on each;
+6. bf16 mixed precision against float32 on this CPU: speed, and how far the picture moves.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from featurevis.factory import ModelFactory, device_name  # noqa: E402
+from featurevis.optvis import param, render  # noqa: E402
+from featurevis.stack import LocalStack  # noqa: E402
+from featurevis.store import ResultStore  # noqa: E402
+from producer import Producer  # noqa: E402
+
+MODEL = "inception_v3_untrained"
+ITERATIONS = 30
+TARGETS = {"conv5": 5, "conv50": 50, "conv93": 93, "logits": None}
+TARGETS_GOALS = {"speedup_vs_tutorial": {"conv5": 6.0, "logits": 1.8}, "service_over_bare": 1.05,
+                 "warm_start_latency_ms_p50": 50, "batched_6_speedup": 1.1, "rss_growth": 1.10}
+
+
+class Service:
+    """A warm worker behind Redis, and the producer that reaches it."""
+
+    def __init__(self, stack: LocalStack):
+        self.producer = Producer(stack.redis_url)
+        self.store = ResultStore(stack.results_dir)
+        self.seed = 1000
+
+    def job(self, conv_id, feature, iterations=ITERATIONS) -> tuple[float, dict]:
+        """Wall seconds from enqueue to result, and the job's meta. A fresh seed: never a cached result."""
+        self.seed += 1
+        began = time.perf_counter()
+        job = self.producer.enqueue({"model": MODEL, "conv_id": conv_id, "feature": feature,
+                                     "iterations": iterations, "seed": self.seed})
+        result = job.result.get(timeout=900)  # pub/sub wake-up, no polling delay
+        return time.perf_counter() - began, self.store.read_meta(result["key"])
+
+
+def tutorial_jobs(conv_id, repeats: int) -> list[float]:
+    """Seconds per job the tutorial's way (bench/tutorial.py), in a process of its own."""
+    printed = subprocess.run([sys.executable, str(ROOT / "bench" / "tutorial.py"), MODEL,
+                              "logits" if conv_id is None else str(conv_id), str(ITERATIONS), str(repeats)],
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}).stdout
+    return json.loads(printed.strip().splitlines()[-1])
+
+
+def bare_seconds_per_iteration(factory: ModelFactory, conv_id, repeats: int) -> float:
+    acquired = factory.acquire(MODEL, conv_id)
+    start = param.batch((299, 299, 3), [1])
+    render.ascend(acquired.step, start, [1], 2, classify=acquired.model.classify)  # warm
+    runs = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        render.ascend(acquired.step, start, [1], ITERATIONS, classify=acquired.model.classify)
+        runs.append((time.perf_counter() - began) / ITERATIONS)
+    return statistics.median(runs)
+
+
+def compare_with_tutorial(service: Service, factory: ModelFactory, targets: dict, repeats: int) -> dict:
+    rows = {}
+    for name, conv_id in targets.items():
+        tutorial_s = statistics.median(tutorial_jobs(conv_id, repeats))
+        service.job(conv_id, 0)  # the layer's first job compiles its step; later ones are what users wait for
+        jobs = [service.job(conv_id, 1 + index) for index in range(repeats)]
+        service_s = statistics.median(seconds for seconds, _ in jobs)
+        in_worker = statistics.median(meta["timings"]["optimize_s"] / ITERATIONS for _, meta in jobs)
+        bare = bare_seconds_per_iteration(factory, conv_id, repeats)
+        rows[name] = {"tutorial_s": tutorial_s, "service_s": service_s, "speedup": tutorial_s / service_s,
+                      "worker_s_per_it": in_worker, "bare_s_per_it": bare, "service_over_bare": in_worker / bare}
+        print(f"  {name:7s} tutorial {tutorial_s:6.2f} s  service {service_s:5.2f} s  x{tutorial_s / service_s:4.1f}"
+              f"   worker {in_worker * 1000:6.1f} ms/it  bare {bare * 1000:6.1f} ms/it", flush=True)
+    return rows
+
+
+def warm_start_latency(service: Service, jobs: int = 20) -> dict:
+    service.job(5, 0, iterations=1)
+    latencies = []
+    for index in range(jobs):
+        service.seed += 1
+        sent = time.time()
+        job = service.producer.enqueue({"model": MODEL, "conv_id": 5, "feature": index, "iterations": 1,
+                                        "seed": service.seed})
+        meta = service.store.read_meta(job.result.get(timeout=120)["key"])
+        latencies.append((meta["timings"]["started_at"] - sent) * 1000)
+    return {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95))}
+
+
+def batching(service: Service, iterations: int) -> dict:
+    features = [1, 2, 3, 4, 5, 6]
+    service.job(5, 0, iterations=1)
+    service.seed += 1
+    began = time.perf_counter()
+    jobs = [service.producer.enqueue({"model": MODEL, "conv_id": 5, "feature": f, "iterations": iterations,
+                                      "seed": service.seed}) for f in features]
+    [job.result.get(timeout=900) for job in jobs]
+    separate = time.perf_counter() - began
+    service.seed += 1
+    began = time.perf_counter()
+    sweep = service.producer.sweep({"model": MODEL, "conv_id": 5, "features": features, "iterations": iterations,
+                                    "seed": service.seed})
+    sweep.result.get(timeout=900)
+    batched = time.perf_counter() - began
+    return {"separate_s": separate, "batched_s": batched, "speedup": separate / batched}
+
+
+def memory(service: Service, iterations: int) -> dict:
+    layers = list(range(0, 91, 10))  # 10 layers
+    firsts = [service.job(conv_id, 0, iterations)[1] for conv_id in layers]
+    pid = firsts[-1]["worker"]["pid"]
+    after_first = _rss_mb(pid)
+    for round_ in range(1, 5):
+        for conv_id in layers:
+            service.job(conv_id, round_, iterations)
+    after_50 = _rss_mb(pid)
+    return {"rss_mb_after_first_job_per_layer": after_first, "rss_mb_after_50_jobs": after_50,
+            "growth": after_50 / after_first}
+
+
+def precision(conv_ids: list, iterations: int) -> dict:
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for conv_id in conv_ids:
+            runs = {}
+            for policy in ("float32", "mixed_bfloat16"):
+                out = Path(folder) / f"{policy}-{conv_id}.npy"
+                printed = subprocess.run([sys.executable, str(ROOT / "bench" / "precision.py"), policy, str(conv_id),
+                                          str(iterations), str(out)], capture_output=True, text=True, check=True,
+                                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}).stdout
+                runs[policy] = {**json.loads(printed.strip().splitlines()[-1]), "image": np.load(out)}
+            fp32, bf16 = runs["float32"]["image"], runs["mixed_bfloat16"]["image"]
+            change = fp32 - 128.0
+            rows[str(conv_id)] = {
+                "fp32_ms_per_it": runs["float32"]["s_per_iteration"] * 1000,
+                "bf16_ms_per_it": runs["mixed_bfloat16"]["s_per_iteration"] * 1000,
+                "bf16_speedup": runs["float32"]["s_per_iteration"] / runs["mixed_bfloat16"]["s_per_iteration"],
+                # How much of what the optimizer drew survives: 1.0 means the same picture.
+                "picture_correlation": float(np.corrcoef(change.ravel(), (bf16 - 128.0).ravel())[0, 1]),
+            }
+            print(f"  {conv_id!s:6s} fp32 {rows[str(conv_id)]['fp32_ms_per_it']:6.1f} ms/it  "
+                  f"bf16 {rows[str(conv_id)]['bf16_ms_per_it']:6.1f} ms/it  "
+                  f"correlation {rows[str(conv_id)]['picture_correlation']:.3f}", flush=True)
+    return rows
+
+
+def _rss_mb(pid: int) -> float:
+    line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmRSS"))
+    return int(line.split()[1]) / 1024
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv
+    targets = {k: v for k, v in TARGETS.items() if not quick or k in ("conv5", "logits")}
+    repeats = 1 if quick else 2
+    results = {"date": time.strftime("%Y-%m-%d"), "quick": quick, "model": MODEL, "iterations": ITERATIONS,
+               "cpu_cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as folder, \
+            LocalStack(results_dir=Path(folder) / "results", preload=MODEL, log_dir=Path(folder) / "logs") as stack:
+        service = Service(stack)
+        factory = ModelFactory()
+        results["device"] = device_name()
+        print(f"featurevis bench ({'quick' if quick else 'full'}) on {results['device']}, {os.cpu_count()} cores", flush=True)
+        print("1-2. tutorial's way vs warm service, per job of 30 iterations; worker vs bare loop", flush=True)
+        rows = compare_with_tutorial(service, factory, targets, repeats)
+        results["per_target"] = rows
+        results["speedup_vs_tutorial"] = {name: row["speedup"] for name, row in rows.items()}
+        results["service_over_bare"] = {name: row["service_over_bare"] for name, row in rows.items()}
+        print("3. warm-start latency, enqueue to first iteration", flush=True)
+        results["warm_start_latency_ms"] = warm_start_latency(service, 10 if quick else 20)
+        print("4. batching: six features of conv_id 5", flush=True)
+        results["batching"] = batching(service, 10 if quick else ITERATIONS)
+        results["batched_6_speedup"] = results["batching"]["speedup"]
+        print("5. memory: 50 jobs over 10 layers", flush=True)
+        results["memory"] = memory(service, 1 if quick else 3)
+        results["rss_mb_after_50_jobs"] = results["memory"]["rss_mb_after_50_jobs"]
+    print("6. precision: bf16 mixed precision vs float32 (bare loop)", flush=True)
+    results["precision"] = precision([5] if quick else [5, 93, "logits"], 10 if quick else ITERATIONS)
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print_table(results)
+    return 0
+
+
+def print_table(r: dict) -> None:
+    goals = TARGETS_GOALS
+    print("\n| measure | value | goal |\n|---|---|---|")
+    for name, value in r["speedup_vs_tutorial"].items():
+        goal = goals["speedup_vs_tutorial"].get(name)
+        print(f"| speedup_vs_tutorial.{name} | {value:.2f} | {'>= ' + str(goal) if goal else ''} |")
+    for name, value in r["service_over_bare"].items():
+        print(f"| service_over_bare.{name} | {value:.3f} | <= {goals['service_over_bare']} |")
+    latency = r["warm_start_latency_ms"]
+    print(f"| warm_start_latency_ms p50 / p95 | {latency['p50']:.1f} / {latency['p95']:.1f} | p50 <= 50 |")
+    print(f"| batched_6_speedup | {r['batched_6_speedup']:.2f} | >= {goals['batched_6_speedup']} |")
+    memory = r["memory"]
+    print(f"| rss_mb_after_50_jobs (after first job per layer) | {memory['rss_mb_after_50_jobs']:.0f} "
+          f"({memory['rss_mb_after_first_job_per_layer']:.0f}, x{memory['growth']:.3f}) | <= x1.10 |")
+    for conv_id, row in r["precision"].items():
+        print(f"| bf16 speedup, conv {conv_id} (picture correlation) | {row['bf16_speedup']:.2f} "
+              f"({row['picture_correlation']:.3f}) | keep fp32 unless faster and the same picture |")
+    print("\nwritten to bench/results.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
