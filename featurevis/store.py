@@ -1,20 +1,28 @@
 """The object-store directory: one folder of finished artefacts per result key.
 
-A result is complete exactly when its `meta.json` exists. Artefacts are written
-under temporary names and renamed into place, `meta.json` last, so a reader
-(the cache check, a gallery, another host on a shared mount) never sees half a
-result. Keys come from the validated contract, and every path is checked to
-stay inside the root anyway.
+`RESULTS_DIR` is a local directory (a shared mount when workers span hosts)
+or an S3-compatible URL, `s3://bucket/prefix`, reached through fsspec/s3fs
+(credentials and endpoint from the usual AWS variables, e.g. AWS_ENDPOINT_URL).
+
+A result is complete exactly when its `meta.json` exists. Artefacts go in
+first and `meta.json` last; on a local filesystem each is written under a
+temporary name and renamed into place, on S3 each object appears whole when
+its upload completes. So a reader (the cache check, a gallery, another host)
+never sees half a result. Keys come from the validated contract, and every
+path is checked to stay inside the root anyway.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import posixpath
 import uuid
 from pathlib import Path
 
+import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 META = "meta.json"
 IMAGE_PNG = "image.png"
@@ -24,28 +32,43 @@ DEFAULT_ROOT = "./results"
 
 class ResultStore:
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).resolve()
+        self.fs, path = fsspec.core.url_to_fs(str(root))
+        self.local = isinstance(self.fs, LocalFileSystem)
+        self.root = str(Path(path).resolve()) if self.local else path.rstrip("/")
 
     @classmethod
     def from_env(cls) -> "ResultStore":
         return cls(os.environ.get("RESULTS_DIR", DEFAULT_ROOT))
 
-    def path(self, key: str, name: str = "") -> Path:
-        """Absolute path of a key (or a file in it); refuses anything that escapes the root."""
-        path = (self.root / key / name).resolve()
-        if path != self.root and self.root not in path.parents:
+    def path(self, key: str, name: str = "") -> str:
+        """The filesystem path of a key (or a file in it); refuses anything that escapes the root."""
+        joined = posixpath.normpath(posixpath.join(self.root, key, name))
+        if self.local:
+            joined = str(Path(joined).resolve())
+        if joined != self.root and not joined.startswith(self.root.rstrip("/") + "/"):
             raise ValueError(f"result key {key!r} escapes the results directory")
-        return path
+        return joined
+
+    def locate(self, key: str, name: str = "") -> str:
+        """Where a person or another program finds it: an absolute path, or an s3:// URL."""
+        path = self.path(key, name)
+        return path if self.local else self.fs.unstrip_protocol(path)
 
     def read_meta(self, key: str) -> dict | None:
         """The meta of a complete result, or None when there is none (yet)."""
         try:
-            return json.loads(self.path(key, META).read_text())
+            return json.loads(self.read_bytes(key, META))
         except FileNotFoundError:
             return None
 
+    def read_bytes(self, key: str, name: str) -> bytes:
+        return self.fs.cat_file(self.path(key, name))
+
+    def read_image(self, key: str) -> np.ndarray:
+        return np.load(io.BytesIO(self.read_bytes(key, IMAGE_NPY)))
+
     def write(self, key: str, artefacts: dict[str, bytes], meta: dict) -> None:
-        """Publish artefacts then meta.json, each by atomic rename."""
+        """Publish artefacts, then meta.json."""
         for name, data in artefacts.items():
             self._put(key, name, data)
         self._put(key, META, json.dumps(meta, indent=1, sort_keys=True).encode())
@@ -57,8 +80,11 @@ class ResultStore:
 
     def _put(self, key: str, name: str, data: bytes) -> None:
         target = self.path(key, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
+        if not self.local:
+            self.fs.pipe_file(target, data)  # an S3 object appears whole or not at all
+            return
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        temporary = os.path.join(os.path.dirname(target), f".{name}.{uuid.uuid4().hex}.tmp")
         try:
             with open(temporary, "wb") as handle:
                 handle.write(data)
@@ -66,4 +92,5 @@ class ResultStore:
                 os.fsync(handle.fileno())
             os.replace(temporary, target)
         finally:
-            temporary.unlink(missing_ok=True)
+            if os.path.exists(temporary):
+                os.unlink(temporary)

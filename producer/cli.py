@@ -1,7 +1,7 @@
 """`python -m producer`: enqueue, sweep and status from a shell.
 
 stdout carries what scripts read: the job id on the first line and, with
---wait, the absolute path of the picture on the last. Progress bars and
+--wait, the absolute path (or s3:// URL) of the picture on the last. Progress bars and
 notes go to stderr. Every error is one line on stderr.
 
 Exit codes: 0 done, 1 the job failed, 2 invalid input (nothing queued),
@@ -109,4 +109,4 @@ def follow(job: Job) -> str:
         print("note: untrained weights (fixed-seed random init); the picture shows the architecture, not ImageNet",
               file=sys.stderr)
     picture = result.get("contact_sheet") or result["image"]
-    return str(ResultStore.from_env().path(picture))
+    return ResultStore.from_env().locate(picture)

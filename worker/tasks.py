@@ -47,7 +47,7 @@ def sweep(self, **fields) -> dict:
     if missing:
         metas.update({spec.job_id: meta for spec, meta in zip(missing, _render_safely(self, store, missing))})
     key = contract.sweep_key(specs)
-    sheet = images.contact_sheet([np.load(store.path(spec.key, IMAGE_NPY)) for spec in specs])
+    sheet = images.contact_sheet([store.read_image(spec.key) for spec in specs])
     jobs = [_summary(spec, metas[spec.job_id], cached=spec not in missing) for spec in specs]
     store.write(key, {"contact_sheet.png": sheet}, {"sweep_id": contract.sweep_id(specs), "jobs": jobs})
     return {"sweep_id": contract.sweep_id(specs), "key": key, "contact_sheet": f"{key}/contact_sheet.png",
