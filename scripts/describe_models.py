@@ -2,6 +2,8 @@
 
 Run in a fresh process (`.venv/bin/python scripts/describe_models.py`); the
 producer validates jobs from these files without loading TensorFlow.
+Keys the live model cannot give (a shipped model's `accuracy` and
+`trained_by`, written by `scripts/train_shapes.py`) are kept as they are.
 """
 import json
 import sys
@@ -13,22 +15,18 @@ from featurevis import catalog, zoo  # noqa: E402
 
 
 def describe(architecture: str) -> dict:
-    model = zoo.ARCHITECTURES[architecture].build(None)
-    layers = zoo.conv_layers_in_graph_order(model)
-    return {
-        "architecture": architecture,
-        "input_shape": list(model.input_shape[1:]),
-        "classes": int(model.output_shape[-1]),
-        "class_names": "imagenet_classes.json",
-        "conv_layers": [
-            {"name": name, "channels": int(layer.filters)}
-            for name, layer in zip(zoo.fresh_process_names(layers), layers)
-        ],
-    }
+    return zoo.description(architecture, zoo.ARCHITECTURES[architecture].build(None))
+
+
+def kept_keys(path: Path, described: dict) -> dict:
+    """The keys of an existing description that describing the live model does not write."""
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    return {key: value for key, value in existing.items() if key not in described}
 
 
 if __name__ == "__main__":
     for architecture in zoo.ARCHITECTURES:
         path = catalog.MODELS_DIR / f"{architecture}.json"
-        path.write_text(json.dumps(describe(architecture), indent=1) + "\n")
+        described = describe(architecture)
+        path.write_text(json.dumps({**described, **kept_keys(path, described)}, indent=1) + "\n")
         print(f"wrote {path}")
