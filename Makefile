@@ -7,7 +7,7 @@ TF_VERSION := 2.21.0
 TF_PACKAGE ?= $(shell if nvidia-smi -L >/dev/null 2>&1; then echo "tensorflow[and-cuda]==$(TF_VERSION)"; else echo "tensorflow-cpu==$(TF_VERSION)"; fi)
 STAMP := $(VENV)/.setup-$(firstword $(subst [, ,$(TF_PACKAGE)))
 
-.PHONY: setup browser demo test bench bench-quick up down clean
+.PHONY: setup browser demo test bench bench-quick quality up down clean
 
 setup: $(STAMP) browser
 
@@ -34,6 +34,10 @@ bench: setup
 
 bench-quick: setup
 	$(PY) bench/run.py --quick
+
+# The robust method against the tutorial's, scored; writes quality/results.json and quality/contact_sheet.png.
+quality: setup
+	$(PY) quality/run.py
 
 # Redis, a worker and Flower (http://127.0.0.1:5555), left running; `make down` stops them, keeping queued jobs.
 up: setup

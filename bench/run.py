@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from featurevis.factory import ModelFactory, device_name  # noqa: E402
-from featurevis.optvis import param, render  # noqa: E402
+from featurevis.optvis import objectives, param, render  # noqa: E402
 from featurevis.stack import LocalStack  # noqa: E402
 from featurevis.store import ResultStore  # noqa: E402
 from producer import Producer  # noqa: E402
@@ -69,11 +69,12 @@ def tutorial_jobs(conv_id, repeats: int) -> list[float]:
 def bare_seconds_per_iteration(factory: ModelFactory, conv_id, repeats: int) -> float:
     acquired = factory.acquire(MODEL, conv_id)
     start = param.batch((299, 299, 3), [1])
-    render.ascend(acquired.step, start, [1], 2, classify=acquired.model.classify)  # warm
+    weights = objectives.weights_matrix([{1: 1.0}], acquired.model.info.features_of(conv_id))
+    render.ascend(acquired.step, start, weights, 2, classify=acquired.model.classify)  # warm
     runs = []
     for _ in range(repeats):
         began = time.perf_counter()
-        render.ascend(acquired.step, start, [1], ITERATIONS, classify=acquired.model.classify)
+        render.ascend(acquired.step, start, weights, ITERATIONS, classify=acquired.model.classify)
         runs.append((time.perf_counter() - began) / ITERATIONS)
     return statistics.median(runs)
 

@@ -1,8 +1,10 @@
 """What every process may know about a model without loading TensorFlow.
 
 The producer validates jobs from these descriptions alone. Each architecture
-has a JSON file in `featurevis/models/` (written by `scripts/describe_models.py`
-from the live model and held equal to it by `tests/test_catalog_live.py`).
+has a JSON file in `featurevis/models/`, written from the live model by
+`scripts/describe_models.py` (or, for the shipped shapes models, by
+`scripts/train_shapes.py`, which adds their accuracy) and held equal to it by
+`tests/test_catalog_live.py` and `tests/test_shapes.py`.
 
 Conv2D layers are listed in graph order, which is what `conv_id` indexes. Their
 names are the ones Keras gives in a fresh process; Keras' auto-names shift with
@@ -21,14 +23,21 @@ LOGITS = "logits"
 
 # Served model name -> (architecture description, weights).
 # "untrained" weights are a fixed-seed random init: reproducible, needs no download.
+# "shipped" weights are a trained file in this repository, featurevis/models/<architecture>.weights.h5.
 REGISTRY: dict[str, tuple[str, str]] = {
     "inception_v3": ("inception_v3", "imagenet"),
     "inception_v3_untrained": ("inception_v3", "untrained"),
+    "shapes_cnn": ("shapes_cnn", "shipped"),
+    "shapes_cnn_b": ("shapes_cnn_b", "shipped"),
 }
 
 
+# A model whose class visualizations an independently trained model judges (quality.transferability).
+JUDGES = {"shapes_cnn": "shapes_cnn_b"}
+
+
 class WeightsUnavailable(RuntimeError):
-    """A model's weights file is neither cached nor downloadable.
+    """A model's weights file is neither cached nor downloadable (nor, when shipped, in the repository).
 
     Defined here, TensorFlow-free, because Celery unpickles a task's exception
     in the worker's parent process: a class from the TF side would load
@@ -62,6 +71,10 @@ class ModelInfo:
             if layer.name == layer_name:
                 return conv_id
         return None
+
+    def features_of(self, conv_id: int | None) -> int:
+        """How many features a target has: its conv layer's channels, or the classes for the logits."""
+        return self.classes if conv_id is None else self.conv_layers[conv_id].channels
 
     def class_names(self) -> list[str]:
         return _class_names(self.class_names_file)

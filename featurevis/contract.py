@@ -22,7 +22,9 @@ from featurevis import catalog, celeryconfig
 CONTRACT_VERSION = 1
 MAX_ITERATIONS = 10_000
 MAX_SEED = 2**32 - 1
-METHODS = ("gradient_ascent",)
+METHODS = ("gradient_ascent", "robust")
+MAX_TARGETS = 16
+MAX_WEIGHT = 100.0
 DEFAULT_MODEL = "inception_v3"
 # No device we serve on does one step faster than this (an H200-class GPU on a small layer), so a
 # job needing iterations * FASTEST_STEP_SECONDS beyond the soft time limit can never finish in time.
@@ -41,6 +43,15 @@ class JobError(ValueError):
         return f"{self.field}: {self.message}"
 
 
+class Target(BaseModel):
+    """One term of a composed objective: maximize weight x feature (a negative weight suppresses it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    feature: int = Field(ge=0)
+    weight: float = Field(default=1.0, ge=-MAX_WEIGHT, le=MAX_WEIGHT, allow_inf_nan=False)
+
+
 class JobFields(BaseModel):
     """The wire format. Strict: JSON numbers are not strings, booleans are not ints."""
 
@@ -53,6 +64,8 @@ class JobFields(BaseModel):
     iterations: int = Field(default=30, ge=1, le=MAX_ITERATIONS)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     method: Literal[METHODS] = "gradient_ascent"  # type: ignore[valid-type]
+    targets: list[Target] | None = Field(default=None, min_length=1, max_length=MAX_TARGETS)
+    animate: bool = False
 
 
 class JobSpec(BaseModel):
@@ -67,16 +80,36 @@ class JobSpec(BaseModel):
     iterations: int
     seed: int
     method: str
+    targets: tuple[tuple[int, float], ...] | None = None  # (feature, weight), sorted; None: `feature` alone
+    animate: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        """The normalized job as the task's keyword arguments (the wire format)."""
+        fields = self.model_dump(exclude={"targets", "animate"})
+        if self.targets:
+            del fields["feature"]
+            fields["targets"] = [{"feature": feature, "weight": weight} for feature, weight in self.targets]
+        if self.animate:
+            fields["animate"] = True
+        return fields
+
+    @property
+    def weights(self) -> dict[int, float]:
+        """The objective as feature -> weight; a plain job is its one feature at weight 1."""
+        return dict(self.targets) if self.targets else {self.feature: 1.0}
 
     @property
     def job_id(self) -> str:
-        canonical = json.dumps({"v": CONTRACT_VERSION, **self.model_dump()}, sort_keys=True)
+        # Fields added after version 1 enter the hash only when set, so older jobs keep their ids.
+        identity = self.model_dump(exclude={name for name in ("targets", "animate") if not getattr(self, name)})
+        canonical = json.dumps({"v": CONTRACT_VERSION, **identity}, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
     @property
     def key(self) -> str:
-        """Where the result lives in the store: model / layer / feature / job id."""
-        return f"{self.model}/{self.layer}/feature_{self.feature:04d}/{self.job_id}"
+        """Where the result lives in the store: model / layer / feature(s) / job id."""
+        features = "_".join(f"{feature:04d}" for feature in self.weights)
+        return f"{self.model}/{self.layer}/{'features' if self.targets else 'feature'}_{features}/{self.job_id}"
 
 
 # What each field accepts, for messages about a value of the wrong type or range.
@@ -88,6 +121,9 @@ FIELD_RANGES = {
     "iterations": f"an integer in 1..{MAX_ITERATIONS}",
     "seed": f"null or an integer in 0..{MAX_SEED}",
     "method": f"one of {', '.join(METHODS)}",
+    "targets": f"null or a list of 1..{MAX_TARGETS} objects {{feature: integer >= 0, weight: number in "
+               f"-{MAX_WEIGHT:g}..{MAX_WEIGHT:g}, default 1}} with distinct features and a nonzero weight",
+    "animate": "true or false",
 }
 
 
@@ -101,7 +137,12 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True) -> JobSpec:
         raise _first_error(error) from None
     info = _model_info(parsed.model)
     conv_id, layer = _resolve_target(info, parsed.conv_id, parsed.layer)
-    _check_feature(info, conv_id, parsed.feature)
+    targets = _normalize_targets(parsed, fields)
+    feature = targets[0][0] if targets else parsed.feature
+    for checked in dict(targets) if targets else [feature]:
+        _check_feature(info, conv_id, checked)
+    if targets and len(targets) == 1 and targets[0][1] == 1.0:
+        targets = None  # one target of weight 1 is the plain job it always meant
     _check_duration(parsed.iterations)
     seed = parsed.seed
     if seed is None:
@@ -109,9 +150,21 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True) -> JobSpec:
             raise JobError("seed", f"required here, {FIELD_RANGES['seed']}")
         seed = secrets.randbelow(MAX_SEED + 1)
     return JobSpec(
-        model=parsed.model, conv_id=conv_id, layer=layer, feature=parsed.feature,
-        iterations=parsed.iterations, seed=seed, method=parsed.method,
+        model=parsed.model, conv_id=conv_id, layer=layer, feature=feature,
+        iterations=parsed.iterations, seed=seed, method=parsed.method, targets=targets, animate=parsed.animate,
     )
+
+
+def _normalize_targets(parsed: JobFields, fields: dict) -> tuple[tuple[int, float], ...] | None:
+    """Sorted (feature, weight) pairs, or None when the job names a single `feature`."""
+    if parsed.targets is None:
+        return None
+    if "feature" in fields:
+        raise JobError("feature", "give either feature or targets, not both")
+    pairs = tuple(sorted((target.feature, float(target.weight)) for target in parsed.targets))
+    if len({feature for feature, _ in pairs}) != len(pairs) or not any(weight for _, weight in pairs):
+        raise JobError("targets", f"must be {FIELD_RANGES['targets']}")
+    return pairs
 
 
 MAX_SWEEP_FEATURES = 16
@@ -127,8 +180,9 @@ def normalize_sweep(fields: dict[str, Any], draw_seed: bool = True) -> list[JobS
         raise JobError("job", "must be a JSON object of fields")
     fields = dict(fields)
     features = fields.pop("features", None)
-    if "feature" in fields:
-        raise JobError("feature", "not allowed in a sweep; give features, a list")
+    for single in ("feature", "targets"):
+        if single in fields:
+            raise JobError(single, "not allowed in a sweep; give features, a list")
     if (not isinstance(features, list) or not 1 <= len(features) <= MAX_SWEEP_FEATURES
             or len(set(map(repr, features))) != len(features)):
         raise JobError("features", f"must be a list of 1..{MAX_SWEEP_FEATURES} distinct feature indices, "
@@ -153,6 +207,8 @@ def json_schema(task: str = "featurevis.optimize") -> dict:
     """
     schema = JobFields.model_json_schema()
     if task == "featurevis.sweep":
+        schema["properties"].pop("targets")
+        schema.pop("$defs")
         feature = schema["properties"].pop("feature")
         schema["properties"]["features"] = {
             "type": "array", "items": {key: feature[key] for key in ("type", "minimum")},
@@ -165,6 +221,8 @@ def json_schema(task: str = "featurevis.optimize") -> dict:
 def _first_error(error: pydantic.ValidationError) -> JobError:
     detail = error.errors()[0]
     field = str(detail["loc"][0]) if detail["loc"] else "job"
+    if field == "targets" and len(detail["loc"]) > 1:  # a nested problem: report the whole field
+        return JobError(field, f"must be {FIELD_RANGES[field]}, got {_shown(detail['input'])}")
     if detail["type"] == "extra_forbidden":
         return JobError(_shown(field).strip('"'), f"unknown field; valid fields are {', '.join(FIELD_RANGES)}")
     return JobError(field, f"must be {FIELD_RANGES[field]}, got {_shown(detail['input'])}")

@@ -19,7 +19,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from featurevis import catalog, zoo
+from featurevis import catalog, quality, zoo
 from featurevis.optvis import objectives, render
 
 DEFAULT_STEP_CACHE = 32
@@ -37,11 +37,20 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
+class Compiled:
+    """What is compiled once per (model, layer, method): the step, and the probe quality scores read."""
+
+    step: render.CompiledStep
+    probe: Callable
+
+
+@dataclass(frozen=True)
 class Acquired:
     """What a job gets from the factory, and what getting it cost this job."""
 
     model: LoadedModel
     step: render.CompiledStep
+    probe: Callable
     model_load_s: float
     compile_s: float
 
@@ -50,7 +59,7 @@ class ModelFactory:
     def __init__(self, step_cache_size: int | None = None):
         self.step_cache_size = step_cache_size or int(os.environ.get("FEATUREVIS_STEP_CACHE", DEFAULT_STEP_CACHE))
         self._models: dict[str, LoadedModel] = {}
-        self._steps: OrderedDict[tuple[str, int | None], render.CompiledStep] = OrderedDict()
+        self._steps: OrderedDict[tuple[str, int | None, str], Compiled] = OrderedDict()
         self.builds: Counter[str] = Counter()  # "model", "step": how often each was built
 
     def model(self, name: str) -> LoadedModel:
@@ -68,35 +77,46 @@ class ModelFactory:
             self.builds["model"] += 1
         return self._models[name]
 
-    def acquire(self, name: str, conv_id: int | None) -> Acquired:
-        """Model and compiled step for a target; a second call for the same layer builds nothing."""
+    def acquire(self, name: str, conv_id: int | None, method: str = "gradient_ascent") -> Acquired:
+        """Model and compiled step for a target and method; a second call for the same ones builds nothing."""
         loaded = self.model(name)
         model_load_s = 0.0 if loaded.build_reported else loaded.build_s
         loaded.build_reported = True  # a preloaded model's build time lands on its first job
-        key = (name, conv_id)
+        key = (name, conv_id, method)
         compile_s = 0.0
         if key in self._steps:
             self._steps.move_to_end(key)
         else:
             started = time.perf_counter()
-            self._steps[key] = self._compile(loaded, conv_id)
+            self._steps[key] = self._compile(loaded, conv_id, method)
             compile_s = time.perf_counter() - started
             self.builds["step"] += 1
             while len(self._steps) > self.step_cache_size:
                 self._steps.popitem(last=False)
-        return Acquired(loaded, self._steps[key], model_load_s, compile_s)
+        compiled = self._steps[key]
+        return Acquired(loaded, compiled.step, compiled.probe, model_load_s, compile_s)
 
-    def cached_steps(self) -> list[tuple[str, int | None]]:
+    def judge(self, name: str) -> tuple[str, Callable] | None:
+        """The independent model that judges `name`'s class visualizations, with its classifier."""
+        judge = catalog.JUDGES.get(name)
+        return (judge, self.model(judge).classify) if judge else None
+
+    def cached_steps(self) -> list[tuple[str, int | None, str]]:
         return list(self._steps)
 
     @staticmethod
-    def _compile(loaded: LoadedModel, conv_id: int | None) -> render.CompiledStep:
-        if conv_id is None:
-            network, objective = loaded.network, objectives.class_logit
-        else:
-            layer = loaded.conv_layers[conv_id]
-            network, objective = keras.Model(loaded.network.input, layer.output), objectives.channel_mean
-        return render.gradient_ascent_step(network, loaded.preprocess, objective, loaded.info.input_shape)
+    def _compile(loaded: LoadedModel, conv_id: int | None, method: str) -> Compiled:
+        network, objective = target_network(loaded, conv_id)
+        shape = loaded.info.input_shape
+        return Compiled(render.STEPS[method](network, loaded.preprocess, objective, shape),
+                        quality.feature_probe(network, loaded.preprocess, shape))
+
+
+def target_network(loaded: LoadedModel, conv_id: int | None) -> tuple[keras.Model, Callable]:
+    """The model truncated at the target layer (the whole model for the logits), and its objective."""
+    if conv_id is None:
+        return loaded.network, objectives.weighted_logits
+    return keras.Model(loaded.network.input, loaded.conv_layers[conv_id].output), objectives.weighted_channels
 
 
 def grow_gpu_memory() -> None:

@@ -73,10 +73,12 @@ class ResultStore:
             self._put(key, name, data)
         self._put(key, META, json.dumps(meta, indent=1, sort_keys=True).encode())
 
-    def write_image_result(self, key: str, image: np.ndarray, png: bytes, meta: dict) -> None:
+    def write_image_result(self, key: str, image: np.ndarray, png: bytes, meta: dict,
+                           extra: dict[str, bytes] | None = None) -> None:
+        """A job's picture, its raw pixels, any extra artefacts (an animation), then its meta."""
         raw = io.BytesIO()
         np.save(raw, image.astype(np.float32))
-        self.write(key, {IMAGE_PNG: png, IMAGE_NPY: raw.getvalue()}, meta)
+        self.write(key, {IMAGE_PNG: png, IMAGE_NPY: raw.getvalue(), **(extra or {})}, meta)
 
     def _put(self, key: str, name: str, data: bytes) -> None:
         target = self.path(key, name)

@@ -71,12 +71,13 @@ class Producer:
     def enqueue(self, fields: dict[str, Any]) -> Job:
         """Validate and queue one job; raises contract.JobError before anything is sent."""
         spec = contract.normalize(fields)
-        return self._send("featurevis.optimize", spec.job_id, [spec], spec.model_dump())
+        return self._send("featurevis.optimize", spec.job_id, [spec], spec.fields())
 
     def sweep(self, fields: dict[str, Any]) -> Job:
         """Queue several features of one layer as one batched job (`features` is a list)."""
         specs = contract.normalize_sweep(fields)
-        kwargs = {**specs[0].model_dump(exclude={"feature"}), "features": [s.feature for s in specs]}
+        kwargs = {**specs[0].fields(), "features": [s.feature for s in specs]}
+        del kwargs["feature"]
         return self._send("featurevis.sweep", contract.sweep_id(specs), specs, kwargs)
 
     def status(self, job_id: str) -> dict:

@@ -28,6 +28,16 @@ BAD_JOBS = [
     ({"layer": "../../x"}, "layer", "Conv2D name"),
     ({"layer": "conv2d_8", "conv_id": 4}, "layer", "not conv_id 4"),
     ({"colour": "red"}, "colour", "unknown field"),
+    ({"targets": []}, "targets", "list of 1..16"),
+    ({"targets": [{"feature": 1, "weight": "x"}]}, "targets", "weight: number in -100..100"),
+    ({"targets": [{"feature": 1, "weight": float("inf")}]}, "targets", "-100..100"),
+    ({"targets": [{"feature": 1}, {"feature": 1}]}, "targets", "distinct features"),
+    ({"targets": [{"feature": 1, "weight": 0.0}]}, "targets", "nonzero weight"),
+    ({"targets": [{"feature": 1, "colour": 2}]}, "targets", "list of 1..16"),
+    ({"targets": [{"feature": 1000}]}, "feature", "0..999"),
+    ({"feature": 1, "targets": [{"feature": 2}]}, "feature", "either feature or targets"),
+    ({"animate": "yes"}, "animate", "true or false"),
+    ({"method": "robust", "iterations": 0}, "iterations", "1..10000"),
     ({"line\nbreak": 1}, "line\\nbreak", "unknown field"),
 ]
 
@@ -64,6 +74,17 @@ def test_job_id_is_a_function_of_the_normalized_spec_seed_included():
     assert normalize({"conv_id": 5, "feature": 2, "seed": 2}).job_id != first.job_id
     assert normalize({"conv_id": 5, "feature": 3, "seed": 1}).job_id != first.job_id
     assert first.key == f"inception_v3/conv2d_8/feature_0002/{first.job_id}"
+
+
+def test_composed_targets_are_sorted_and_old_jobs_keep_their_ids():
+    plain = normalize({"conv_id": 5, "feature": 2, "seed": 1})
+    assert plain.job_id == "18ba94e700d0b57ccaaab77a"  # as before targets, animate and robust existed
+    assert normalize({"conv_id": 5, "targets": [{"feature": 2}], "seed": 1}) == plain
+    mixed = normalize({"conv_id": 5, "seed": 1, "targets": [{"feature": 7, "weight": -0.5}, {"feature": 2}]})
+    assert mixed.targets == ((2, 1.0), (7, -0.5)) and mixed.weights == {2: 1.0, 7: -0.5}
+    assert mixed.key == f"inception_v3/conv2d_8/features_0002_0007/{mixed.job_id}"
+    assert normalize(mixed.fields()) == mixed and normalize(plain.fields()) == plain
+    assert normalize({"conv_id": 5, "feature": 2, "seed": 1, "method": "robust"}).job_id != plain.job_id
 
 
 def test_an_absent_seed_is_drawn_and_recorded():

@@ -10,7 +10,7 @@ import redis
 from PIL import Image
 
 from featurevis.contract import normalize
-from featurevis.optvis import param, render
+from featurevis.optvis import objectives, param, render
 from featurevis.redis_server import free_port
 from tests.conftest import UNTRAINED
 
@@ -81,7 +81,8 @@ def test_the_same_job_twice_is_one_result(stack, producer_api):
 def test_the_worker_computes_what_the_bare_math_computes(stack, producer_api, factory):
     fields = {"model": UNTRAINED, "conv_id": 5, "feature": 6, "iterations": 5, "seed": 42}
     result = producer_api.enqueue(fields).wait(timeout=240)
-    local = render.ascend(factory.acquire(UNTRAINED, 5).step, param.batch((299, 299, 3), [42]), [6], 5).images
+    weights = objectives.weights_matrix([{6: 1.0}], 64)
+    local = render.ascend(factory.acquire(UNTRAINED, 5).step, param.batch((299, 299, 3), [42]), weights, 5).images
     np.testing.assert_allclose(np.load(stack.results_dir / result["array"]), local[0], atol=0.05)
 
 
@@ -169,3 +170,25 @@ def test_producer_never_imports_tensorflow(stack):
             "print(loaded); sys.exit(1 if loaded else 0)")
     done = subprocess.run([sys.executable, "-c", code], env=stack.env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_robust_composed_and_animated_jobs_run_on_the_same_worker_path(stack, producer_api):
+    robust = producer_api.enqueue({"model": UNTRAINED, "conv_id": 5, "method": "robust", "iterations": 6, "seed": 1,
+                                   "targets": [{"feature": 2}, {"feature": 7, "weight": -0.5}], "animate": True})
+    result = robust.wait(timeout=240)
+    assert result["key"].startswith(f"{UNTRAINED}/conv2d_8/features_0002_0007/")
+    meta = _meta(stack, result["key"])
+    assert meta["method"] == "robust" and meta["spec"]["targets"] == [[2, 1.0], [7, -0.5]]
+    assert meta["loss"][-1] > meta["loss"][0]
+    assert {"objective", "robustness", "specificity_z"} <= set(meta["quality"])
+    animation = Image.open(stack.results_dir / result["key"] / "animation.webp")
+    assert animation.n_frames >= 2
+    plain = producer_api.enqueue({"model": UNTRAINED, "feature": 3, "iterations": 2, "seed": 1}).wait(timeout=240)
+    quality = _meta(stack, plain["key"])["quality"]
+    assert {"robustness", "target_probability", "target_rank"} <= set(quality) and quality["target_rank"] >= 1
+
+
+def test_the_gallery_lists_finished_results(stack, producer_api):
+    result = producer_api.enqueue({"model": UNTRAINED, "conv_id": 6, "feature": 1, "iterations": 1, "seed": 1}).wait(timeout=240)
+    page = (stack.results_dir / "index.html").read_text()
+    assert f'{result["key"]}/image.png' in page and "untrained" in page

@@ -3,10 +3,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from featurevis.optvis import param, render
+from featurevis.optvis import objectives, param, render
 
 MODEL = "inception_v3_untrained"
 SHAPE = (299, 299, 3)
+CONV5_CHANNELS = 64
+
+
+def one_hot(features, depth=CONV5_CHANNELS):
+    return objectives.weights_matrix([{feature: 1.0} for feature in features], depth)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,7 @@ def test_step_is_the_tutorials_formula(conv5):
     step_size = 1.0 / (grad.std() + 1e-8)
     expected = np.clip(image + step_size * grad, 0.0, 255.0)
 
-    updated, stats = conv5.step.fn(x, tf.constant([2]))
+    updated, stats = conv5.step.fn(x, tf.constant(one_hot([2])))
     assert stats.loss.numpy()[0] == pytest.approx(float(loss), rel=1e-4)
     assert stats.step_size.numpy()[0] == pytest.approx(step_size, rel=1e-3)
     assert stats.grad_min.numpy()[0] == pytest.approx(grad.min(), rel=1e-3)
@@ -42,14 +47,14 @@ def test_step_is_the_tutorials_formula(conv5):
 def test_pixels_are_clipped_to_0_255(conv5):
     rng = np.random.default_rng(0)
     near_edges = np.where(rng.random((1, *SHAPE)) < 0.5, 0.5, 254.5).astype(np.float32)
-    updated, _ = conv5.step.fn(tf.constant(near_edges), tf.constant([2]))
+    updated, _ = conv5.step.fn(tf.constant(near_edges), tf.constant(one_hot([2])))
     pixels = updated.numpy()
     assert pixels.min() == 0.0 and pixels.max() == 255.0  # the step (~1/std) overshoots both ends
     assert (pixels > 0).any() and (pixels < 255).any()
 
 
 def test_loss_rises_over_iterations_for_a_fixed_seed(conv5):
-    history = render.ascend(conv5.step, param.batch(SHAPE, [11]), [2], 12).history
+    history = render.ascend(conv5.step, param.batch(SHAPE, [11]), one_hot([2]), 12).history
     losses = [float(stats.loss[0]) for stats in history]
     climbs = np.diff(losses[1:])  # the first step may overshoot from the flat start image
     assert (climbs > 0).mean() >= 0.9
@@ -58,19 +63,31 @@ def test_loss_rises_over_iterations_for_a_fixed_seed(conv5):
 
 def test_class_logit_rises(factory):
     logits = factory.acquire(MODEL, None)
-    history = render.ascend(logits.step, param.batch(SHAPE, [5]), [278], 4).history
+    history = render.ascend(logits.step, param.batch(SHAPE, [5]), one_hot([278], 1000), 4).history
     losses = [float(stats.loss[0]) for stats in history]
     assert losses[-1] > losses[1]
 
 
 def test_batching_never_changes_a_jobs_image(conv5):
-    alone = render.ascend(conv5.step, param.batch(SHAPE, [21]), [2], 3).images
-    batched = render.ascend(conv5.step, param.batch(SHAPE, [20, 21]), [1, 2], 3).images
+    alone = render.ascend(conv5.step, param.batch(SHAPE, [21]), one_hot([2]), 3).images
+    batched = render.ascend(conv5.step, param.batch(SHAPE, [20, 21]), one_hot([1, 2]), 3).images
     np.testing.assert_allclose(batched[1], alone[0], atol=0.05)
 
 
+def test_weighted_targets_climb_their_sum(conv5):
+    mix = objectives.weights_matrix([{2: 1.0, 7: -0.5}], CONV5_CHANNELS)
+    history = render.ascend(conv5.step, param.batch(SHAPE, [13]), mix, 8).history
+    assert history[-1].loss[0] > history[1].loss[0]
+
+
+def test_frames_for_an_animation(conv5):
+    ascent = render.ascend(conv5.step, param.batch(SHAPE, [1]), one_hot([2]), 7, frame_every=3)
+    assert len(ascent.frames) == 3 and ascent.frames[-1].shape == (1, *SHAPE)
+    np.testing.assert_array_equal(ascent.frames[-1], ascent.images)
+
+
 def test_predictions_come_every_ten_iterations_and_at_the_end(conv5):
-    ascent = render.ascend(conv5.step, param.batch(SHAPE, [1, 2]), [1, 2], 23, classify=conv5.model.classify)
+    ascent = render.ascend(conv5.step, param.batch(SHAPE, [1, 2]), one_hot([1, 2]), 23, classify=conv5.model.classify)
     assert [p.iteration for p in ascent.predictions] == [10, 20, 23]
     assert ascent.predictions[-1].probabilities.shape == (2, 1000)
     np.testing.assert_allclose(ascent.predictions[-1].probabilities.sum(axis=1), 1.0, rtol=1e-4)
@@ -79,7 +96,7 @@ def test_predictions_come_every_ten_iterations_and_at_the_end(conv5):
 def test_a_second_job_on_a_layer_builds_nothing(factory, conv5):
     builds = dict(factory.builds)
     again = factory.acquire(MODEL, 5)
-    render.ascend(again.step, param.batch(SHAPE, [1, 2, 3]), [7, 8, 9], 1)  # new features, new batch size
+    render.ascend(again.step, param.batch(SHAPE, [1, 2, 3]), one_hot([7, 8, 9]), 1)  # new features, new batch size
     assert again.step is conv5.step
     assert (again.model_load_s, again.compile_s) == (0.0, 0.0)
     assert dict(factory.builds) == builds
@@ -92,5 +109,5 @@ def test_the_step_cache_is_a_bounded_lru():
     small = ModelFactory(step_cache_size=2)
     for conv_id in (0, 1, 0, 2):
         small.acquire(MODEL, conv_id)
-    assert small.cached_steps() == [(MODEL, 0), (MODEL, 2)]
+    assert small.cached_steps() == [(MODEL, 0, "gradient_ascent"), (MODEL, 2, "gradient_ascent")]
     assert small.builds == {"model": 1, "step": 3}

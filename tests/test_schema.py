@@ -33,6 +33,9 @@ def _validates(task, job):
     ({"model": "resnet"}, False),
     ({"method": "deepdream"}, False),
     ({"colour": "red"}, False),
+    ({"conv_id": 5, "method": "robust", "targets": [{"feature": 1, "weight": 2.0}, {"feature": 3}]}, True),
+    ({"targets": [{"feature": 1, "weight": "x"}]}, False),
+    ({"animate": True}, True),
 ])
 def test_schema_and_contract_agree(job, valid):
     assert _validates("featurevis.optimize", job) is valid

@@ -15,13 +15,15 @@ import celery
 from celery.exceptions import SoftTimeLimitExceeded
 import numpy as np
 
-from featurevis import contract, images
+from featurevis import contract, gallery, images
 from featurevis.catalog import WeightsUnavailable
 from featurevis.contract import JobSpec
 from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore
 from worker import runtime
 from worker.app import app
 from worker.progress import ProgressPublisher
+
+ANIMATION, ANIMATION_FRAMES = "animation.webp", 30
 
 @app.task(bind=True, name="featurevis.optimize")
 def optimize(self, **fields) -> dict:
@@ -35,6 +37,8 @@ def optimize(self, **fields) -> dict:
         cached = meta is not None
         if not cached:
             [meta] = _render_safely(self, store, [spec])
+    if not cached:
+        gallery.try_rebuild(store)  # outside the job lock: the page may lag a job, never block one
     return _summary(spec, meta, cached)
 
 
@@ -50,6 +54,7 @@ def sweep(self, **fields) -> dict:
     sheet = images.contact_sheet([store.read_image(spec.key) for spec in specs])
     jobs = [_summary(spec, metas[spec.job_id], cached=spec not in missing) for spec in specs]
     store.write(key, {"contact_sheet.png": sheet}, {"sweep_id": contract.sweep_id(specs), "jobs": jobs})
+    gallery.try_rebuild(store)
     return {"sweep_id": contract.sweep_id(specs), "key": key, "contact_sheet": f"{key}/contact_sheet.png",
             "meta": f"{key}/{META}", "jobs": jobs}
 
@@ -76,12 +81,14 @@ def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) 
 
 def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[dict]:
     """Optimize specs of one layer as one batch, publish each result, return their metas."""
-    from featurevis.optvis import param, render  # TensorFlow side: imported in pool children only
+    from featurevis import quality  # TensorFlow side: imported in pool children only
+    from featurevis.optvis import objectives, render
 
     factory = runtime.factory()
     first = specs[0]
-    acquired = factory.acquire(first.model, first.conv_id)
+    acquired = factory.acquire(first.model, first.conv_id, first.method)
     info = acquired.model.info
+    weights = objectives.weights_matrix([spec.weights for spec in specs], info.features_of(first.conv_id))
     class_names = info.class_names()
     publisher = ProgressPublisher(task)
     latest: dict | None = None
@@ -98,21 +105,26 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
             "prediction": latest,
         }, final=done == first.iterations)
 
-    ascent = render.ascend(acquired.step, param.batch(info.input_shape, [s.seed for s in specs]),
-                           [spec.feature for spec in specs], first.iterations,
-                           classify=acquired.model.classify, on_iteration=on_iteration)
+    frame_every = max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0
+    ascent = render.optimize(first.method, acquired.step, info.input_shape, [spec.seed for spec in specs], weights,
+                             first.iterations, classify=acquired.model.classify, on_iteration=on_iteration,
+                             frame_every=frame_every)
     timings = {"model_load_s": acquired.model_load_s, "compile_s": acquired.compile_s,
                "optimize_s": time.perf_counter() - started, "started_at": started_at}
+    scores = quality.scores(acquired.probe, ascent.images, weights, acquired.model.classify, first.conv_id,
+                            factory.judge(first.model))
     metas = []
     for index, spec in enumerate(specs):
         steps = {name: [float(getattr(row, name)[index]) for row in ascent.history]
                  for name in render.StepStats._fields}
         predictions = [_top_class(predicted, index, class_names) for predicted in ascent.predictions]
         meta = _meta(task, spec, info, steps, predictions, timings, len(specs))
+        meta["quality"] = scores[index]
         meta["factory"] = {"models_built": factory.builds["model"], "steps_built": factory.builds["step"],
                            "step_traces": acquired.step.traces[0]}
         image = ascent.images[index]
-        store.write_image_result(spec.key, image, images.png_bytes(image), meta)
+        extra = {ANIMATION: images.animation_bytes([frame[index] for frame in ascent.frames])} if spec.animate else {}
+        store.write_image_result(spec.key, image, images.png_bytes(image), meta, extra)
         metas.append(meta)
     return metas
 

@@ -1,4 +1,4 @@
-"""The render loop: a compiled gradient-ascent step and the loop that drives it."""
+"""The render loop: compiled steps (the tutorial's, and lucid's robust one) and the loop that drives them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,6 +7,8 @@ from typing import Callable, NamedTuple
 import keras
 import numpy as np
 import tensorflow as tf
+
+from featurevis.optvis import objectives, param, transform
 
 Objective = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -33,20 +35,21 @@ def gradient_ascent_step(network: keras.Model, preprocess: Callable, objective: 
     """The tutorial's update, compiled once: grad in 0..255 pixel space, step 1/std(grad), clip.
 
     `network` ends at the target layer, so deeper layers are never computed.
-    The fixed input signature (any batch, int32 features) means new features
-    and batch sizes reuse the same graph.
+    `objective` takes dense (batch, channels) weights (objectives.weighted_channels
+    or weighted_logits; a plain job is one-hot): with any batch and weights as
+    tensor arguments, new features and batch sizes reuse the same graph.
     """
     compiled = CompiledStep(fn=None)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, *image_shape], tf.float32),
-        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None, None], tf.float32),  # weights: image x channel (or class)
     ])
-    def step(images, features):
+    def step(images, weights):
         compiled.traces[0] += 1  # runs at trace time only
         with tf.GradientTape() as tape:
             tape.watch(images)
-            loss = objective(network(preprocess(images), training=False), features)
+            loss = objective(network(preprocess(images), training=False), weights)
             total = tf.reduce_sum(loss)  # images are independent, so d(total)/d(image b) = d(loss b)/d(image b)
         grads = tape.gradient(total, images)
         step_size = 1.0 / (tf.math.reduce_std(grads, axis=[1, 2, 3]) + 1e-8)
@@ -57,8 +60,97 @@ def gradient_ascent_step(network: keras.Model, preprocess: Callable, objective: 
     compiled.fn = step
     # Trace, and run once: TensorFlow optimizes the graph on its first call, which would
     # otherwise land in the first job's optimize time instead of the step's compile time.
-    step(tf.zeros([1, *image_shape]), tf.zeros([1], tf.int32))
+    step(tf.zeros([1, *image_shape]), tf.zeros([1, network.output.shape[-1]]))
     return compiled
+
+
+class RobustState(NamedTuple):
+    """Spectra and their Adam moments, passed into and out of the robust step.
+
+    Keeping them as tensors rather than variables (a Keras optimizer's slots
+    are variables) leaves the step pure, so it takes any batch size.
+    """
+
+    spectrum: tf.Tensor
+    m: tf.Tensor
+    v: tf.Tensor
+    updates: tf.Tensor  # int64 scalar: Adam steps taken, also the transforms' step number
+
+    @classmethod
+    def start(cls, spectrum: np.ndarray) -> RobustState:
+        spectrum = tf.convert_to_tensor(spectrum, tf.float32)
+        return cls(spectrum, tf.zeros_like(spectrum), tf.zeros_like(spectrum), tf.constant(0, tf.int64))
+
+
+@dataclass
+class RobustStep(CompiledStep):
+    """fn(state, weights, seeds, diversity) -> (state, StepStats); pixels(spectrum) -> untransformed images."""
+
+    pixels: Callable[[tf.Tensor], tf.Tensor] | None = None
+
+
+LEARNING_RATE = 0.05  # lucid's Adam rate for the FFT parameterization
+
+
+def robust_step(network: keras.Model, preprocess: Callable, objective: Objective, image_shape: tuple[int, int, int],
+                learning_rate: float = LEARNING_RATE,
+                robustness: transform.Robustness | None = None) -> RobustStep:
+    """lucid's render step, compiled once: one Adam update of FFT spectra, the loss seen through random transforms.
+
+    pixels = fft_to_pixels(spectrum), moved by transform.standard, then
+    preprocess and `network` (ending at the target layer); the loss per image is
+    objective(activations, weights) - diversity * objectives.diversity(activations),
+    and Adam climbs it (the same as minimizing its negative). `objective` takes
+    dense (batch, channels) weights (objectives.weighted_channels or
+    weighted_logits), so with any batch, weights and seeds as tensor arguments
+    nothing retraces. The stats' gradient figures are of the spectra, which is
+    what Adam moves; their step size is the learning rate.
+    """
+    spectrum_spec = tf.TensorSpec([None, *param.fft_spectrum_shape(image_shape)], tf.float32)
+    compiled = RobustStep(fn=None)
+
+    @tf.function(input_signature=[spectrum_spec])
+    def pixels(spectrum):
+        return param.fft_to_pixels(spectrum, image_shape)
+
+    @tf.function(input_signature=[
+        RobustState(spectrum_spec, spectrum_spec, spectrum_spec, tf.TensorSpec([], tf.int64)),
+        tf.TensorSpec([None, None], tf.float32),  # weights: image x channel (or class)
+        tf.TensorSpec([None], tf.int64),  # seeds: one per image, for its transforms
+        tf.TensorSpec([], tf.float32),  # diversity weight
+    ])
+    def step(state, weights, seeds, diversity):
+        compiled.traces[0] += 1  # runs at trace time only
+        with tf.GradientTape() as tape:
+            tape.watch(state.spectrum)
+            moved = transform.standard(param.fft_to_pixels(state.spectrum, image_shape), seeds, state.updates,
+                                       robustness)
+            activations = network(preprocess(moved), training=False)
+            loss = objective(activations, weights) - diversity * objectives.diversity(activations)
+            total = tf.reduce_sum(loss)
+        grads = tape.gradient(total, state.spectrum)
+        axes = [1, 2, 3, 4]
+        stats = StepStats(loss, tf.reduce_min(grads, axis=axes), tf.reduce_max(grads, axis=axes),
+                          tf.fill(tf.shape(loss), learning_rate))
+        return _adam_ascent(state, grads, learning_rate), stats
+
+    compiled.fn, compiled.pixels = step, pixels
+    start = RobustState.start(np.zeros([1, *spectrum_spec.shape[1:]], np.float32))
+    # Trace and run once, as gradient_ascent_step does.
+    step(start, tf.zeros([1, network.output.shape[-1]]), tf.zeros([1], tf.int64), tf.constant(0.0))
+    pixels(start.spectrum)
+    return compiled
+
+
+def _adam_ascent(state: RobustState, grads: tf.Tensor, learning_rate: float,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8) -> RobustState:
+    """One Adam step up the gradient, with Kingma & Ba's (and lucid's) defaults."""
+    updates = state.updates + 1
+    m = beta_1 * state.m + (1 - beta_1) * grads
+    v = beta_2 * state.v + (1 - beta_2) * tf.square(grads)
+    t = tf.cast(updates, tf.float32)
+    m_hat, v_hat = m / (1 - tf.pow(beta_1, t)), v / (1 - tf.pow(beta_2, t))
+    return RobustState(state.spectrum + learning_rate * m_hat / (tf.sqrt(v_hat) + epsilon), m, v, updates)
 
 
 def classifier(model: keras.Model, preprocess: Callable, image_shape: tuple[int, int, int]) -> Callable:
@@ -83,29 +175,66 @@ class Ascent(NamedTuple):
     images: np.ndarray
     history: list[StepStats]  # one per iteration, as numpy
     predictions: list[Prediction]
+    frames: list[np.ndarray] = []  # batch images every `frame_every` iterations, when asked for
 
 
 IterationCallback = Callable[[int, StepStats, "Prediction | None"], None]
 PREDICT_EVERY = 10
 
 
-def ascend(step: CompiledStep, images: np.ndarray, features: list[int], iterations: int,
-           classify: Callable | None = None, on_iteration: IterationCallback | None = None) -> Ascent:
-    """Run the step `iterations` times, classifying every PREDICT_EVERY iterations and at the end.
+def ascend(step: CompiledStep, images: np.ndarray, weights: np.ndarray, iterations: int,
+           classify: Callable | None = None, on_iteration: IterationCallback | None = None,
+           frame_every: int = 0) -> Ascent:
+    """Run the tutorial's step `iterations` times from `images`; image b climbs sum_c weights[b, c] * feature c."""
+    weight_tensor = tf.constant(weights, tf.float32)
+    return _climb(lambda current: step.fn(current, weight_tensor), tf.convert_to_tensor(images, tf.float32),
+                  tf.identity, iterations, classify, on_iteration, frame_every)
+
+
+def ascend_robust(step: RobustStep, spectrum: np.ndarray, weights: np.ndarray, iterations: int, seeds: list[int],
+                  diversity: float = 0.0, classify: Callable | None = None,
+                  on_iteration: IterationCallback | None = None, frame_every: int = 0) -> Ascent:
+    """Run the robust step `iterations` times from `spectrum` (param.fft_spectrum_init of the same seeds).
+
+    Image b maximizes the sum over c of weights[b, c] * feature c, minus
+    `diversity` times objectives.diversity; seeds[b] drives its transforms.
+    The images returned are the spectra's pixels, with no transform applied.
+    """
+    arguments = (tf.constant(weights, tf.float32), tf.constant(seeds, tf.int64), tf.constant(diversity, tf.float32))
+    return _climb(lambda state: step.fn(state, *arguments), RobustState.start(spectrum),
+                  lambda state: step.pixels(state.spectrum), iterations, classify, on_iteration, frame_every)
+
+
+# Each method: how its compiled step is built, and how a job runs it from its seeds.
+STEPS = {"gradient_ascent": gradient_ascent_step, "robust": robust_step}
+
+
+def optimize(method: str, step: CompiledStep, shape: tuple[int, int, int], seeds: list[int], weights: np.ndarray,
+             iterations: int, **options) -> Ascent:
+    """One batch of jobs by `method`, each image starting from its own seed."""
+    if method == "robust":
+        return ascend_robust(step, param.fft_spectrum_init(shape, seeds), weights, iterations, seeds, **options)
+    return ascend(step, param.batch(shape, seeds), weights, iterations, **options)
+
+
+def _climb(advance: Callable, state, pixels: Callable, iterations: int, classify: Callable | None,
+           on_iteration: IterationCallback | None, frame_every: int) -> Ascent:
+    """Advance `state` `iterations` times, classifying its pixels every PREDICT_EVERY iterations and at the end.
 
     Classifying runs the full network, so doing it every step (as the tutorial's
-    session.run did) would throw away what truncating the model saves.
+    session.run did) would throw away what truncating the model saves. With
+    `frame_every`, the pixels of every that-many iterations are kept, for an animation.
     """
-    current = tf.convert_to_tensor(images, tf.float32)
-    feature_tensor = tf.constant(features, tf.int32)
-    history, predictions = [], []
+    history, predictions, frames = [], [], []
     for done in range(1, iterations + 1):
-        current, stats = step.fn(current, feature_tensor)
+        state, stats = advance(state)
         history.append(StepStats(*(value.numpy() for value in stats)))
         predicted = None
         if classify is not None and (done % PREDICT_EVERY == 0 or done == iterations):
-            predicted = Prediction(done, classify(current).numpy())
+            predicted = Prediction(done, classify(pixels(state)).numpy())
             predictions.append(predicted)
+        if frame_every and (done % frame_every == 0 or done == iterations):
+            frames.append(pixels(state).numpy())
         if on_iteration is not None:
             on_iteration(done, history[-1], predicted)
-    return Ascent(current.numpy(), history, predictions)
+    return Ascent(pixels(state).numpy(), history, predictions, frames)

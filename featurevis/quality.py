@@ -1,0 +1,72 @@
+"""Scores of a finished picture, in every meta.json, so methods are compared by numbers.
+
+- robustness: the objective under random transforms the optimization did not
+  use (scale 0.8-1.2, rotation ±15°, shifts up to 1/16 of the size), divided
+  by its value at the picture itself. Near 1: the pattern is really there;
+  near 0: it was noise tuned to one pixel grid.
+- specificity: for a conv target, the target channel's z-score among all the
+  layer's channels at the picture (does it excite this feature, or everything?);
+  for a class target, the class's softmax probability and rank.
+- transferability (models with a judge, e.g. shapes_cnn judged by shapes_cnn_b):
+  whether an independently trained network also sees the target class.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from featurevis.optvis import transform
+
+SAMPLES = 8
+HELD_OUT_SEED = 10_007  # not a seed any job's own transforms use: they draw from the job seed
+
+
+def held_out(size: int) -> transform.Robustness:
+    return transform.Robustness(pad=0.0, jitter=size / 16, scale=(0.8, 1.2), degrees=15.0, jitter_after=0.0)
+
+
+def scores(probe: Callable, images: np.ndarray, weights: np.ndarray, classify: Callable, conv_id: int | None,
+           judge: tuple[str, Callable] | None = None) -> list[dict]:
+    """One dict of scores per image; `probe(images)` gives (batch, features) of the target layer."""
+    batch, size = images.shape[0], max(images.shape[1:3])
+    at_image = probe(images).numpy()
+    objective = (at_image * weights).sum(axis=1)
+    moved = np.mean([(probe(transform.standard(tf.constant(images), tf.fill([batch], HELD_OUT_SEED + sample),
+                                               tf.constant(sample), held_out(size))).numpy() * weights).sum(axis=1)
+                     for sample in range(SAMPLES)], axis=0)
+    main = weights.argmax(axis=1)  # the most weighted feature stands for the job
+    rows = []
+    for b in range(batch):
+        row = {"objective": float(objective[b]), "robustness": _ratio(moved[b], objective[b])}
+        if conv_id is None:
+            probabilities = classify(images[b:b + 1]).numpy()[0]
+            row.update(target_probability=float(probabilities[main[b]]),
+                       target_rank=int((probabilities > probabilities[main[b]]).sum()) + 1)
+        else:
+            channels = at_image[b]
+            row["specificity_z"] = float((channels[main[b]] - channels.mean()) / (channels.std() + 1e-12))
+        if judge is not None and conv_id is None:
+            name, judged = judge
+            verdict = judged(images[b:b + 1]).numpy()[0]
+            row.update(judge=name, judge_agrees=bool(verdict.argmax() == main[b]),
+                       judge_probability=float(verdict[main[b]]))
+        rows.append(row)
+    return rows
+
+
+def _ratio(moved: float, at_image: float) -> float:
+    return float(moved / at_image) if abs(at_image) > 1e-12 else 0.0
+
+
+def feature_probe(network, preprocess: Callable, image_shape: tuple[int, int, int]) -> Callable:
+    """The target layer's per-feature value (channel means, or logits), compiled once per layer."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
+    def probe(images):
+        outputs = network(preprocess(images), training=False)
+        return outputs if len(outputs.shape) == 2 else tf.reduce_mean(outputs, axis=[1, 2])
+
+    probe(tf.zeros([1, *image_shape]))
+    return probe

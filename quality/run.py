@@ -1,0 +1,107 @@
+"""`make quality`: the robust method against the tutorial's gradient ascent, measured, not claimed.
+
+1. shapes_cnn, 10 classes x 5 seeds, each method: does the independently trained
+   shapes_cnn_b classify the visualization as the target class (transferability)?
+2. held-out transform robustness (featurevis.quality) of both methods on shapes_cnn
+   (logits) and on inception_v3_untrained at conv_id 5, 50 and 93;
+3. quality/results.json, and quality/contact_sheet.png: one row per class, one column per method.
+
+It runs the worker's own functions (render.optimize, quality.scores) in this process.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from featurevis import catalog, images, quality  # noqa: E402
+from featurevis.factory import ModelFactory  # noqa: E402
+from featurevis.optvis import objectives, render  # noqa: E402
+
+METHODS = ("gradient_ascent", "robust")
+SEEDS = (0, 1, 2, 3, 4)
+SHAPES_ITERATIONS = 100
+INCEPTION_ITERATIONS = 30
+
+
+def run(factory: ModelFactory, model: str, conv_id, method: str, features: list[int], seeds: list[int],
+        iterations: int) -> tuple[np.ndarray, list[dict]]:
+    """One batch, exactly as a worker would run it; the pictures and their quality scores."""
+    acquired = factory.acquire(model, conv_id, method)
+    info = acquired.model.info
+    weights = objectives.weights_matrix([{feature: 1.0} for feature in features], info.features_of(conv_id))
+    ascent = render.optimize(method, acquired.step, info.input_shape, seeds, weights, iterations)
+    return ascent.images, quality.scores(acquired.probe, ascent.images, weights, acquired.model.classify, conv_id,
+                                         factory.judge(model))
+
+
+def shapes(factory: ModelFactory) -> tuple[dict, dict]:
+    classes = catalog.get("shapes_cnn").classes
+    summary, pictures = {}, {}
+    for method in METHODS:
+        rows = []
+        for seed in SEEDS:
+            batch, scores = run(factory, "shapes_cnn", None, method, list(range(classes)), [seed] * classes,
+                                SHAPES_ITERATIONS)
+            rows += scores
+            if seed == SEEDS[0]:
+                pictures[method] = batch
+        summary[method] = {
+            "transferability": float(np.mean([row["judge_agrees"] for row in rows])),
+            "judge_probability_mean": float(np.mean([row["judge_probability"] for row in rows])),
+            "robustness_mean": float(np.mean([row["robustness"] for row in rows])),
+            "target_probability_mean": float(np.mean([row["target_probability"] for row in rows])),
+            "per_class_transferability": [float(np.mean([rows[s * classes + c]["judge_agrees"]
+                                                         for s in range(len(SEEDS))])) for c in range(classes)],
+        }
+        print(f"  shapes_cnn {method:16s} transferability {summary[method]['transferability']:.0%}  "
+              f"robustness {summary[method]['robustness_mean']:.3f}", flush=True)
+    return summary, pictures
+
+
+def inception(factory: ModelFactory) -> dict:
+    summary = {}
+    for conv_id in (5, 50, 93):
+        for method in METHODS:
+            _, scores = run(factory, "inception_v3_untrained", conv_id, method, [1, 2], [0, 1], INCEPTION_ITERATIONS)
+            summary[f"conv{conv_id}/{method}"] = {
+                "robustness_mean": float(np.mean([row["robustness"] for row in scores])),
+                "specificity_z_mean": float(np.mean([row["specificity_z"] for row in scores]))}
+            print(f"  inception_v3_untrained conv {conv_id:2d} {method:16s} "
+                  f"robustness {summary[f'conv{conv_id}/{method}']['robustness_mean']:.3f}  "
+                  f"specificity z {summary[f'conv{conv_id}/{method}']['specificity_z_mean']:.2f}", flush=True)
+    return summary
+
+
+def contact_sheet(pictures: dict) -> bytes:
+    """Row c: class c by each method, left to right in METHODS order."""
+    classes = len(pictures[METHODS[0]])
+    return images.contact_sheet([pictures[method][c] for c in range(classes) for method in METHODS],
+                                columns=len(METHODS))
+
+
+def main() -> int:
+    began = time.perf_counter()
+    factory = ModelFactory()
+    print(f"1. shapes_cnn: 10 classes x {len(SEEDS)} seeds, {SHAPES_ITERATIONS} iterations, judged by shapes_cnn_b",
+          flush=True)
+    shapes_summary, pictures = shapes(factory)
+    print(f"2. held-out robustness on inception_v3_untrained, {INCEPTION_ITERATIONS} iterations", flush=True)
+    results = {"date": time.strftime("%Y-%m-%d"), "shapes_cnn": shapes_summary, "inception_v3_untrained": inception(factory),
+               "iterations": {"shapes_cnn": SHAPES_ITERATIONS, "inception_v3_untrained": INCEPTION_ITERATIONS},
+               "class_names": catalog.get("shapes_cnn").class_names(), "seconds": None}
+    (ROOT / "quality" / "contact_sheet.png").write_bytes(contact_sheet(pictures))
+    results["seconds"] = time.perf_counter() - began
+    (ROOT / "quality" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote quality/results.json and quality/contact_sheet.png in {results['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

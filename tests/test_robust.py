@@ -1,0 +1,170 @@
+"""lucid's robust method on a tiny network: FFT images, transforms, weighted objectives, diversity, the Adam step."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from featurevis.optvis import objectives, param, render, transform
+
+SHAPE = (64, 64, 3)
+CHANNELS, CLASSES = 16, 5
+
+
+def preprocess(pixels):
+    return pixels / 127.5 - 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A small random CNN: the last conv layer (linear, as in InceptionV3) is the target, then logits."""
+    keras.utils.set_random_seed(0)
+    pixels = keras.Input(SHAPE)
+    x = keras.layers.ReLU()(keras.layers.Conv2D(8, 3, strides=2)(pixels))
+    target = keras.layers.Conv2D(CHANNELS, 3)(x)
+    logits = keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(target)))
+    return keras.Model(pixels, target), keras.Model(pixels, logits)
+
+
+@pytest.fixture(scope="module")
+def channel_step(tiny):
+    return render.robust_step(tiny[0], preprocess, objectives.weighted_channels, SHAPE)
+
+
+def pixels_of(spectrum):
+    return param.fft_to_pixels(tf.constant(spectrum), SHAPE).numpy()
+
+
+def one_hot_rows(features, depth):
+    return objectives.weights_matrix([{feature: 1.0} for feature in features], depth)
+
+
+def test_fft_images_are_pixels_of_the_right_shape():
+    spectrum = param.fft_spectrum_init(SHAPE, [1, 2])
+    assert spectrum.shape == (2, 3, 64, 33, 2) and spectrum.std() == pytest.approx(0.01, rel=0.05)
+    images = pixels_of(spectrum * 300)  # large enough to reach the sigmoid's ends
+    assert images.shape == (2, *SHAPE)
+    assert images.min() >= 0.0 and images.max() <= 255.0 and images.min() < 10 and images.max() > 245
+
+
+def test_fft_images_are_deterministic_per_seed_and_batching_changes_none():
+    alone = pixels_of(param.fft_spectrum_init(SHAPE, [7]))
+    batched = pixels_of(param.fft_spectrum_init(SHAPE, [3, 7]))
+    np.testing.assert_array_equal(param.fft_spectrum_init(SHAPE, [7]), param.fft_spectrum_init(SHAPE, [7]))
+    np.testing.assert_allclose(batched[1], alone[0], atol=1e-4)
+    assert np.abs(batched[0] - batched[1]).max() > 0.1
+
+
+def moved(images, seeds, step=0, robustness=None):
+    return transform.standard(tf.constant(images), tf.constant(seeds, tf.int64), tf.constant(step, tf.int64),
+                              robustness).numpy()
+
+
+def test_transforms_keep_shape_and_range_and_follow_the_seed():
+    images = np.random.default_rng(0).uniform(0, 255, (3, *SHAPE)).astype(np.float32)
+    images[2] = images[0]
+    out = moved(images, [1, 2, 1])
+    assert out.shape == images.shape and out.min() >= 0.0 and out.max() <= 255.0
+    np.testing.assert_array_equal(out, moved(images, [1, 2, 1]))
+    np.testing.assert_allclose(out[2], out[0], atol=1e-4)  # same image, same seed: same move
+    np.testing.assert_allclose(moved(images[1:2], [2])[0], out[1], atol=1e-4)  # batching changes none
+    assert np.abs(moved(images[:1], [3])[0] - out[0]).mean() > 1.0  # another seed moves it elsewhere
+    assert np.abs(moved(images[:1], [1], step=1)[0] - out[0]).mean() > 1.0  # and so does the next step
+
+
+def test_transforms_without_movement_are_the_identity():
+    images = np.random.default_rng(1).uniform(0, 255, (2, *SHAPE)).astype(np.float32)
+    still = transform.Robustness(pad=0, jitter=0, scale=(1.0, 1.0), degrees=0, jitter_after=0)
+    np.testing.assert_allclose(moved(images, [1, 2], robustness=still), images, atol=1e-3)
+
+
+def test_lucids_pixel_amounts_scale_with_the_image():
+    assert transform.Robustness.lucid(224) == transform.Robustness(12, 8, (0.9, 1.1), 10.0, 4)
+    assert transform.Robustness.lucid(448).pad == 24
+
+
+def test_weighted_objectives_are_linear_and_one_hot_is_the_tutorials_loss():
+    rng = np.random.default_rng(2)
+    activations = tf.constant(rng.normal(size=(3, 5, 5, CHANNELS)), tf.float32)
+    logits = tf.constant(rng.normal(size=(3, CLASSES)), tf.float32)
+    np.testing.assert_allclose(objectives.weighted_channels(activations, one_hot_rows([4, 0, 9], CHANNELS)),
+                               [activations.numpy()[b, :, :, f].mean() for b, f in enumerate([4, 0, 9])], rtol=1e-5)
+    np.testing.assert_allclose(objectives.weighted_logits(logits, one_hot_rows([4, 0, 1], CLASSES)),
+                               [logits.numpy()[b, f] for b, f in enumerate([4, 0, 1])], rtol=1e-6)
+    a, b = (rng.normal(size=(3, CHANNELS)).astype(np.float32) for _ in range(2))
+    np.testing.assert_allclose(objectives.weighted_channels(activations, 2 * a - 3 * b),
+                               2 * objectives.weighted_channels(activations, a)
+                               - 3 * objectives.weighted_channels(activations, b), rtol=1e-4, atol=1e-5)
+
+
+def test_diversity_is_lower_for_different_images(tiny):
+    network = tiny[0]
+    different = np.random.default_rng(3).uniform(0, 255, (3, *SHAPE)).astype(np.float32)
+    same = np.repeat(different[:1], 3, axis=0)
+    of = lambda images: objectives.diversity(network(preprocess(images))).numpy()
+    np.testing.assert_allclose(of(same), 2 / 3, rtol=1e-5)  # each image is a perfect match for the other two
+    assert (of(different) < of(same)).all()
+    assert of(different[:1]) == pytest.approx([0.0])
+
+
+def test_adam_climbs_like_keras_adam_minimizing_the_negative():
+    grads = [tf.constant(np.random.default_rng(seed).normal(size=(2, 3)), tf.float32) for seed in range(3)]
+    variable = tf.Variable(tf.ones([2, 3]))
+    optimizer = keras.optimizers.Adam(learning_rate=0.05)
+    state = render.RobustState.start(np.ones([2, 3], np.float32))
+    for grad in grads:
+        optimizer.apply_gradients([(-grad, variable)])
+        state = render._adam_ascent(state, grad, 0.05)
+    np.testing.assert_allclose(state.spectrum, variable.numpy(), rtol=1e-5)
+    assert int(state.updates) == 3
+
+
+@pytest.mark.parametrize("objective, target", [(objectives.weighted_channels, 0), (objectives.weighted_logits, 1)])
+def test_twenty_robust_steps_raise_the_target_on_the_plain_image(tiny, objective, target):
+    network = tiny[target]
+    step = render.robust_step(network, preprocess, objective, SHAPE)
+    weights = one_hot_rows([3], network.output.shape[-1])
+    start = param.fft_spectrum_init(SHAPE, [5])
+    ascent = render.ascend_robust(step, start, weights, 20, [5])
+    score = lambda images: float(objective(network(preprocess(images)), weights)[0])
+    assert score(ascent.images) > score(pixels_of(start)) + 0.01  # from ~0: a tiny random net moves slowly
+    assert ascent.images.shape == (1, *SHAPE) and ascent.images.dtype == np.float32
+    assert [float(stats.step_size[0]) for stats in ascent.history] == [pytest.approx(0.05)] * 20
+
+
+def test_one_compiled_step_serves_any_weights_and_batch(channel_step):
+    seeds = [1, 2, 3]
+    render.ascend_robust(channel_step, param.fft_spectrum_init(SHAPE, seeds[:1]), one_hot_rows([3], CHANNELS), 2,
+                         seeds[:1])
+    mixed = np.random.default_rng(4).normal(size=(3, CHANNELS)).astype(np.float32)
+    render.ascend_robust(channel_step, param.fft_spectrum_init(SHAPE, seeds), mixed, 2, seeds, diversity=10.0)
+    assert channel_step.traces[0] == 1
+    assert channel_step.pixels.experimental_get_tracing_count() == 1
+
+
+def test_batching_never_changes_a_robust_image(channel_step):
+    weights = one_hot_rows([2, 6], CHANNELS)
+    alone = render.ascend_robust(channel_step, param.fft_spectrum_init(SHAPE, [9]), weights[1:], 3, [9]).images
+    batched = render.ascend_robust(channel_step, param.fft_spectrum_init(SHAPE, [8, 9]), weights, 3, [8, 9]).images
+    np.testing.assert_allclose(batched[1], alone[0], atol=0.05)
+
+
+def test_robust_predictions_come_every_ten_iterations_and_at_the_end(tiny, channel_step):
+    classify = render.classifier(tiny[1], preprocess, SHAPE)
+    seen = []
+    ascent = render.ascend_robust(channel_step, param.fft_spectrum_init(SHAPE, [1]), one_hot_rows([1], CHANNELS),
+                                  12, [1], classify=classify,
+                                  on_iteration=lambda done, stats, predicted: seen.append((done, predicted)))
+    assert [p.iteration for p in ascent.predictions] == [10, 12]
+    assert [done for done, predicted in seen if predicted is not None] == [10, 12] and len(seen) == 12
+    np.testing.assert_allclose(ascent.predictions[-1].probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_diversity_weight_drives_one_features_images_apart(tiny, channel_step):
+    start = np.repeat(param.fft_spectrum_init(SHAPE, [6]), 2, axis=0)  # the same start; only the transforms differ
+    weights = one_hot_rows([4, 4], CHANNELS)
+
+    def similarity(weight):
+        images = render.ascend_robust(channel_step, start, weights, 10, [1, 2], diversity=weight).images
+        return float(objectives.diversity(tiny[0](preprocess(images))).numpy().sum())
+
+    assert similarity(100.0) < 0.5 * similarity(0.0)  # lucid's weight; here about 0.09 against 1.0
