@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from featurevis.optvis import transform
 
-SAMPLES = 8
+SAMPLES = 4  # each is a forward pass of the truncated network: 4 keep scoring well under a tenth of a job
 HELD_OUT_SEED = 10_007  # not a seed any job's own transforms use: they draw from the job seed
 
 
@@ -27,9 +27,13 @@ def held_out(size: int) -> transform.Robustness:
     return transform.Robustness(pad=0.0, jitter=size / 16, scale=(0.8, 1.2), degrees=15.0, jitter_after=0.0)
 
 
-def scores(probe: Callable, images: np.ndarray, weights: np.ndarray, classify: Callable, conv_id: int | None,
+def scores(probe: Callable, images: np.ndarray, weights: np.ndarray, probabilities: np.ndarray, conv_id: int | None,
            judge: tuple[str, Callable] | None = None) -> list[dict]:
-    """One dict of scores per image; `probe(images)` gives (batch, features) of the target layer."""
+    """One dict of scores per image.
+
+    `probe(images)` gives (batch, features) of the target layer; `probabilities`
+    are the model's class probabilities at the images (the job's last prediction).
+    """
     batch, size = images.shape[0], max(images.shape[1:3])
     at_image = probe(images).numpy()
     objective = (at_image * weights).sum(axis=1)
@@ -41,9 +45,8 @@ def scores(probe: Callable, images: np.ndarray, weights: np.ndarray, classify: C
     for b in range(batch):
         row = {"objective": float(objective[b]), "robustness": _ratio(moved[b], objective[b])}
         if conv_id is None:
-            probabilities = classify(images[b:b + 1]).numpy()[0]
-            row.update(target_probability=float(probabilities[main[b]]),
-                       target_rank=int((probabilities > probabilities[main[b]]).sum()) + 1)
+            mine = probabilities[b]
+            row.update(target_probability=float(mine[main[b]]), target_rank=int((mine > mine[main[b]]).sum()) + 1)
         else:
             channels = at_image[b]
             row["specificity_z"] = float((channels[main[b]] - channels.mean()) / (channels.std() + 1e-12))

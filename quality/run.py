@@ -36,9 +36,10 @@ def run(factory: ModelFactory, model: str, conv_id, method: str, features: list[
     acquired = factory.acquire(model, conv_id, method)
     info = acquired.model.info
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], info.features_of(conv_id))
-    ascent = render.optimize(method, acquired.step, info.input_shape, seeds, weights, iterations)
-    return ascent.images, quality.scores(acquired.probe, ascent.images, weights, acquired.model.classify, conv_id,
-                                         factory.judge(model))
+    ascent = render.optimize(method, acquired.step, info.input_shape, seeds, weights, iterations,
+                             classify=acquired.model.classify)
+    return ascent.images, quality.scores(acquired.probe, ascent.images, weights, ascent.predictions[-1].probabilities,
+                                         conv_id, factory.judge(model))
 
 
 def shapes(factory: ModelFactory) -> tuple[dict, dict]:

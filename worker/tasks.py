@@ -111,8 +111,8 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
                              frame_every=frame_every)
     timings = {"model_load_s": acquired.model_load_s, "compile_s": acquired.compile_s,
                "optimize_s": time.perf_counter() - started, "started_at": started_at}
-    scores = quality.scores(acquired.probe, ascent.images, weights, acquired.model.classify, first.conv_id,
-                            factory.judge(first.model))
+    scores = quality.scores(acquired.probe, ascent.images, weights, ascent.predictions[-1].probabilities,
+                            first.conv_id, factory.judge(first.model))
     metas = []
     for index, spec in enumerate(specs):
         steps = {name: [float(getattr(row, name)[index]) for row in ascent.history]

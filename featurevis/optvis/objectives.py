@@ -29,7 +29,7 @@ def weighted_channels(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
 
 def weighted_logits(logits: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     """sum over c of weights[b, c] * logits[b, c], for each image b (pre-softmax: raising one need not lower others)."""
-    return tf.reduce_sum(logits * weights, axis=-1)
+    return tf.reduce_sum(tf.cast(logits, weights.dtype) * weights, axis=-1)  # float32 even under mixed precision
 
 
 def diversity(activations: tf.Tensor) -> tf.Tensor:
