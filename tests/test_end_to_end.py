@@ -12,6 +12,7 @@ from PIL import Image
 from featurevis.contract import normalize
 from featurevis.optvis import objectives, param, render
 from featurevis.redis_server import free_port
+from featurevis.stack import wait_until
 from tests.conftest import UNTRAINED
 
 META_FIELDS = {"job_id", "spec", "layer_name", "conv_id", "feature", "iterations", "seed", "method", "loss",
@@ -190,5 +191,7 @@ def test_robust_composed_and_animated_jobs_run_on_the_same_worker_path(stack, pr
 
 def test_the_gallery_lists_finished_results(stack, producer_api):
     result = producer_api.enqueue({"model": UNTRAINED, "conv_id": 6, "feature": 1, "iterations": 1, "seed": 1}).wait(timeout=240)
-    page = (stack.results_dir / "index.html").read_text()
-    assert f'{result["key"]}/image.png' in page and "untrained" in page
+    index = stack.results_dir / "index.html"
+    # Rebuilt right after the result is published, so it may trail the answer by a moment.
+    wait_until(lambda: index.exists() and f'{result["key"]}/image.png' in index.read_text(), 30, "not in the gallery")
+    assert "untrained" in index.read_text()

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 import celery
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import task_success
 import numpy as np
 
 from featurevis import contract, gallery, images
@@ -37,8 +38,6 @@ def optimize(self, **fields) -> dict:
         cached = meta is not None
         if not cached:
             [meta] = _render_safely(self, store, [spec])
-    if not cached:
-        gallery.try_rebuild(store)  # outside the job lock: the page may lag a job, never block one
     return _summary(spec, meta, cached)
 
 
@@ -54,9 +53,15 @@ def sweep(self, **fields) -> dict:
     sheet = images.contact_sheet([store.read_image(spec.key) for spec in specs])
     jobs = [_summary(spec, metas[spec.job_id], cached=spec not in missing) for spec in specs]
     store.write(key, {"contact_sheet.png": sheet}, {"sweep_id": contract.sweep_id(specs), "jobs": jobs})
-    gallery.try_rebuild(store)
     return {"sweep_id": contract.sweep_id(specs), "key": key, "contact_sheet": f"{key}/contact_sheet.png",
             "meta": f"{key}/{META}", "jobs": jobs}
+
+
+@task_success.connect
+def _refresh_gallery(sender=None, result=None, **_) -> None:
+    """Rebuild index.html once a job's result is published, so the page never delays an answer."""
+    if sender is not None and sender.name in (optimize.name, sweep.name) and not result.get("cached"):
+        gallery.try_rebuild(ResultStore.from_env())
 
 
 def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[dict]:
