@@ -24,7 +24,6 @@ import math
 import os
 import re
 import sys
-import uuid
 from collections import defaultdict
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -225,25 +224,8 @@ class _local_lock:
 
 
 def _publish(store: ResultStore, name: str, data: bytes) -> None:
-    """Put a file at the store's root whole or not at all: temporary name + rename locally, one PUT on S3."""
-    target = store.path("", name)
-    if not store.local:
-        protocols = store.fs.protocol if isinstance(store.fs.protocol, (tuple, list)) else (store.fs.protocol,)
-        extra = {"ContentType": "text/html; charset=utf-8"} if {"s3", "s3a"} & set(protocols) else {}
-        store.fs.pipe_file(target, data, **extra)
-        return
-    directory = os.path.dirname(target)
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    """Put the page at the store's root, whole or not at all (as every artefact is)."""
+    store.put("", name, data, content_type="text/html; charset=utf-8")
 
 
 if __name__ == "__main__":

@@ -70,8 +70,8 @@ class ResultStore:
     def write(self, key: str, artefacts: dict[str, bytes], meta: dict) -> None:
         """Publish artefacts, then meta.json."""
         for name, data in artefacts.items():
-            self._put(key, name, data)
-        self._put(key, META, json.dumps(meta, indent=1, sort_keys=True).encode())
+            self.put(key, name, data)
+        self.put(key, META, json.dumps(meta, indent=1, sort_keys=True).encode())
 
     def write_image_result(self, key: str, image: np.ndarray, png: bytes, meta: dict,
                            extra: dict[str, bytes] | None = None) -> None:
@@ -80,10 +80,11 @@ class ResultStore:
         np.save(raw, image.astype(np.float32))
         self.write(key, {IMAGE_PNG: png, IMAGE_NPY: raw.getvalue(), **(extra or {})}, meta)
 
-    def _put(self, key: str, name: str, data: bytes) -> None:
+    def put(self, key: str, name: str, data: bytes, content_type: str | None = None) -> None:
+        """One file, whole or not at all: a temporary name and a rename locally, one upload on S3."""
         target = self.path(key, name)
         if not self.local:
-            self.fs.pipe_file(target, data)  # an S3 object appears whole or not at all
+            self.fs.pipe_file(target, data, **({"ContentType": content_type} if content_type else {}))
             return
         os.makedirs(os.path.dirname(target), exist_ok=True)
         temporary = os.path.join(os.path.dirname(target), f".{name}.{uuid.uuid4().hex}.tmp")
