@@ -12,9 +12,9 @@ import time
 from datetime import datetime, timezone
 
 import celery
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_success
-import numpy as np
 
 from featurevis import contract, gallery, images
 from featurevis.catalog import WeightsUnavailable
@@ -25,6 +25,7 @@ from worker.app import app
 from worker.progress import ProgressPublisher
 
 ANIMATION, ANIMATION_FRAMES = "animation.webp", 30
+
 
 @app.task(bind=True, name="featurevis.optimize")
 def optimize(self, **fields) -> dict:
