@@ -177,6 +177,7 @@ def test_two_hundred_jobs_over_twenty_layers_none_lost_none_twice_rss_bounded(tm
         assert len(results) == 200 and len({r["job_id"] for r in results}) == 200
         assert set(succeeded.values()) == {1} and set(started.values()) == {1} and len(succeeded) == 200
         assert set(events.hostnames("task-succeeded")) == {"w1", "w2"}
-        # Evicted layers' steps are freed: 16 more layers cost no more than 15% over a full cache.
+        # Evicted layers' steps are freed: 16 more layers (and 160 more jobs) cost at most a quarter over a
+        # full cache; holding all 20 layers' steps, graphs and sub-models would cost far more.
         for pid in pids:
-            assert final[pid] <= baseline[pid] * 1.15
+            assert final[pid] <= baseline[pid] * 1.25
