@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 from celery import Celery
@@ -36,6 +37,18 @@ class EventLog:
 
     def hostnames(self, event_type: str) -> Counter:
         return Counter(e["hostname"].split("@")[0] for e in list(self.events) if e.get("type") == event_type)
+
+    def settle(self, event_type: str, uuids, timeout: float = 30) -> Counter:
+        """Counts of `event_type` once every one of `uuids` has one.
+
+        A task's event leaves the worker just after its result is stored, so a
+        producer can hold a result before the event has arrived here.
+        """
+        wanted = set(uuids)
+        deadline = time.monotonic() + timeout
+        while not wanted <= set(self.count(event_type)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.count(event_type)
 
     def close(self) -> None:
         if self._receiver is not None:

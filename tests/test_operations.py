@@ -136,8 +136,8 @@ def test_two_cpu_workers_share_eight_jobs_each_run_once(tmp_path):
             jobs = [producer.enqueue({"model": UNTRAINED, "conv_id": 1, "feature": f, "iterations": 25, "seed": 1})
                     for f in range(8)]
             results = [job.wait(timeout=300) for job in jobs]
-            time.sleep(1)
-            started, succeeded = events.count("task-started"), events.count("task-succeeded")
+            succeeded = events.settle("task-succeeded", [job.id for job in jobs])
+            started = events.count("task-started")
             assert {job.id for job in jobs} == set(started) == set(succeeded)
             assert set(started.values()) == {1} and set(succeeded.values()) == {1}
             assert set(events.hostnames("task-started")) == {"cpu1", "cpu2"}

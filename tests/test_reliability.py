@@ -60,7 +60,7 @@ def test_killing_the_pool_child_mid_job_requeues_it_at_once(short_stack):
     os.kill(child, signal.SIGKILL)
     result = job.wait(timeout=120)
     assert result["cached"] is False
-    assert short_stack.events.count("task-succeeded")[job.id] == 1
+    assert short_stack.events.settle("task-succeeded", [job.id])[job.id] == 1
     assert ResultStore(short_stack.results_dir).read_meta(job.specs[0].key)["worker"]["pid"] != child
 
 
@@ -89,7 +89,7 @@ def test_sigkill_of_a_whole_worker_mid_job_redelivers_it_once(short_stack):
     print(f"\nwhole-worker SIGKILL: job redelivered and done {time.monotonic() - started:.1f} s later "
           f"(visibility timeout {SHORT_LIMITS['FEATUREVIS_VISIBILITY_TIMEOUT']} s)")
     assert result["cached"] is False
-    assert short_stack.events.count("task-succeeded")[job.id] == 1
+    assert short_stack.events.settle("task-succeeded", [job.id])[job.id] == 1
     folder = short_stack.results_dir / job.specs[0].key
     assert sorted(p.name for p in folder.iterdir()) == ["image.npy", "image.png", "meta.json"]
     assert not [p for p in _files_under(short_stack.results_dir) if p.name.endswith(".tmp")]
@@ -173,7 +173,8 @@ def test_two_hundred_jobs_over_twenty_layers_none_lost_none_twice_rss_bounded(tm
         results = first + rest
         print(f"\n200 jobs over 20 layers, step cache {cache}: RSS MB per worker process "
               + ", ".join(f"{baseline[p]:.0f} -> {final[p]:.0f}" for p in pids))
-        succeeded, started = events.count("task-succeeded"), events.count("task-started")
+        succeeded = events.settle("task-succeeded", [r["job_id"] for r in results])
+        started = events.count("task-started")
         assert len(results) == 200 and len({r["job_id"] for r in results}) == 200
         assert set(succeeded.values()) == {1} and set(started.values()) == {1} and len(succeeded) == 200
         assert set(events.hostnames("task-succeeded")) == {"w1", "w2"}
