@@ -48,7 +48,8 @@ def main() -> int:
     say("pictures:")
     for picture in pictures:
         print(picture)
-    say(f"everything is under {results} (image.png, image.npy and meta.json per job)")
+    say(f"everything is under {results} (image.png, image.npy and meta.json per job); "
+        f"open {results / 'index.html'} for the gallery")
     return 0
 
 
