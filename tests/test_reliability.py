@@ -113,6 +113,35 @@ def test_redis_down_at_enqueue_fails_within_five_seconds_and_queues_nothing(tmp_
         server.stop()
 
 
+def test_a_job_lock_is_renewed_while_held_and_lapses_soon_after_its_holder_dies(tmp_path):
+    import subprocess
+    import sys
+
+    from worker.runtime import JobLock
+
+    server = RedisServer(data_dir=tmp_path / "redis").start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        with JobLock(client, "held", lifetime=1.0, wait=0.1):
+            time.sleep(3.0)  # three lifetimes: only renewal keeps it
+            with pytest.raises(redis.exceptions.LockError):
+                JobLock(client, "held", lifetime=1.0, wait=0.1).__enter__()
+        assert client.get("featurevis:job:held") is None  # released on the way out
+        # A holder SIGKILLed mid-job, as a pool child is when the OOM killer or an operator strikes.
+        code = (f"import os, signal, redis; from worker.runtime import JobLock; "
+                f"JobLock(redis.Redis.from_url({server.url!r}), 'dead', lifetime=2.0, wait=1.0).__enter__(); "
+                f"os.kill(os.getpid(), signal.SIGKILL)")
+        died = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, timeout=60)
+        assert died.returncode == -signal.SIGKILL and client.get("featurevis:job:dead") is not None
+        started = time.monotonic()
+        with JobLock(client, "dead", lifetime=2.0, wait=10.0):
+            waited = time.monotonic() - started
+        print(f"\na dead holder's job lock lapsed after {waited:.1f} s (lifetime 2 s)")
+        assert waited <= 2.5
+    finally:
+        server.stop()
+
+
 def test_the_same_job_submitted_concurrently_is_computed_once(tmp_path):
     with LocalStack(results_dir=tmp_path / "results", workers=2, preload=UNTRAINED, log_dir=tmp_path / "logs",
                     redis_dir=tmp_path / "redis") as stack:

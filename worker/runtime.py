@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import redis
+from redis.exceptions import LockError
 from celery.signals import worker_process_init
 
 from worker.app import app
@@ -32,17 +34,57 @@ def _start(**_):
             log.warning("could not preload model %s: %s", name, error)
 
 
-def job_lock(job_id: str):
+LOCK_SECONDS = 30  # a dead worker's job lock frees itself at most this long after its last renewal
+
+
+class JobLock:
     """A Redis lock per job id, so concurrent duplicates of one job compute it once.
 
-    It expires with the hard time limit, so a worker that dies holding it
-    blocks nobody for longer than its job could have run.
+    A thread renews it every third of its lifetime while the job runs. A
+    SIGKILLed holder stops renewing, so the lock lapses within LOCK_SECONDS (a
+    quarter of the soft time limit, when that is shorter) and the redelivered
+    job gets it; a lock held for the hard limit instead made the redelivered job
+    wait out most of its own time limit for a dead worker.
     """
+
+    def __init__(self, client: redis.Redis, job_id: str, lifetime: float, wait: float):
+        # thread_local=False: the renewing thread must see the token the job thread acquired.
+        self._lock = client.lock(f"featurevis:job:{job_id}", timeout=lifetime, blocking_timeout=wait,
+                                 thread_local=False)
+        self._lifetime, self._stop = lifetime, threading.Event()
+        self._renewer = threading.Thread(target=self._renew, name=f"lock-{job_id}", daemon=True)
+
+    def __enter__(self) -> JobLock:
+        if not self._lock.acquire():
+            raise LockError(f"job lock {self._lock.name} still held after {self._lock.blocking_timeout} s")
+        self._renewer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._renewer.join()
+        try:
+            self._lock.release()
+        except LockError:
+            pass  # it lapsed (Redis was away longer than its lifetime): nothing left to release
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._lifetime / 3):
+            try:
+                self._lock.reacquire()
+            except LockError:
+                log.warning("job lock %s lapsed; a duplicate of this job may run alongside", self._lock.name)
+                return
+            except redis.RedisError as error:  # Redis restarting: try again next round
+                log.warning("could not renew job lock %s: %s", self._lock.name, error)
+
+
+def job_lock(job_id: str) -> JobLock:
     global _redis
     if _redis is None:
         _redis = redis.Redis.from_url(app.conf.broker_url)
-    limit = app.conf.task_time_limit
-    return _redis.lock(f"featurevis:job:{job_id}", timeout=limit, blocking_timeout=limit)
+    lifetime = min(LOCK_SECONDS, app.conf.task_soft_time_limit / 4)
+    return JobLock(_redis, job_id, lifetime, wait=app.conf.task_time_limit)
 
 
 def factory():
