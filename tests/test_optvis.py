@@ -69,9 +69,18 @@ def test_class_logit_rises(factory):
 
 
 def test_batching_never_changes_a_jobs_image(conv5):
-    alone = render.ascend(conv5.step, param.batch(SHAPE, [21]), one_hot([2]), 3).images
-    batched = render.ascend(conv5.step, param.batch(SHAPE, [20, 21]), one_hot([1, 2]), 3).images
-    np.testing.assert_allclose(batched[1], alone[0], atol=0.05)
+    """Batched, an image climbs as it does alone, up to float rounding.
+
+    Not bit for bit: oneDNN picks its convolution kernels by batch size on some
+    CPUs (on an AMD EPYC: 0.8% of the pixels off by up to 1.1 levels after 3
+    steps, where an Intel CPU gave identical images), and the tutorial's
+    1/std(grad) step magnifies rounding in a tiny gradient. The climb itself must agree.
+    """
+    start = param.batch(SHAPE, [21])
+    alone = render.ascend(conv5.step, start, one_hot([2]), 3).images[0] - start[0]
+    batched = render.ascend(conv5.step, param.batch(SHAPE, [20, 21]), one_hot([1, 2]), 3).images[1] - start[0]
+    assert np.corrcoef(alone.ravel(), batched.ravel())[0, 1] > 0.9999
+    assert np.abs(batched - alone).mean() < 0.01 * np.abs(alone).mean()
 
 
 def test_weighted_targets_climb_their_sum(conv5):
