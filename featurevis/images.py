@@ -26,15 +26,21 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def contact_sheet(images: list[np.ndarray], columns: int = 3, gap: int = 4) -> bytes:
     """A grid of normalized views, row by row, as the tutorial's 2x3 plots show a layer."""
+    buffer = io.BytesIO()
+    Image.fromarray(tile(images, columns, gap)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tile(images: list[np.ndarray], columns: int = 3, gap: int = 4) -> np.ndarray:
+    """contact_sheet's grid as uint8 pixels, white between the pictures: one frame of a set's animation."""
     height, width = images[0].shape[:2]
+    columns = min(columns, len(images))
     rows = -(-len(images) // columns)
     sheet = np.full((rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), 255, np.uint8)
     for index, image in enumerate(images):
         top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
         sheet[top:top + height, left:left + width] = normalized_view(image)
-    buffer = io.BytesIO()
-    Image.fromarray(sheet).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return sheet
 
 
 ANIMATION_FORMATS = {"webp": "WEBP", "gif": "GIF"}

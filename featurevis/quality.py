@@ -9,6 +9,8 @@
   for a class target, the class's softmax probability and rank.
 - transferability (models with a judge, e.g. shapes_cnn judged by shapes_cnn_b):
   whether an independently trained network also sees the target class.
+- for a diverse set, gram_similarity: how alike the images' styles are at the
+  target layer, the quantity the diversity term lowers.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from featurevis.optvis import transform
+from featurevis.optvis import objectives, transform
 
 SAMPLES = 4  # each is a forward pass of the truncated network: 4 keep scoring well under a tenth of a job
 HELD_OUT_SEED = 10_007  # not a seed any job's own transforms use: they draw from the job seed
@@ -35,10 +37,10 @@ def scores(probe: Callable, images: np.ndarray, weights: np.ndarray, probabiliti
     are the model's class probabilities at the images (the job's last prediction).
     """
     batch, size = images.shape[0], max(images.shape[1:3])
-    at_image = probe(images).numpy()
+    at_image = probe(images)[0].numpy()
     objective = (at_image * weights).sum(axis=1)
     moved = np.mean([(probe(transform.standard(tf.constant(images), tf.fill([batch], HELD_OUT_SEED + sample),
-                                               tf.constant(sample), held_out(size))).numpy() * weights).sum(axis=1)
+                                               tf.constant(sample), held_out(size)))[0].numpy() * weights).sum(axis=1)
                      for sample in range(SAMPLES)], axis=0)
     main = weights.argmax(axis=1)  # the most weighted feature stands for the job
     rows = []
@@ -59,17 +61,28 @@ def scores(probe: Callable, images: np.ndarray, weights: np.ndarray, probabiliti
     return rows
 
 
+def gram_similarity(probe: Callable, images: np.ndarray) -> float:
+    """Mean cosine similarity of the images' Gram matrices at the target layer, over all pairs (at least 2 images).
+
+    1: the same style everywhere; lucid's diversity term pushes it down.
+    """
+    count = len(images)
+    return float(probe(images)[1].numpy().mean() * count / (count - 1))
+
+
 def _ratio(moved: float, at_image: float) -> float:
     return float(moved / at_image) if abs(at_image) > 1e-12 else 0.0
 
 
 def feature_probe(network, preprocess: Callable, image_shape: tuple[int, int, int]) -> Callable:
-    """The target layer's per-feature value (channel means, or logits), compiled once per layer."""
+    """The target layer's per-feature values (channel means, or logits) and each image's
+    objectives.diversity in the batch, compiled once per layer."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
     def probe(images):
         outputs = network(preprocess(images), training=False)
-        return outputs if len(outputs.shape) == 2 else tf.reduce_mean(outputs, axis=[1, 2])
+        features = outputs if len(outputs.shape) == 2 else tf.reduce_mean(outputs, axis=[1, 2])
+        return features, objectives.diversity(outputs)
 
     probe(tf.zeros([1, *image_shape]))
     return probe

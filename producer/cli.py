@@ -29,10 +29,12 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _scalar(text: str):
     """Numbers as numbers, anything else as text, so the contract gives the message for bad values."""
-    try:
-        return int(text)
-    except ValueError:
-        return text
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _features(text: str) -> list:
@@ -60,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     enqueue = commands.add_parser("enqueue", help="queue one job")
     job_options(enqueue)
     enqueue.add_argument("--feature", type=_scalar, default=None, help="channel, or class index for the logits")
+    enqueue.add_argument("--images", type=_scalar, default=None,
+                         help="1..8: a diverse set of this many pictures (method robust), default 1")
+    enqueue.add_argument("--diversity", type=_scalar, default=None,
+                         help="0..100: how hard a set's pictures are pushed apart, default 3")
     sweep = commands.add_parser("sweep", help="queue several features of one layer as one batched job")
     job_options(sweep)
     sweep.add_argument("--features", type=_features, default=[1, 2, 3, 4, 5, 6], help="e.g. 1-6 (default) or 0,4,9")

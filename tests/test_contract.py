@@ -2,7 +2,7 @@
 import pytest
 
 from featurevis import catalog
-from featurevis.contract import JobError, normalize, normalize_sweep
+from featurevis.contract import DEFAULT_DIVERSITY, JobError, normalize, normalize_sweep
 
 BAD_JOBS = [
     ({"model": "resnet"}, "model", "one of inception_v3, inception_v3_untrained"),
@@ -85,6 +85,29 @@ def test_composed_targets_are_sorted_and_old_jobs_keep_their_ids():
     assert mixed.key == f"inception_v3/conv2d_8/features_0002_0007/{mixed.job_id}"
     assert normalize(mixed.fields()) == mixed and normalize(plain.fields()) == plain
     assert normalize({"conv_id": 5, "feature": 2, "seed": 1, "method": "robust"}).job_id != plain.job_id
+
+
+def test_a_diverse_set_names_its_images_and_diversity_and_plain_jobs_stay_as_they_were():
+    plain = normalize({"conv_id": 5, "feature": 2, "seed": 1})
+    assert normalize({"conv_id": 5, "feature": 2, "seed": 1, "images": 1}) == plain
+    assert "images" not in plain.fields() and "diversity" not in plain.fields() and plain.seeds == [1]
+    diverse = normalize({"conv_id": 5, "feature": 2, "seed": 1, "method": "robust", "images": 4})
+    assert diverse.diversity == DEFAULT_DIVERSITY and diverse.seeds == [1, 2, 3, 4]
+    independent = normalize({**diverse.fields(), "diversity": 0.0})
+    assert independent.diversity == 0.0 and normalize(independent.fields()) == independent  # 0 survives the wire
+    assert len({plain.job_id, diverse.job_id, independent.job_id}) == 3
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"images": 3}, "^images: more than 1 needs method robust"),
+    ({"diversity": 5.0, "method": "robust"}, "^diversity: needs images > 1"),
+    ({"images": 9, "method": "robust"}, "^images: must be an integer in 1..8"),
+    ({"images": 2, "method": "robust", "diversity": -1.0}, "^diversity: must be null or a number in 0..100:"),
+    ({"images": 2.0, "method": "robust"}, "^images: must be an integer"),
+])
+def test_bad_diverse_sets_are_one_line_naming_the_field(fields, message):
+    with pytest.raises(JobError, match=message):
+        normalize({"conv_id": 5, **fields})
 
 
 def test_an_absent_seed_is_drawn_and_recorded():

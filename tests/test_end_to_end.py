@@ -9,7 +9,7 @@ import pytest
 import redis
 from PIL import Image
 
-from featurevis.contract import normalize
+from featurevis.contract import DEFAULT_DIVERSITY, normalize
 from featurevis.optvis import objectives, param, render
 from featurevis.redis_server import free_port
 from featurevis.stack import wait_until
@@ -187,6 +187,31 @@ def test_robust_composed_and_animated_jobs_run_on_the_same_worker_path(stack, pr
     plain = producer_api.enqueue({"model": UNTRAINED, "feature": 3, "iterations": 2, "seed": 1}).wait(timeout=240)
     quality = _meta(stack, plain["key"])["quality"]
     assert {"robustness", "target_probability", "target_rank"} <= set(quality) and quality["target_rank"] >= 1
+
+
+def test_a_diverse_set_comes_out_less_alike_than_the_same_set_without_diversity(stack, producer_api, run_cli):
+    """lucid's diversity term, as a job field: `images` pictures of one feature, pushed apart in style."""
+    job = {"model": "shapes_cnn", "conv_id": 2, "feature": 5, "method": "robust", "iterations": 60, "seed": 3,
+           "images": 3}
+    done = run_cli("enqueue", "--model", "shapes_cnn", "--conv-id", "2", "--feature", "5", "--method", "robust",
+                   "--iterations", "60", "--seed", "3", "--images", "3", "--wait")
+    assert done.returncode == 0, done.stderr
+    spec = normalize(job)
+    assert done.stdout.split() == [spec.job_id, str(stack.results_dir / spec.key / "image.png")]
+    diverse = producer_api.enqueue(job).wait(timeout=240)  # the same job: the stored result comes back
+    independent = producer_api.enqueue({**job, "diversity": 0.0}).wait(timeout=240)
+    meta = _meta(stack, spec.key)
+    assert meta["set"]["diversity"] == DEFAULT_DIVERSITY and [m["seed"] for m in meta["set"]["members"]] == [3, 4, 5]
+    assert meta["set"]["gram_similarity"] < _meta(stack, independent["key"])["set"]["gram_similarity"]
+    assert diverse["cached"] and diverse["set"] == [f"{spec.key}/image_{index}.png" for index in range(3)]
+    folder = stack.results_dir / spec.key
+    assert np.load(folder / "image.npy").shape == (3, 64, 64, 3)
+    assert [Image.open(folder / f"image_{index}.png").size for index in range(3)] == [(64, 64)] * 3
+    assert Image.open(folder / "image.png").size == (3 * 64 + 2 * 4, 64)  # the set side by side
+    assert meta["quality"] == meta["set"]["members"][0]["quality"]
+    refused = run_cli("enqueue", "--model", "shapes_cnn", "--images", "2")
+    assert refused.returncode == 2 and refused.stderr.strip() == \
+        "error: images: more than 1 needs method robust (the diversity term is in its step), got method gradient_ascent"
 
 
 def test_the_gallery_lists_finished_results(stack, producer_api):

@@ -25,6 +25,7 @@ from worker.app import app
 from worker.progress import ProgressPublisher
 
 ANIMATION, ANIMATION_FRAMES = "animation.webp", 30
+SET_COLUMNS = 4  # a diverse set's image.png: up to 4 pictures a row
 
 
 @app.task(bind=True, name="featurevis.optimize")
@@ -94,7 +95,9 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
     first = specs[0]
     acquired = factory.acquire(first.model, first.conv_id, first.method)
     info = acquired.model.info
-    weights = objectives.weights_matrix([spec.weights for spec in specs], info.features_of(first.conv_id))
+    # One row per image: a plain job or a sweep's feature is one image, a diverse set is `images` of them.
+    weights = objectives.weights_matrix([spec.weights for spec in specs for _ in spec.seeds],
+                                        info.features_of(first.conv_id))
     class_names = info.class_names()
     publisher = ProgressPublisher(task)
     latest: dict | None = None
@@ -112,27 +115,58 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
         }, final=done == first.iterations)
 
     frame_every = max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0
-    ascent = render.optimize(first.method, acquired.step, info.input_shape, [spec.seed for spec in specs], weights,
-                             first.iterations, classify=acquired.model.classify, on_iteration=on_iteration,
-                             frame_every=frame_every)
+    diverse = {"diversity": first.diversity} if first.images > 1 else {}  # only a set has images to push apart
+    ascent = render.optimize(first.method, acquired.step, info.input_shape, [seed for spec in specs for seed in spec.seeds],
+                             weights, first.iterations, classify=acquired.model.classify, on_iteration=on_iteration,
+                             frame_every=frame_every, **diverse)
     timings = {"model_load_s": acquired.model_load_s, "compile_s": acquired.compile_s,
                "optimize_s": time.perf_counter() - started, "started_at": started_at}
     scores = quality.scores(acquired.probe, ascent.images, weights, ascent.predictions[-1].probabilities,
                             first.conv_id, factory.judge(first.model))
-    metas = []
-    for index, spec in enumerate(specs):
-        steps = {name: [float(getattr(row, name)[index]) for row in ascent.history]
+    metas, first_row = [], 0
+    for spec in specs:
+        rows = slice(first_row, first_row + spec.images)
+        first_row = rows.stop
+        steps = {name: [float(np.mean(getattr(row, name)[rows])) for row in ascent.history]
                  for name in render.StepStats._fields}
-        predictions = [_top_class(predicted, index, class_names) for predicted in ascent.predictions]
+        predictions = [_top_class(predicted, rows.start, class_names) for predicted in ascent.predictions]
         meta = _meta(task, spec, info, steps, predictions, timings, len(specs))
-        meta["quality"] = scores[index]
+        meta["quality"] = scores[rows.start]
         meta["factory"] = {"models_built": factory.builds["model"], "steps_built": factory.builds["step"],
                            "step_traces": acquired.step.traces[0]}
-        image = ascent.images[index]
-        extra = {ANIMATION: images.animation_bytes([frame[index] for frame in ascent.frames])} if spec.animate else {}
-        store.write_image_result(spec.key, image, images.png_bytes(image), meta, extra)
+        raw, png, extra = _artefacts(spec, ascent.images[rows], [frame[rows] for frame in ascent.frames])
+        if spec.images > 1:
+            meta["set"] = _set_meta(spec, scores[rows], quality.gram_similarity(acquired.probe, ascent.images[rows]))
+        store.write_image_result(spec.key, raw, png, meta, extra)
         metas.append(meta)
     return metas
+
+
+def _artefacts(spec: JobSpec, pictures: np.ndarray, frames: list[np.ndarray]) -> tuple:
+    """A job's raw pixels, its PNG and extra files: one picture, or a set as a sheet, its array and each PNG."""
+    animation = {}
+    if spec.images == 1:
+        if spec.animate:
+            animation = {ANIMATION: images.animation_bytes([frame[0] for frame in frames])}
+        return pictures[0], images.png_bytes(pictures[0]), animation
+    if spec.animate:
+        animation = {ANIMATION: images.animation_bytes([images.tile(list(frame), SET_COLUMNS) for frame in frames])}
+    each = {_set_png(index): images.png_bytes(picture) for index, picture in enumerate(pictures)}
+    return pictures, images.contact_sheet(list(pictures), SET_COLUMNS), {**each, **animation}
+
+
+def _set_png(index: int) -> str:
+    return f"image_{index}.png"
+
+
+def _set_meta(spec: JobSpec, scores: list[dict], similarity: float) -> dict:
+    """A diverse set: what pushed it apart, how alike it came out, and each image with its seed and scores.
+
+    The job's own `quality` is its first image's, as image.png's first tile.
+    """
+    return {"images": spec.images, "diversity": spec.diversity, "gram_similarity": similarity,
+            "members": [{"png": _set_png(index), "seed": seed, "quality": row}
+                        for index, (seed, row) in enumerate(zip(spec.seeds, scores))]}
 
 
 def _top_class(predicted, index: int, class_names: list[str]) -> dict:
@@ -161,6 +195,9 @@ def _meta(task, spec: JobSpec, info, steps: dict[str, list[float]], predictions:
 
 
 def _summary(spec: JobSpec, meta: dict, cached: bool) -> dict:
-    return {"job_id": spec.job_id, "key": spec.key, "image": f"{spec.key}/{IMAGE_PNG}",
-            "array": f"{spec.key}/{IMAGE_NPY}", "meta": f"{spec.key}/{META}",
-            "final_loss": meta["final_loss"], "untrained": meta["untrained"], "cached": cached}
+    summary = {"job_id": spec.job_id, "key": spec.key, "image": f"{spec.key}/{IMAGE_PNG}",
+               "array": f"{spec.key}/{IMAGE_NPY}", "meta": f"{spec.key}/{META}",
+               "final_loss": meta["final_loss"], "untrained": meta["untrained"], "cached": cached}
+    if spec.images > 1:
+        summary["set"] = [f"{spec.key}/{_set_png(index)}" for index in range(spec.images)]
+    return summary
