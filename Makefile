@@ -7,7 +7,7 @@ TF_VERSION := 2.21.0
 TF_PACKAGE ?= $(shell if nvidia-smi -L >/dev/null 2>&1; then echo "tensorflow[and-cuda]==$(TF_VERSION)"; else echo "tensorflow-cpu==$(TF_VERSION)"; fi)
 STAMP := $(VENV)/.setup-$(firstword $(subst [, ,$(TF_PACKAGE)))
 
-.PHONY: setup browser demo test bench bench-quick quality up down clean
+.PHONY: setup browser demo test bench bench-quick quality quality-defaults up down clean
 
 setup: $(STAMP) browser
 
@@ -38,6 +38,10 @@ bench-quick: setup
 # The robust method against the tutorial's, scored; writes quality/results.json and quality/contact_sheet.png.
 quality: setup
 	$(PY) quality/run.py
+
+# The robust method's learning rate x transform strength, scored; writes quality/defaults.json (about 3 minutes).
+quality-defaults: setup
+	$(PY) quality/defaults.py
 
 # Redis, a worker and Flower (http://127.0.0.1:5555), left running; `make down` stops them, keeping queued jobs.
 up: setup

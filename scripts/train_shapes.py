@@ -42,9 +42,10 @@ EVAL_SEED = 2024  # used by no training run
 EVAL_SAMPLES = 2000
 BATCH_SIZE = 64
 LEARNING_RATE = 3e-3
-# In 0..255 pixels. 8 (the CIFAR-10 custom) cost shapes_cnn 14 points of clean accuracy (86%);
-# 4 keeps it at 98.6% and its pictures as legible.
-EPSILON = 4.0
+# In 0..255 pixels, chosen by clean accuracy (>= 95%) and by how often shapes_cnn_b recognizes robust class
+# pictures of shapes_cnn (seeds 100-104, not make quality's): 4 gave 99.1% and 84%, 6 gives 96.4% and 100%,
+# 8 (the CIFAR-10 custom) cost 14 points of accuracy (86%, in a trial run).
+EPSILON = 6.0
 FGSM_STEP = 1.25 * EPSILON  # Wong et al.'s step from the random start
 
 
