@@ -96,6 +96,7 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
     acquired = factory.acquire(first.model, first.conv_id, first.method)
     info = acquired.model.info
     # One row per image: a plain job or a sweep's feature is one image, a diverse set is `images` of them.
+    seeds = [seed for spec in specs for seed in spec.seeds]
     weights = objectives.weights_matrix([spec.weights for spec in specs for _ in spec.seeds],
                                         info.features_of(first.conv_id))
     class_names = info.class_names()
@@ -116,9 +117,9 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
 
     frame_every = max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0
     diverse = {"diversity": first.diversity} if first.images > 1 else {}  # only a set has images to push apart
-    ascent = render.optimize(first.method, acquired.step, info.input_shape, [seed for spec in specs for seed in spec.seeds],
-                             weights, first.iterations, classify=acquired.model.classify, on_iteration=on_iteration,
-                             frame_every=frame_every, **diverse)
+    ascent = render.optimize(first.method, acquired.step, info.input_shape, seeds, weights, first.iterations,
+                             classify=acquired.model.classify, on_iteration=on_iteration, frame_every=frame_every,
+                             **diverse)
     timings = {"model_load_s": acquired.model_load_s, "compile_s": acquired.compile_s,
                "optimize_s": time.perf_counter() - started, "started_at": started_at}
     scores = quality.scores(acquired.probe, ascent.images, weights, ascent.predictions[-1].probabilities,
