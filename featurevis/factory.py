@@ -106,15 +106,22 @@ class ModelFactory:
 
     @staticmethod
     def _compile(loaded: LoadedModel, conv_id: int | None, method: str) -> Compiled:
-        network, objective = target_network(loaded, conv_id)
+        network, objective = target_network(loaded, conv_id, with_style=method == "robust")
         shape = loaded.info.input_shape
         return Compiled(render.STEPS[method](network, loaded.preprocess, objective, shape),
                         quality.feature_probe(network, loaded.preprocess, shape))
 
 
-def target_network(loaded: LoadedModel, conv_id: int | None) -> tuple[keras.Model, Callable]:
-    """The model truncated at the target layer (the whole model for the logits), and its objective."""
+def target_network(loaded: LoadedModel, conv_id: int | None, with_style: bool = False) -> tuple[keras.Model, Callable]:
+    """The model truncated at the target layer (the whole model for the logits), and its objective.
+
+    `with_style`: the logits come with the last conv layer as a second output, for the diversity
+    term (objectives.target_and_style); a conv target is its own style layer.
+    """
     if conv_id is None:
+        if with_style:
+            return (keras.Model(loaded.network.input, [loaded.network.output, loaded.conv_layers[-1].output]),
+                    objectives.weighted_logits)
         return loaded.network, objectives.weighted_logits
     return keras.Model(loaded.network.input, loaded.conv_layers[conv_id].output), objectives.weighted_channels
 

@@ -76,13 +76,13 @@ def _ratio(moved: float, at_image: float) -> float:
 
 def feature_probe(network, preprocess: Callable, image_shape: tuple[int, int, int]) -> Callable:
     """The target layer's per-feature values (channel means, or logits) and each image's
-    objectives.diversity in the batch, compiled once per layer."""
+    objectives.diversity in the batch (on the layer the step compares), compiled once per layer."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
     def probe(images):
-        outputs = network(preprocess(images), training=False)
+        outputs, style = objectives.target_and_style(network(preprocess(images), training=False))
         features = outputs if len(outputs.shape) == 2 else tf.reduce_mean(outputs, axis=[1, 2])
-        return features, objectives.diversity(outputs)
+        return features, objectives.diversity(style)
 
     probe(tf.zeros([1, *image_shape]))
     return probe

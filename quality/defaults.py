@@ -42,7 +42,7 @@ def scored(factory: ModelFactory, model: str, conv_id: int | None, learning_rate
            features: list[int], seeds: list[int], iterations: int) -> list[dict]:
     """One batch with a robust step compiled for these settings, scored like any job."""
     loaded = factory.model(model)
-    network, objective = target_network(loaded, conv_id)
+    network, objective = target_network(loaded, conv_id, with_style=True)
     shape = loaded.info.input_shape
     step = render.robust_step(network, loaded.preprocess, objective, shape, learning_rate, MOVES[moves](max(shape)))
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], loaded.info.features_of(conv_id))

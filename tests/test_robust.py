@@ -106,6 +106,24 @@ def test_diversity_is_lower_for_different_images(tiny):
     assert of(different[:1]) == pytest.approx([0.0])
 
 
+def test_a_class_target_is_diversified_on_its_conv_layer_not_its_logits(tiny):
+    """The logits network's second output is where the diversity term compares the set's Gram matrices."""
+    network = keras.Model(tiny[1].input, [tiny[1].output, tiny[0].output])
+    step = render.robust_step(network, preprocess, objectives.weighted_logits, SHAPE)
+    weights, seeds = one_hot_rows([2] * 3, CLASSES), [4, 5, 6]
+    spectrum = param.fft_spectrum_init(SHAPE, seeds)
+    first = render.ascend_robust(step, spectrum, weights, 1, seeds, diversity=3.0).history[0].loss
+    seen = transform.standard(tf.constant(pixels_of(spectrum)), tf.constant(seeds, tf.int64), tf.constant(0))
+    logits = objectives.weighted_logits(tiny[1](preprocess(seen)), weights).numpy()
+    on = lambda layer: logits - 3.0 * np.abs(logits) * objectives.diversity(layer(preprocess(seen))).numpy()
+    np.testing.assert_allclose(first, on(tiny[0]), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(first, on(tiny[1]), rtol=1e-3)
+    apart = render.ascend_robust(step, spectrum, weights, 30, seeds, diversity=3.0).images
+    alike = render.ascend_robust(step, spectrum, weights, 30, seeds, diversity=0.0).images
+    style = lambda images: float(objectives.diversity(tiny[0](preprocess(images))).numpy().mean())
+    assert style(apart) < style(alike)
+
+
 def test_adam_climbs_like_keras_adam_minimizing_the_negative():
     grads = [tf.constant(np.random.default_rng(seed).normal(size=(2, 3)), tf.float32) for seed in range(3)]
     variable = tf.Variable(tf.ones([2, 3]))

@@ -130,9 +130,9 @@ def robust_step(network: keras.Model, preprocess: Callable, objective: Objective
             tape.watch(state.spectrum)
             moved = transform.standard(param.fft_to_pixels(state.spectrum, image_shape), seeds, state.updates,
                                        robustness)
-            activations = network(preprocess(moved), training=False)
+            activations, style = objectives.target_and_style(network(preprocess(moved), training=False))
             target = objective(activations, weights)
-            loss = target - diversity * tf.stop_gradient(tf.abs(target)) * objectives.diversity(activations)
+            loss = target - diversity * tf.stop_gradient(tf.abs(target)) * objectives.diversity(style)
             total = tf.reduce_sum(loss)
         grads = tape.gradient(total, state.spectrum)
         axes = [1, 2, 3, 4]
@@ -143,7 +143,7 @@ def robust_step(network: keras.Model, preprocess: Callable, objective: Objective
     compiled.fn, compiled.pixels = step, pixels
     start = RobustState.start(np.zeros([1, *spectrum_spec.shape[1:]], np.float32))
     # Trace and run once, as gradient_ascent_step does.
-    step(start, tf.zeros([1, network.output.shape[-1]]), tf.zeros([1], tf.int64), tf.constant(0.0))
+    step(start, tf.zeros([1, network.outputs[0].shape[-1]]), tf.zeros([1], tf.int64), tf.constant(0.0))
     pixels(start.spectrum)
     return compiled
 
