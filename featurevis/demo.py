@@ -4,7 +4,10 @@ Starts Redis (unless REDIS_URL is set), one worker and Flower on
 127.0.0.1:5555, then queues through the producer exactly as a user would:
 conv_id 5 feature 2 with a live progress bar, a six-feature sweep of that
 layer, and one class logit (kit fox). ImageNet weights are used when Keras
-can load them; otherwise the demo says so and runs on inception_v3_untrained.
+can load them; otherwise the demo says so and runs on inception_v3_untrained,
+whose pictures show an architecture, not a trained network's concepts. So the
+last step draws all ten classes of the trained shapes_cnn that ships with the
+repository, by the robust method: pictures a person can read.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def main() -> int:
         producer = Producer(stack.redis_url)
         pictures = []
         model = "inception_v3"
-        say("1/3 conv_id=5 feature=2, 30 iterations (the tutorial's first picture)")
+        say("1/4 conv_id=5 feature=2, 30 iterations (the tutorial's first picture)")
         try:
             pictures.append(run(producer.enqueue(dict(model=model, conv_id=5, feature=2, iterations=30))))
         except JobFailed as error:
@@ -41,10 +44,13 @@ def main() -> int:
             model = "inception_v3_untrained"
             say(f"ImageNet weights unavailable ({error}); running on {model} instead")
             pictures.append(run(producer.enqueue(dict(model=model, conv_id=5, feature=2, iterations=30))))
-        say("2/3 sweep: features 1-6 of conv_id=5 in one batched pass")
+        say("2/4 sweep: features 1-6 of conv_id=5 in one batched pass")
         pictures.append(run(producer.sweep(dict(model=model, conv_id=5, features=[1, 2, 3, 4, 5, 6], iterations=30))))
-        say(f"3/3 class logit {KIT_FOX} (kit fox), 100 iterations")
+        say(f"3/4 class logit {KIT_FOX} (kit fox), 100 iterations")
         pictures.append(run(producer.enqueue(dict(model=model, feature=KIT_FOX, iterations=100))))
+        say("4/4 shapes_cnn (trained, shipped): its ten classes by the robust method, 100 iterations, one sweep")
+        pictures.append(run(producer.sweep(dict(model="shapes_cnn", features=list(range(10)), method="robust",
+                                                iterations=100))))
     say("pictures:")
     for picture in pictures:
         print(picture)
