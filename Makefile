@@ -39,7 +39,7 @@ bench-quick: setup
 quality: setup
 	$(PY) quality/run.py
 
-# The robust method's learning rate x transform strength, scored; writes quality/defaults.json (about 3 minutes).
+# The robust method's learning rate x transform strength, scored; writes quality/defaults.json (about 2.5 minutes).
 quality-defaults: setup
 	$(PY) quality/defaults.py
 

@@ -53,9 +53,10 @@ def scored(factory: ModelFactory, model: str, conv_id: int | None, learning_rate
 
 
 def setting(factory: ModelFactory, learning_rate: float, moves: str) -> dict:
+    """One setting's scores; each model's step is compiled once, every class x seed in one batch."""
     classes = catalog.get("shapes_cnn").classes
-    shapes = [row for seed in SEEDS for row in scored(factory, "shapes_cnn", None, learning_rate, moves,
-                                                      list(range(classes)), [seed] * classes, SHAPES_ITERATIONS)]
+    shapes = scored(factory, "shapes_cnn", None, learning_rate, moves, list(range(classes)) * len(SEEDS),
+                    [seed for seed in SEEDS for _ in range(classes)], SHAPES_ITERATIONS)
     deep = scored(factory, "inception_v3_untrained", 50, learning_rate, moves, [1, 2], list(SEEDS[:2]),
                   INCEPTION_ITERATIONS)
     return {

@@ -99,17 +99,19 @@ def robust_step(network: keras.Model, preprocess: Callable, objective: Objective
 
     pixels = fft_to_pixels(spectrum), moved by transform.standard, then
     preprocess and `network` (ending at the target layer); the loss per image is
-    objective - diversity * |objective| * objectives.diversity(activations), and
-    Adam climbs it (the same as minimizing its negative). lucid subtracts a fixed
-    multiple of the diversity, but the objective's size differs a hundredfold
-    between models and layers (a mean of 0.1 on untrained InceptionV3's conv 5, 19
-    on shapes_cnn's conv4), and Adam only sees the gradients' ratio: a fixed weight
-    either does nothing or drowns the objective. Scaled by the objective (held
-    constant for the gradient), one weight means the same everywhere. `objective` takes
-    dense (batch, channels) weights (objectives.weighted_channels or
-    weighted_logits), so with any batch, weights and seeds as tensor arguments
-    nothing retraces. The stats' gradient figures are of the spectra, which is
-    what Adam moves; their step size is the learning rate.
+    objective - diversity * |objective| * objectives.diversity(style), where the
+    style layer is the target itself or, for class logits, a second output of
+    `network` (objectives.target_and_style), and Adam climbs it (the same as
+    minimizing its negative). lucid subtracts a fixed multiple of the diversity,
+    but the objective's size differs a hundredfold between models and layers (a
+    mean of 0.1 on untrained InceptionV3's conv 5, 19 on shapes_cnn's conv4), and
+    Adam only sees the gradients' ratio: a fixed weight either does nothing or
+    drowns the objective. Scaled by the objective (held constant for the
+    gradient), one weight means the same everywhere. `objective` takes dense
+    (batch, channels) weights (objectives.weighted_channels or weighted_logits),
+    so with any batch, weights and seeds as tensor arguments nothing retraces.
+    The stats' gradient figures are of the spectra, which is what Adam moves;
+    their step size is the learning rate.
     """
     spectrum_spec = tf.TensorSpec([None, *param.fft_spectrum_shape(image_shape)], tf.float32)
     compiled = RobustStep(fn=None)
