@@ -17,7 +17,7 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from featurevis import catalog, zoo  # noqa: E402
+from featurevis import registry, zoo  # noqa: E402
 from featurevis.optvis import param  # noqa: E402
 
 
@@ -25,10 +25,12 @@ def run_job(model_name: str, conv_id: int | None, feature: int, iterations: int,
     """Seconds for one whole job, model build included."""
     started = time.perf_counter()
     keras.backend.clear_session()  # the tutorial closed its session; without this RSS grows per job
-    info = catalog.get(model_name)
-    model = zoo.build(info)
-    preprocess = zoo.ARCHITECTURES[info.architecture].preprocess
-    outputs = model.output if conv_id is None else [zoo.conv_layers_in_graph_order(model)[conv_id].output, model.output]
+    models = registry.Registry.from_env()
+    info = models.get(model_name)
+    model = zoo.build(info, models)
+    preprocess = zoo.preprocessor(info.preprocess)
+    logits = zoo.logits_output(model)
+    outputs = logits if conv_id is None else [zoo.conv_layers_in_creation_order(model)[conv_id].output, logits]
     network = keras.Model(model.input, outputs)
 
     @tf.function

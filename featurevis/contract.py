@@ -4,8 +4,11 @@ A job arrives as JSON keyword arguments, from our producer or from any other
 system that sends `featurevis.optimize` by name. `normalize` turns them into a
 `JobSpec` with every default filled in and the target resolved both ways
 (conv_id and layer name), or raises `JobError`: one line naming the field and
-its valid range. The job id is a hash of the normalized spec, so the same job
-submitted twice is the same job, on any host.
+its valid range. Models are checked against their registry descriptions
+(featurevis/registry.py), and a job is pinned to the model version it was
+validated against. The job id is a hash of the normalized spec, model version
+included, so the same job submitted twice is the same job, on any host, and a
+re-registered model gives new jobs.
 """
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from featurevis import catalog, celeryconfig
+from featurevis import celeryconfig, registry
+from featurevis.registry import LOGITS
 
-CONTRACT_VERSION = 1
+# 2: conv_id in the tutorial's (creation) order, and the model version in every job id.
+CONTRACT_VERSION = 2
 MAX_ITERATIONS = 10_000
 MAX_SEED = 2**32 - 1
 METHODS = ("gradient_ascent", "robust")
@@ -63,10 +68,12 @@ class JobFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    model: str = Field(default=DEFAULT_MODEL, json_schema_extra={"enum": catalog.model_names()})
+    model: str = Field(default=DEFAULT_MODEL, pattern=registry.NAME_PATTERN.pattern, max_length=64)
+    model_sha256: str | None = Field(default=None, pattern=registry.SHA256.pattern)
     conv_id: int | None = None
     layer: str | None = None
     feature: int = Field(default=0, ge=0)
+    class_: int | str | None = Field(default=None, alias="class")
     iterations: int = Field(default=30, ge=1, le=MAX_ITERATIONS)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     method: Literal[METHODS] = "gradient_ascent"  # type: ignore[valid-type]
@@ -82,8 +89,9 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     model: str
-    conv_id: int | None
-    layer: str
+    model_sha256: str  # the registered version the job runs on
+    conv_id: int | None  # the layer's index among the Conv2D layers; None for other layers and the logits
+    layer: str  # a Keras layer name, or "logits"
     feature: int
     iterations: int
     seed: int
@@ -137,10 +145,12 @@ ADDED_FIELDS = ("animate", "images", "diversity")
 
 # What each field accepts, for messages about a value of the wrong type or range.
 FIELD_RANGES = {
-    "model": f"one of {', '.join(catalog.model_names())}",
-    "conv_id": "null (the class logits) or an integer conv layer index",
-    "layer": f"null or a Conv2D layer name from the model's description, or '{catalog.LOGITS}'",
+    "model": "a registered model's name ([a-z0-9_-]{1,64}; `python -m producer models list`)",
+    "model_sha256": "null (the current version) or a registered version's 64-hex sha256",
+    "conv_id": "null (the class logits) or an integer Conv2D layer index, in creation order as in the tutorial",
+    "layer": f"null, '{LOGITS}', or the name of a layer whose output is (batch, height, width, channels)",
     "feature": "an integer channel or class index, >= 0",
+    "class": "null, a class index or a class name (exact or a unique prefix), for the logits",
     "iterations": f"an integer in 1..{MAX_ITERATIONS}",
     "seed": f"null or an integer in 0..{MAX_SEED}",
     "method": f"one of {', '.join(METHODS)}",
@@ -162,12 +172,13 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True) -> JobSpec:
         parsed = JobFields(**{str(k): v for k, v in fields.items()})
     except pydantic.ValidationError as error:
         raise _first_error(error) from None
-    info = _model_info(parsed.model)
+    info = _model_info(parsed.model, parsed.model_sha256)
     conv_id, layer = _resolve_target(info, parsed.conv_id, parsed.layer)
     targets = _normalize_targets(parsed, fields)
-    feature = targets[0][0] if targets else parsed.feature
+    feature = _class_feature(info, parsed, fields, layer) if parsed.class_ is not None else parsed.feature
+    feature = targets[0][0] if targets else feature
     for checked in dict(targets) if targets else [feature]:
-        _check_feature(info, conv_id, checked)
+        _check_feature(info, layer, checked)
     if targets and len(targets) == 1 and targets[0][1] == 1.0:
         targets = None  # one target of weight 1 is the plain job it always meant
     _check_duration(parsed.iterations)
@@ -178,10 +189,24 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True) -> JobSpec:
             raise JobError("seed", f"required here, {FIELD_RANGES['seed']}")
         seed = secrets.randbelow(MAX_SEED + 1)
     return JobSpec(
-        model=parsed.model, conv_id=conv_id, layer=layer, feature=feature,
+        model=parsed.model, model_sha256=info.sha256, conv_id=conv_id, layer=layer, feature=feature,
         iterations=parsed.iterations, seed=seed, method=parsed.method, targets=targets, animate=parsed.animate,
         images=parsed.images, diversity=diversity,
     )
+
+
+def _class_feature(info: registry.ModelInfo, parsed: JobFields, fields: dict, layer: str) -> int:
+    """The class a job names, by index or name, as its feature on the logits."""
+    if "feature" in fields or parsed.targets is not None:
+        raise JobError("class", "give one of class, feature and targets")
+    if layer != LOGITS:
+        raise JobError("class", f"names a class of the logits; the job's layer is {layer}")
+    if not info.classes:
+        raise JobError("class", f"{info.name} has no Dense layer, so no classes")
+    try:
+        return info.class_index(parsed.class_)
+    except ValueError as error:
+        raise JobError("class", f"{_shown(parsed.class_)}: {error}") from None
 
 
 def _diversity(parsed: JobFields) -> float:
@@ -221,7 +246,7 @@ def normalize_sweep(fields: dict[str, Any], draw_seed: bool = True) -> list[JobS
         raise JobError("job", "must be a JSON object of fields")
     fields = dict(fields)
     features = fields.pop("features", None)
-    for single in ("feature", "targets", "images", "diversity"):
+    for single in ("feature", "class", "targets", "images", "diversity"):
         if single in fields:
             raise JobError(single, "not allowed in a sweep; give features, a list, and send diverse sets as jobs")
     if (not isinstance(features, list) or not 1 <= len(features) <= MAX_SWEEP_FEATURES
@@ -246,9 +271,9 @@ def json_schema(task: str = "featurevis.optimize") -> dict:
     It checks types and fixed ranges; ranges that depend on the model (conv_id,
     feature) are checked by `normalize`, in the producer and again in the worker.
     """
-    schema = JobFields.model_json_schema()
+    schema = JobFields.model_json_schema(by_alias=True)
     if task == "featurevis.sweep":
-        for single in ("targets", "images", "diversity"):
+        for single in ("targets", "images", "diversity", "class"):
             schema["properties"].pop(single)
         schema.pop("$defs")
         feature = schema["properties"].pop("feature")
@@ -276,26 +301,37 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _model_info(name: str) -> catalog.ModelInfo:
+def _model_info(name: str, version: str | None) -> registry.ModelInfo:
+    models = registry.Registry.from_env()
     try:
-        return catalog.get(name)
+        return models.get(name, version)
     except KeyError:
-        raise JobError("model", f"unknown model {_shown(name)}; must be {FIELD_RANGES['model']}") from None
+        if version is not None and models.current_version(name) is not None:
+            raise JobError("model_sha256", f"{version[:12]}... is not a registered version of {name}") from None
+        raise JobError("model", f"unknown model {_shown(name)}; registered: {', '.join(models.names())}") from None
 
 
-def _resolve_target(info: catalog.ModelInfo, conv_id: int | None, layer: str | None) -> tuple[int | None, str]:
-    last = len(info.conv_layers) - 1
-    if conv_id is not None and not 0 <= conv_id <= last:
-        raise JobError("conv_id", f"must be in 0..{last} for {info.name} (or null for the class logits), got {conv_id}")
+def _resolve_target(info: registry.ModelInfo, conv_id: int | None, layer: str | None) -> tuple[int | None, str]:
+    """(conv_id, Keras layer name) of the target; a tutorial layer name resolves to the Keras one."""
+    conv_layers = info.conv_layers
+    if conv_id is not None and not 0 <= conv_id < len(conv_layers):
+        raise JobError("conv_id", f"must be in 0..{len(conv_layers) - 1} for {info.name} (or null for the class "
+                                  f"logits), got {conv_id}")
     if layer is None:
-        return conv_id, catalog.LOGITS if conv_id is None else info.conv_layers[conv_id].name
-    named_id = None if layer == catalog.LOGITS else info.conv_id_of(layer)
-    if named_id is None and layer != catalog.LOGITS:
-        raise JobError("layer", f"unknown layer {_shown(layer)} for {info.name}; must be '{catalog.LOGITS}' or a "
-                                f"Conv2D name such as {info.conv_layers[0].name}..{info.conv_layers[-1].name}")
+        if conv_id is None and not info.classes:
+            raise JobError("layer", f"required for {info.name}: it has no Dense layer, so no class logits")
+        return conv_id, LOGITS if conv_id is None else conv_layers[conv_id].name
+    if layer == LOGITS and info.classes:
+        named = None
+    elif (named := info.layer(layer)) is None:
+        examples = f"{info.layers[0].name}..{info.layers[-1].name}"
+        raise JobError("layer", f"unknown layer {_shown(layer)} for {info.name}; must be "
+                                f"{f'{LOGITS!r} or ' if info.classes else ''}a layer with a (height, width, channels) "
+                                f"output such as {examples} (`python -m producer models show {info.name}`)")
+    named_id = None if named is None else named.conv_id
     if conv_id is not None and conv_id != named_id:
         raise JobError("layer", f"{_shown(layer)} is not conv_id {conv_id}; give one of conv_id and layer, or both agreeing")
-    return named_id, layer
+    return named_id, LOGITS if named is None else named.name
 
 
 def _check_duration(iterations: int) -> None:
@@ -307,12 +343,13 @@ def _check_duration(iterations: int) -> None:
                                      f"(FEATUREVIS_SOFT_TIME_LIMIT), got {iterations}")
 
 
-def _check_feature(info: catalog.ModelInfo, conv_id: int | None, feature: int) -> None:
-    if conv_id is None:
+def _check_feature(info: registry.ModelInfo, layer: str, feature: int) -> None:
+    if layer == LOGITS:
         if feature >= info.classes:
             raise JobError("feature", f"must be a class index in 0..{info.classes - 1} for {info.name} logits, got {feature}")
         return
-    channels = info.conv_layers[conv_id].channels
-    if feature >= channels:
-        raise JobError("feature", f"must be a channel in 0..{channels - 1} for conv_id {conv_id} "
-                                  f"({info.conv_layers[conv_id].name}) of {info.name}, got {feature}")
+    target = info.layer(layer)
+    if feature >= target.channels:
+        where = f"conv_id {target.conv_id} ({layer})" if target.conv_id is not None else f"layer {layer}"
+        raise JobError("feature", f"must be a channel in 0..{target.channels - 1} for {where} of {info.name}, "
+                                  f"got {feature}")

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from featurevis.catalog import WeightsUnavailable
+from featurevis.registry import WeightsUnavailable
 from featurevis.stack import LocalStack
 from producer import Producer
 from producer.cli import follow

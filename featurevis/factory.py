@@ -4,9 +4,11 @@ A worker process owns exactly one factory, made in that process (Celery's
 `worker_process_init`), never in a parent that forks: TensorFlow state
 inherited across fork hangs the child on its first call.
 
-Models are kept for the life of the process. Compiled steps are kept per
-(model, layer) in an LRU of `FEATUREVIS_STEP_CACHE` entries (default 32), which
-bounds memory when jobs wander over many layers.
+Models are kept per (name, version) in an LRU bounded by their weights' size
+(`FEATUREVIS_MODEL_CACHE_MB`, default 8192): a model evicted and asked for again
+is built once more, not per job. Compiled steps are kept per (model, version,
+layer, method) in an LRU of `FEATUREVIS_STEP_CACHE` entries (default 32), which
+bounds memory when jobs wander over many layers; a model's steps leave with it.
 """
 from __future__ import annotations
 
@@ -19,21 +21,27 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from featurevis import catalog, quality, zoo
+from featurevis import quality, registry, zoo
 from featurevis.optvis import objectives, render
+from featurevis.registry import LOGITS, ModelInfo
 
 DEFAULT_STEP_CACHE = 32
+DEFAULT_MODEL_CACHE_MB = 8192
 
 
 @dataclass
 class LoadedModel:
-    info: catalog.ModelInfo
+    info: ModelInfo
     network: keras.Model
+    logits: keras.Model | None  # the network up to the last Dense layer's pre-activation values
     preprocess: Callable
-    conv_layers: list[keras.layers.Layer]
-    classify: Callable
+    classify: Callable | None
     build_s: float
+    weight_bytes: int
     build_reported: bool = False
+
+    def layer_output(self, name: str):
+        return zoo.live_layer(self.network, self.info, name).output
 
 
 @dataclass(frozen=True)
@@ -56,39 +64,55 @@ class Acquired:
 
 
 class ModelFactory:
-    def __init__(self, step_cache_size: int | None = None):
+    def __init__(self, step_cache_size: int | None = None, model_cache_mb: float | None = None,
+                 models: registry.Registry | None = None):
         self.step_cache_size = step_cache_size or int(os.environ.get("FEATUREVIS_STEP_CACHE", DEFAULT_STEP_CACHE))
-        self._models: dict[str, LoadedModel] = {}
-        self._steps: OrderedDict[tuple[str, int | None, str], Compiled] = OrderedDict()
+        self.model_cache_bytes = 2**20 * (model_cache_mb or float(os.environ.get("FEATUREVIS_MODEL_CACHE_MB",
+                                                                                  DEFAULT_MODEL_CACHE_MB)))
+        self.registry = models
+        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._steps: OrderedDict[tuple[str, str, str, str], Compiled] = OrderedDict()
         self.builds: Counter[str] = Counter()  # "model", "step": how often each was built
 
-    def model(self, name: str) -> LoadedModel:
-        if name not in self._models:
-            started = time.perf_counter()
-            info = catalog.get(name)
-            architecture = zoo.ARCHITECTURES[info.architecture]
-            network = zoo.build(info)
-            self._models[name] = LoadedModel(
-                info=info, network=network, preprocess=architecture.preprocess,
-                conv_layers=zoo.conv_layers_in_graph_order(network),
-                classify=render.classifier(network, architecture.preprocess, info.input_shape),
-                build_s=time.perf_counter() - started,
-            )
-            self.builds["model"] += 1
-        return self._models[name]
+    def info(self, name: str, version: str | None = None) -> ModelInfo:
+        return self._registry().get(name, version)
 
-    def acquire(self, name: str, conv_id: int | None, method: str = "gradient_ascent") -> Acquired:
-        """Model and compiled step for a target and method; a second call for the same ones builds nothing."""
-        loaded = self.model(name)
+    def model(self, name: str, version: str | None = None) -> LoadedModel:
+        info = self.info(name, version)
+        key = (info.name, info.sha256)
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        started = time.perf_counter()
+        network = zoo.build(info, self._registry())
+        logits = keras.Model(network.inputs[0], zoo.logits_output(network)) if info.classes else None
+        preprocess = zoo.preprocessor(info.preprocess)
+        self._models[key] = LoadedModel(
+            info=info, network=network, logits=logits, preprocess=preprocess,
+            classify=render.classifier(logits, preprocess, info.input_shape) if logits is not None else None,
+            build_s=time.perf_counter() - started, weight_bytes=4 * network.count_params(),
+        )
+        self.builds["model"] += 1
+        self._evict_models(keep=key)
+        return self._models[key]
+
+    def acquire(self, name: str, target: str | int | None, method: str = "gradient_ascent",
+                version: str | None = None) -> Acquired:
+        """Model and compiled step for a target (a layer name, a conv_id, or None for the logits) and method.
+
+        A second call for the same ones builds nothing.
+        """
+        loaded = self.model(name, version)
+        layer = loaded.info.target_layer(target)
         model_load_s = 0.0 if loaded.build_reported else loaded.build_s
         loaded.build_reported = True  # a preloaded model's build time lands on its first job
-        key = (name, conv_id, method)
+        key = (loaded.info.name, loaded.info.sha256, layer, method)
         compile_s = 0.0
         if key in self._steps:
             self._steps.move_to_end(key)
         else:
             started = time.perf_counter()
-            self._steps[key] = self._compile(loaded, conv_id, method)
+            self._steps[key] = self._compile(loaded, layer, method)
             compile_s = time.perf_counter() - started
             self.builds["step"] += 1
             while len(self._steps) > self.step_cache_size:
@@ -96,34 +120,73 @@ class ModelFactory:
         compiled = self._steps[key]
         return Acquired(loaded, compiled.step, compiled.probe, model_load_s, compile_s)
 
+    def describe(self, request: dict) -> dict:
+        """Load a registration request's model the way jobs will, and describe it; ModelRefused, one line, if it can't serve."""
+        name, version, source = request["name"], request["sha256"], request["source"]
+        if "file" in source:
+            path = self._registry().model_file(name, version)
+            if path.stat().st_size > registry.max_model_bytes():
+                raise registry.ModelRefused(f"file: {path.stat().st_size} bytes, over the limit of "
+                                            f"{registry.max_model_bytes()} (FEATUREVIS_MODEL_MAX_BYTES)")
+            if registry.version_of_file(path) != version:
+                raise registry.ModelRefused(f"sha256: the stored file's hash is not {version}")
+            network, default_preprocess = zoo.load_file(path), "unit"
+        else:
+            try:
+                network = zoo.application(name, source["keras_app"], source["weights"])
+            except registry.WeightsUnavailable as error:
+                raise registry.ModelRefused(f"weights: {error}") from None
+            default_preprocess = zoo.application_preprocess(source["keras_app"])
+        class_names = request["class_names"]
+        if class_names is None and "keras_app" in source and zoo.logits_layer(network).units == 1000:
+            class_names = list(registry.builtin_info("inception_v3").class_names)  # Keras' ImageNet order
+        return zoo.describe(network, name, version, source, request["preprocess"], class_names, default_preprocess)
+
     def judge(self, name: str) -> tuple[str, Callable] | None:
         """The independent model that judges `name`'s class visualizations, with its classifier."""
-        judge = catalog.JUDGES.get(name)
+        judge = registry.JUDGES.get(name)
         return (judge, self.model(judge).classify) if judge else None
 
-    def cached_steps(self) -> list[tuple[str, int | None, str]]:
+    def cached_models(self) -> list[tuple[str, str]]:
+        return list(self._models)
+
+    def cached_steps(self) -> list[tuple[str, str, str, str]]:
         return list(self._steps)
 
+    def _registry(self) -> registry.Registry:
+        return self.registry or registry.Registry.from_env()
+
+    def _evict_models(self, keep: tuple[str, str]) -> None:
+        """Drop the least recently used models, and their steps, while the cache holds more than its bound."""
+        while sum(model.weight_bytes for model in self._models.values()) > self.model_cache_bytes:
+            oldest = next(iter(self._models))
+            if oldest == keep:
+                return  # one model over the bound alone is still served
+            del self._models[oldest]
+            for step in [step for step in self._steps if step[:2] == oldest]:
+                del self._steps[step]
+
     @staticmethod
-    def _compile(loaded: LoadedModel, conv_id: int | None, method: str) -> Compiled:
-        network, objective = target_network(loaded, conv_id, with_style=method == "robust")
+    def _compile(loaded: LoadedModel, layer: str, method: str) -> Compiled:
+        network, objective = target_network(loaded, layer, with_style=method == "robust")
         shape = loaded.info.input_shape
         return Compiled(render.STEPS[method](network, loaded.preprocess, objective, shape),
                         quality.feature_probe(network, loaded.preprocess, shape))
 
 
-def target_network(loaded: LoadedModel, conv_id: int | None, with_style: bool = False) -> tuple[keras.Model, Callable]:
-    """The model truncated at the target layer (the whole model for the logits), and its objective.
+def target_network(loaded: LoadedModel, layer: str, with_style: bool = False) -> tuple[keras.Model, Callable]:
+    """The model truncated at the target layer (at the logits for classes), and its objective.
 
-    `with_style`: the logits come with the last conv layer as a second output, for the diversity
-    term (objectives.target_and_style); a conv target is its own style layer.
+    `with_style`: the logits come with the model's last Conv2D layer (or last spatial layer) as a
+    second output, for the diversity term (objectives.target_and_style); a spatial target is its own style layer.
     """
-    if conv_id is None:
+    if layer == LOGITS:
         if with_style:
-            return (keras.Model(loaded.network.input, [loaded.network.output, loaded.conv_layers[-1].output]),
-                    objectives.weighted_logits)
-        return loaded.network, objectives.weighted_logits
-    return keras.Model(loaded.network.input, loaded.conv_layers[conv_id].output), objectives.weighted_channels
+            style_layer = (loaded.info.conv_layers or loaded.info.layers)[-1]
+            style = loaded.layer_output(style_layer.name)
+            return keras.Model(loaded.network.inputs[0], [loaded.logits.output, style]), objectives.weighted_logits
+        return loaded.logits, objectives.weighted_logits
+    return keras.Model(loaded.network.inputs[0], loaded.layer_output(layer)), objectives.weighted_channels
 
 
 def grow_gpu_memory() -> None:

@@ -18,9 +18,18 @@ def normalized_view(image: np.ndarray) -> np.ndarray:
     return np.round(scaled * 255.0).astype(np.uint8)
 
 
+def displayed(image: np.ndarray) -> np.ndarray:
+    """The channels a picture shows: one channel as grayscale (h, w), RGB as is, more than three: the first three.
+
+    (Two channels show the first as grayscale.) image.npy always keeps every channel.
+    """
+    channels = image.shape[-1]
+    return image[..., 0] if channels < 3 else image[..., :3]
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(normalized_view(image)).save(buffer, format="PNG")
+    Image.fromarray(normalized_view(displayed(image))).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -39,7 +48,8 @@ def tile(images: list[np.ndarray], columns: int = 3, gap: int = 4) -> np.ndarray
     sheet = np.full((rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), 255, np.uint8)
     for index, image in enumerate(images):
         top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
-        sheet[top:top + height, left:left + width] = normalized_view(image)
+        view = normalized_view(displayed(image))
+        sheet[top:top + height, left:left + width] = view[..., None] if view.ndim == 2 else view
     return sheet
 
 
@@ -64,7 +74,7 @@ def animation_bytes(frames: list[np.ndarray], fmt: str = "webp", duration_ms: in
     shapes = {np.shape(frame) for frame in frames}
     if len(shapes) != 1:
         raise ValueError(f"all frames must have one shape, got {sorted(shapes)}")
-    pictures = [Image.fromarray(normalized_view(np.asarray(frame))) for frame in frames]
+    pictures = [Image.fromarray(normalized_view(displayed(np.asarray(frame)))) for frame in frames]
     options = {"lossless": False, "quality": 85, "method": 4} if fmt == "webp" else {"optimize": False, "disposal": 1}
     buffer = io.BytesIO()
     pictures[0].save(buffer, format=ANIMATION_FORMATS[fmt], save_all=True, append_images=pictures[1:],

@@ -29,12 +29,13 @@ def held_out(size: int) -> transform.Robustness:
     return transform.Robustness(pad=0.0, jitter=size / 16, scale=(0.8, 1.2), degrees=15.0, jitter_after=0.0)
 
 
-def scores(probe: Callable, images: np.ndarray, weights: np.ndarray, probabilities: np.ndarray, conv_id: int | None,
-           judge: tuple[str, Callable] | None = None) -> list[dict]:
+def scores(probe: Callable, images: np.ndarray, weights: np.ndarray, probabilities: np.ndarray | None,
+           classes: bool, judge: tuple[str, Callable] | None = None) -> list[dict]:
     """One dict of scores per image.
 
-    `probe(images)` gives (batch, features) of the target layer; `probabilities`
-    are the model's class probabilities at the images (the job's last prediction).
+    `probe(images)` gives (batch, features) of the target layer; `classes` says
+    whether those are the class logits; `probabilities` are the model's class
+    probabilities at the images (the job's last prediction).
     """
     batch, size = images.shape[0], max(images.shape[1:3])
     at_image = probe(images)[0].numpy()
@@ -46,13 +47,13 @@ def scores(probe: Callable, images: np.ndarray, weights: np.ndarray, probabiliti
     rows = []
     for b in range(batch):
         row = {"objective": float(objective[b]), "robustness": _ratio(moved[b], objective[b])}
-        if conv_id is None:
+        if classes:
             mine = probabilities[b]
             row.update(target_probability=float(mine[main[b]]), target_rank=int((mine > mine[main[b]]).sum()) + 1)
         else:
             channels = at_image[b]
             row["specificity_z"] = float((channels[main[b]] - channels.mean()) / (channels.std() + 1e-12))
-        if judge is not None and conv_id is None:
+        if judge is not None and classes:
             name, judged = judge
             verdict = judged(images[b:b + 1]).numpy()[0]
             row.update(judge=name, judge_agrees=bool(verdict.argmax() == main[b]),

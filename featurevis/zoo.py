@@ -1,10 +1,13 @@
-"""Builds served models with Keras. TensorFlow side: imported by workers only.
+"""Builds and describes served models with Keras. TensorFlow side: imported by workers only.
 
-ImageNet weights go through Keras' own loading and cache (`$KERAS_HOME/models`),
-so a file an operator drops there is found, and a machine with network access
-downloads it as Keras always does. "Shipped" weights are files in
-`featurevis/models/`, written by `scripts/train_shapes.py`, which trains the
-very architectures defined here.
+A registered model comes from one of three sources:
+- a user's `.keras` file, loaded with Keras' `safe_mode` (Lambda layers and
+  custom objects are refused: loading them would run the file's code);
+- a Keras Application by name, whose ImageNet weights go through Keras' own
+  loading and cache (`$KERAS_HOME/models`), so a file an operator drops there is
+  found and a machine with network access downloads it as Keras always does;
+- the shapes architectures defined here, with weights shipped in
+  `featurevis/models/` (written by `scripts/train_shapes.py`).
 """
 from __future__ import annotations
 
@@ -17,33 +20,35 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from featurevis import catalog, shapes
-from featurevis.catalog import WeightsUnavailable
+from featurevis import registry, shapes
+from featurevis.registry import LOGITS, ModelInfo, ModelRefused, WeightsUnavailable
 
 UNTRAINED_SEED = 0
 
-# Keras' file name for each architecture's ImageNet weights (keras.applications).
-IMAGENET_WEIGHT_FILES = {
-    "inception_v3": "inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
+# The tutorial's names of InceptionV3's Conv2D operations, block by block, in the order its graph created
+# them; Keras creates the same layers in the same order (conv2d, conv2d_1, ...): tests/test_registry_live.py.
+_TUTORIAL_BLOCKS = {
+    "35x35": ["conv", "tower/conv", "tower/conv_1", "tower_1/conv", "tower_1/conv_1", "tower_1/conv_2",
+              "tower_2/conv"],
+    "reduce_35": ["conv", "tower/conv", "tower/conv_1", "tower/conv_2"],
+    "17x17": ["conv", "tower/conv", "tower/conv_1", "tower/conv_2", "tower_1/conv", "tower_1/conv_1",
+              "tower_1/conv_2", "tower_1/conv_3", "tower_1/conv_4", "tower_2/conv"],
+    "reduce_17": ["tower/conv", "tower/conv_1", "tower_1/conv", "tower_1/conv_1", "tower_1/conv_2", "tower_1/conv_3"],
+    "8x8": ["conv", "tower/conv", "tower/mixed/conv", "tower/mixed/conv_1", "tower_1/conv", "tower_1/conv_1",
+            "tower_1/mixed/conv", "tower_1/mixed/conv_1", "tower_2/conv"],
 }
+_TUTORIAL_MIXED = ["35x35"] * 3 + ["reduce_35"] + ["17x17"] * 4 + ["reduce_17"] + ["8x8"] * 2
 
 
-@dataclass(frozen=True)
-class Architecture:
-    # Takes weights as keras.applications does: None (random init), "imagenet" or a weights file's path.
-    build: Callable[[str | None], keras.Model]
-    # Maps 0..255 pixels to what the network expects; it runs inside the
-    # compiled step so gradients are taken in pixel space.
-    preprocess: Callable[[tf.Tensor], tf.Tensor]
-    class_names: str  # the file in featurevis/models/ naming its classes
+def inception_v3_tutorial_names() -> list[str]:
+    """conv_names of the tutorial, without its `/Conv2D` suffix: conv, conv_1, ..., mixed/conv, ..."""
+    names = ["conv"] + [f"conv_{i}" for i in range(1, 5)]
+    for index, block in enumerate(_TUTORIAL_MIXED):
+        names += [f"mixed{'' if index == 0 else f'_{index}'}/{name}" for name in _TUTORIAL_BLOCKS[block]]
+    return names
 
 
-def _inception_v3(weights: str | None) -> keras.Model:
-    return keras.applications.InceptionV3(weights=weights, classifier_activation=None)
-
-
-SHAPES_INPUT = (shapes.SIZE, shapes.SIZE, 3)
-SHAPES_CLASSES = len(shapes.CLASS_NAMES)
+TUTORIAL_NAMES = {"InceptionV3": inception_v3_tutorial_names}
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,10 @@ class ConvBlock:
     kernel: int
     stride: int = 1
     pool: bool = False  # 2x2 max-pooling after the block
+
+
+SHAPES_INPUT = (shapes.SIZE, shapes.SIZE, 3)
+SHAPES_CLASSES = len(shapes.CLASS_NAMES)
 
 
 def _shapes_cnn(weights: str | None) -> keras.Model:
@@ -97,49 +106,90 @@ def _small_cnn(name: str, blocks: list[ConvBlock], weights: str | None) -> keras
     return model
 
 
-ARCHITECTURES = {
-    "inception_v3": Architecture(build=_inception_v3, preprocess=lambda x: x / 127.5 - 1.0,
-                                 class_names="imagenet_classes.json"),
-    "shapes_cnn": Architecture(build=_shapes_cnn, preprocess=lambda x: x / 255.0, class_names="shapes_classes.json"),
-    "shapes_cnn_b": Architecture(build=_shapes_cnn_b, preprocess=lambda x: x / 255.0,
-                                 class_names="shapes_classes.json"),
-}
+# The architectures this repository defines and trains (scripts/train_shapes.py); they see pixels / 255.
+ARCHITECTURES: dict[str, Callable[[str | None], keras.Model]] = {"shapes_cnn": _shapes_cnn,
+                                                                  "shapes_cnn_b": _shapes_cnn_b}
+SHAPES_PREPROCESS = "unit"
+
+# How each Keras Application family expects its pixels (keras.applications.<family>.preprocess_input).
+# The rest (Inception, Xception, MobileNet V1/V2, NASNet, ResNet V2) use "inception": x / 127.5 - 1.
+APPLICATION_PREPROCESS = {"ResNet": "caffe", "VGG": "caffe", "DenseNet": "torch", "EfficientNet": "none",
+                          "ConvNeXt": "none", "RegNet": "none", "MobileNetV3": "none"}
+
+
+def application_preprocess(name: str) -> str:
+    """The preprocessing a Keras Application was trained with."""
+    if name.startswith("ResNet") and name.endswith("V2"):
+        return "inception"
+    return next((kind for family, kind in APPLICATION_PREPROCESS.items() if name.startswith(family)), "inception")
 
 
 def shipped_weights_file(architecture: str) -> Path:
     """Where scripts/train_shapes.py writes an architecture's trained weights."""
-    return catalog.MODELS_DIR / f"{architecture}.weights.h5"
+    return registry.MODELS_DIR / f"{architecture}.weights.h5"
 
 
 def keras_cache_dir() -> str:
     return os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
 
 
-def build(info: catalog.ModelInfo) -> keras.Model:
-    """A fresh Keras model for a served model, logits as output."""
-    architecture = ARCHITECTURES[info.architecture]
-    if info.untrained:
-        # Same seed, same weights in every worker process: job ids stay meaningful.
-        keras.utils.set_random_seed(UNTRAINED_SEED)
-        return architecture.build(None)
-    if info.weights == "shipped":
-        return architecture.build(str(_shipped_weights(info)))
+def build(info: ModelInfo, models: registry.Registry) -> keras.Model:
+    """A fresh Keras model for a registered one."""
+    source = info.source
+    if "keras_app" in source:
+        return application(info.name, source["keras_app"], source["weights"])
+    if "architecture" in source:
+        path = shipped_weights_file(source["architecture"])
+        if not path.is_file():
+            raise WeightsUnavailable(f"model {info.name}: weights file {path} is missing; "
+                                     f"run scripts/train_shapes.py to write it")
+        return ARCHITECTURES[source["architecture"]](str(path))
+    return load_file(models.model_file(info.name, info.sha256))
+
+
+def application(name: str, app: str, weights: str) -> keras.Model:
+    """A Keras Application; "untrained" (or "none") weights are a fixed-seed random init, the same in every process."""
+    constructor = getattr(keras.applications, app, None)
+    if not callable(constructor) or not app[:1].isupper():
+        raise ModelRefused(f"keras_app: {app!r} is not a Keras Application (e.g. InceptionV3, ResNet50, MobileNetV2)")
+    if weights != "imagenet":
+        keras.utils.set_random_seed(UNTRAINED_SEED)  # job ids stay meaningful across workers
+        return constructor(weights=None)
     try:
-        return architecture.build(info.weights)
+        return constructor(weights="imagenet")
     except Exception as error:  # Keras raises a bare Exception on fetch failure
-        file_name = IMAGENET_WEIGHT_FILES[info.architecture]
+        file_name = _weights_file_name(error)
         raise WeightsUnavailable(
-            f"model {info.name}: weights file {file_name} is not in {keras_cache_dir()} and could not be "
+            f"model {name}: weights file {file_name} is not in {keras_cache_dir()} and could not be "
             f"downloaded ({_reason(error)}); put the file there (or set KERAS_HOME) and retry"
         ) from None
 
 
-def _shipped_weights(info: catalog.ModelInfo) -> Path:
-    path = shipped_weights_file(info.architecture)
-    if not path.is_file():
-        raise WeightsUnavailable(f"model {info.name}: weights file {path} is missing; "
-                                 f"run scripts/train_shapes.py to write it")
-    return path
+def load_file(path: str | os.PathLike) -> keras.Model:
+    """A user's .keras file, without running any code it carries; ModelRefused, one line, for any bad file."""
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - every failure to load is the file's fault
+        raise ModelRefused(f"file: {_load_failure(error)}") from None
+    if not isinstance(model, keras.Model):
+        raise ModelRefused(f"file: holds a {type(model).__name__}, not a Keras model")
+    return model
+
+
+def _load_failure(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    if "Lambda" in text:
+        return "has a Lambda layer, whose code Keras' safe_mode refuses to run; rebuild it from built-in layers"
+    if match := re.search(r"[Cc]ould not locate (?:class|function) '([^']+)'", text):
+        return f"uses {match.group(1)}, a custom object; only Keras' built-in layers can be registered"
+    if "zip" in text.lower() or "not a valid" in text.lower() or "archive" in text.lower() or "EOF" in text:
+        return "is not a valid .keras file (not a zip archive with a model config, or truncated)"
+    return f"could not be loaded as a Keras model ({text[:160]})"
+
+
+def _weights_file_name(error: Exception) -> str:
+    match = re.search(r"/([\w.-]+\.(?:h5|keras))", str(error))
+    return match.group(1) if match else "(the ImageNet weights)"
 
 
 def _reason(error: Exception) -> str:
@@ -147,38 +197,80 @@ def _reason(error: Exception) -> str:
     return " ".join(str(error).split(" -- ")[-1].split())[:120] or type(error).__name__
 
 
-def conv_layers_in_graph_order(model: keras.Model) -> list[keras.layers.Layer]:
-    """The Conv2D layers in the order `conv_id` indexes."""
-    return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+def spatial_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer whose output is (batch, height, width, channels), in model.layers order: what `layer` may name."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        try:
+            shape = layer.output.shape
+        except (AttributeError, ValueError):  # a layer used at several places has no single output
+            continue
+        if len(shape) == 4 and shape[-1] is not None:
+            found.append(layer)
+    return found
 
 
-def description(architecture: str, model: keras.Model) -> dict:
-    """What featurevis/models/<architecture>.json says of a live model (see catalog)."""
-    layers = conv_layers_in_graph_order(model)
-    return {
-        "architecture": architecture,
-        "input_shape": list(model.input_shape[1:]),
-        "classes": int(model.output_shape[-1]),
-        "class_names": ARCHITECTURES[architecture].class_names,
-        "conv_layers": [
-            {"name": name, "channels": int(layer.filters)}
-            for name, layer in zip(fresh_process_names(layers), layers)
-        ],
-    }
+def conv_layers_in_creation_order(model: keras.Model) -> list[keras.layers.Layer]:
+    """The Conv2D layers in the order `conv_id` indexes: Keras' creation order, as the tutorial's graph order.
 
-
-def fresh_process_names(layers: list[keras.layers.Layer]) -> list[str]:
-    """The names these layers would have had in a fresh process.
-
-    Keras numbers `conv2d`, `conv2d_1`, ... per process, so a model built after
-    another starts at `conv2d_94`; subtracting the lowest number undoes that.
-    Names given explicitly (the shapes models' `conv1`, ...) never shift and are kept.
+    Keras numbers auto-named layers conv2d, conv2d_1, ... as they are created,
+    so where all are auto-named the numbers give the order; model.layers is a
+    traversal order instead (InceptionV3's 6th there is conv2d_8). Named layers
+    keep the model's own order.
     """
-    if not all(re.fullmatch(r"conv2d(_\d+)?", layer.name) for layer in layers):
-        return [layer.name for layer in layers]
-    numbers = [_auto_name_number(layer.name) for layer in layers]
-    offset = min(numbers)
-    return [_auto_name(layers[0].name, number - offset) for number in numbers]
+    layers = [layer for layer in model.layers if type(layer) is keras.layers.Conv2D]
+    if layers and all(re.fullmatch(r"conv2d(_\d+)?", layer.name) for layer in layers):
+        return sorted(layers, key=lambda layer: _auto_name_number(layer.name))
+    return layers
+
+
+def logits_layer(model: keras.Model) -> keras.layers.Layer | None:
+    """The last Dense layer, whose pre-activation values are the class logits."""
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    return dense[-1] if dense else None
+
+
+def logits_output(model: keras.Model) -> keras.KerasTensor:
+    """The last Dense layer's value before its activation, whatever activation the model ends with.
+
+    A Dense that applies softmax itself gets a linear twin sharing its weights, so
+    maximizing a class raises its logit rather than squeezing the others.
+    """
+    dense = logits_layer(model)
+    if dense.activation in (None, keras.activations.linear):
+        return dense.output
+    twin = keras.layers.Dense(dense.units, use_bias=dense.use_bias, name=f"{dense.name}_logits")
+    output = twin(dense.input)
+    twin.set_weights(dense.get_weights())
+    return output
+
+
+def fresh_process_names(model: keras.Model, layers: list[keras.layers.Layer]) -> list[str]:
+    """The names these layers would have had if the model were built first in a fresh process.
+
+    Keras numbers auto-names per process and per layer type, so a model built
+    after another starts at `conv2d_94`; subtracting the model's lowest number
+    of each type undoes that. Names given explicitly are kept.
+    """
+    lowest: dict[str, int] = {}
+    for layer in model.layers:
+        if _is_auto_named(layer):
+            stem = _auto_name_stem(layer)
+            lowest[stem] = min(lowest.get(stem, 1 << 30), _auto_name_number(layer.name))
+    return [_auto_name(_auto_name_stem(layer), _auto_name_number(layer.name) - lowest[_auto_name_stem(layer)])
+            if _is_auto_named(layer) else layer.name for layer in layers]
+
+
+def _auto_name_stem(layer: keras.layers.Layer) -> str:
+    """The name Keras gives a layer of this type before numbering it (its to_snake_case)."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _is_auto_named(layer: keras.layers.Layer) -> bool:
+    return re.fullmatch(rf"{_auto_name_stem(layer)}(_\d+)?", layer.name) is not None
 
 
 def _auto_name_number(name: str) -> int:
@@ -186,6 +278,66 @@ def _auto_name_number(name: str) -> int:
     return int(suffix) if stem and suffix.isdigit() else 0
 
 
-def _auto_name(sample: str, number: int) -> str:
-    stem = sample.rpartition("_")[0] if _auto_name_number(sample) else sample
+def _auto_name(stem: str, number: int) -> str:
     return stem if number == 0 else f"{stem}_{number}"
+
+
+def describe(model: keras.Model, name: str, version: str, source: dict, preprocess: str | dict | None,
+             class_names: list[str] | None = None, default_preprocess: str = "unit") -> dict:
+    """The registry's description of a live model (see featurevis/registry.py); ModelRefused where it cannot serve it."""
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise ModelRefused("file: the model must take one image input, (batch, height, width, channels)")
+    height, width, channels = model.inputs[0].shape[1:]
+    if not all(isinstance(size, int) for size in (height, width, channels)):
+        raise ModelRefused(f"file: the input must have a fixed height, width and channels, got "
+                           f"{tuple(model.inputs[0].shape[1:])}")
+    spatial = spatial_layers(model)
+    if not spatial:
+        raise ModelRefused("file: no layer outputs (batch, height, width, channels); nothing to visualize")
+    dense = logits_layer(model)
+    classes = int(dense.units) if dense is not None else 0
+    if class_names is not None and len(class_names) != classes:
+        raise ModelRefused(f"class_names: the model has {classes} classes, got {len(class_names)} names")
+    rename = "keras_app" in source  # built in this process: undo Keras' per-process numbering
+    names = fresh_process_names(model, spatial) if rename else [layer.name for layer in spatial]
+    conv_ids = {id(layer): index for index, layer in enumerate(conv_layers_in_creation_order(model))}
+    tutorial = TUTORIAL_NAMES.get(source.get("keras_app"), lambda: [])()
+    layers = []
+    for layer, layer_name in zip(spatial, names):
+        conv_id = conv_ids.get(id(layer))
+        entry = {"name": layer_name, "type": type(layer).__name__, "channels": int(layer.output.shape[-1]),
+                 "height": layer.output.shape[1], "width": layer.output.shape[2], "conv_id": conv_id}
+        if tutorial and conv_id is not None:
+            entry["tutorial_name"] = tutorial[conv_id]
+        layers.append(entry)
+    if LOGITS in names:
+        raise ModelRefused(f"file: a layer is named '{LOGITS}', which names the class target here; rename it")
+    return {
+        "name": name, "sha256": version, "source": source,
+        "input_shape": [height, width, channels],
+        "preprocess": registry.preprocess_from(preprocess, channels, default_preprocess).as_dict(),
+        "classes": classes, "logits_layer": dense.name if dense is not None else None,
+        "class_names": class_names or [f"class {index}" for index in range(classes)],
+        "layers": layers, "keras_version": keras.__version__,
+    }
+
+
+def live_layer(model: keras.Model, info: ModelInfo, name: str) -> keras.layers.Layer:
+    """The live layer a description's layer name stands for: same position among the spatial layers.
+
+    Positions, not names, because a Keras Application built after another model
+    in this process has shifted auto-names.
+    """
+    names = [layer.name for layer in info.layers]
+    spatial = spatial_layers(model)
+    if len(spatial) != len(names):
+        raise RuntimeError(f"model {info.name}: {len(spatial)} spatial layers, its description lists {len(names)}")
+    return spatial[names.index(info.layer(name).name)]
+
+
+def preprocessor(preprocess: registry.Preprocess) -> Callable[[tf.Tensor], tf.Tensor]:
+    """0..255 pixels -> what the network expects; it runs inside the compiled step, so gradients are in pixel space."""
+    scale, offset = tf.constant(preprocess.scale, tf.float32), tf.constant(preprocess.offset, tf.float32)
+    if preprocess.bgr:
+        return lambda pixels: pixels[..., ::-1] * scale + offset
+    return lambda pixels: pixels * scale + offset

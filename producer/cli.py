@@ -1,11 +1,11 @@
-"""`python -m producer`: enqueue, sweep and status from a shell.
+"""`python -m producer`: enqueue, sweep, status and the model registry from a shell.
 
 stdout carries what scripts read: the job id on the first line and, with
 --wait, the absolute path (or s3:// URL) of the picture on the last. Progress bars and
 notes go to stderr. Every error is one line on stderr.
 
-Exit codes: 0 done, 1 the job failed, 2 invalid input (nothing queued),
-3 Redis unreachable.
+Exit codes: 0 done (or registered), 1 the job failed, 2 invalid input or a
+refused model (nothing queued, the registry as it was), 3 Redis unreachable.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import sys
 from tqdm import tqdm
 
 from featurevis.contract import JobError
+from featurevis.registry import ModelInfo, ModelRefused
 from featurevis.store import ResultStore
 from producer.client import BrokerUnavailable, Job, JobFailed, Producer
 
@@ -53,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--model", default=None, help="default inception_v3")
         command.add_argument("--conv-id", type=_scalar, default=None,
                              help="index into the model's Conv2D layers; omit (and omit --layer) for the class logits")
-        command.add_argument("--layer", default=None, help="a Conv2D layer name, or 'logits'")
+        command.add_argument("--layer", default=None,
+                             help="a layer name (any (h, w, channels) output; for inception_v3 also the tutorial's, "
+                                  "e.g. mixed/conv), or 'logits'")
         command.add_argument("--iterations", type=_scalar, default=None, help="1..10000, default 30")
         command.add_argument("--seed", type=_scalar, default=None, help="drawn and recorded when absent")
         command.add_argument("--method", default=None, help="default gradient_ascent")
@@ -62,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     enqueue = commands.add_parser("enqueue", help="queue one job")
     job_options(enqueue)
     enqueue.add_argument("--feature", type=_scalar, default=None, help="channel, or class index for the logits")
+    enqueue.add_argument("--class", dest="class", type=_scalar, default=None,
+                         help='a class of the logits by index or name, e.g. "kit fox" (exact or a unique prefix)')
     enqueue.add_argument("--images", type=_scalar, default=None,
                          help="1..8: a diverse set of this many pictures (method robust), default 1")
     enqueue.add_argument("--diversity", type=_scalar, default=None,
@@ -71,7 +76,35 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--features", type=_features, default=[1, 2, 3, 4, 5, 6], help="e.g. 1-6 (default) or 0,4,9")
     status = commands.add_parser("status", help="show a job's state")
     status.add_argument("job_id")
+    _models_parser(commands.add_parser("models", help="register, list and show models"))
     return parser
+
+
+def _models_parser(models: argparse.ArgumentParser) -> None:
+    actions = models.add_subparsers(dest="action", required=True, parser_class=_OneLineParser)
+    register = actions.add_parser("register", help="put a model into the registry (waits for a worker's verdict)")
+    register.add_argument("name", help="[a-z0-9_-]{1,64}: what jobs will call it")
+    source = register.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", help="a .keras file (Keras' safe_mode: no Lambda layers or custom objects)")
+    source.add_argument("--keras-app", help="a Keras Application by name, e.g. ResNet50")
+    register.add_argument("--weights", default="imagenet", choices=("imagenet", "none"),
+                          help="a Keras Application's weights, from $KERAS_HOME/models (default imagenet)")
+    register.add_argument("--preprocess", default=None,
+                          help="how 0..255 pixels reach the model: inception, caffe, torch, unit or none "
+                               "(default: unit for a file, the application's own for --keras-app)")
+    register.add_argument("--scale", type=_numbers, default=None, help="instead of --preprocess: per-channel scale")
+    register.add_argument("--offset", type=_numbers, default=None, help="with --scale: per-channel offset")
+    register.add_argument("--class-names", default=None, help="a JSON list, or a text file of one class name a line")
+    register.add_argument("--no-wait", action="store_true", help="queue the registration and return")
+    actions.add_parser("list", help="the registered models, one a line")
+    show = actions.add_parser("show", help="a model's input, classes and layers (conv_ids, channels)")
+    show.add_argument("name")
+    show.add_argument("--version", default=None, help="a registered sha256 (default: the current one)")
+    show.add_argument("--json", action="store_true", help="the whole description as JSON")
+
+
+def _numbers(text: str) -> list:
+    return [_scalar(part) for part in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             print(json.dumps(producer.status(args.job_id)))
             return 0
+        if args.command == "models":
+            return _models(producer, args)
         fields = {name: value for name, value in vars(args).items()
                   if name not in ("command", "wait") and value is not None}
         job = producer.sweep(fields) if args.command == "sweep" else producer.enqueue(fields)
@@ -88,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.wait:
             print(follow(job))
         return 0
-    except JobError as error:
+    except (JobError, ModelRefused) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
     except BrokerUnavailable as error:
@@ -97,6 +132,64 @@ def main(argv: list[str] | None = None) -> int:
     except JobFailed as error:
         print(f"error: job failed: {error}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _models(producer: Producer, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for info in producer.models():
+            print(_summary_line(info))
+    elif args.action == "show":
+        info = producer.model(args.name, args.version)
+        print(json.dumps(info.description, indent=1) if args.json else _details(info))
+    else:
+        preprocess = {"scale": args.scale, "offset": args.offset or [0.0]} if args.scale else args.preprocess
+        verdict = producer.register_model(args.name, file=args.file, keras_app=args.keras_app, weights=args.weights,
+                                          preprocess=preprocess, class_names=_class_names(args.class_names),
+                                          wait=not args.no_wait)
+        print(f"{args.name} {verdict['sha256']}", flush=True)
+        if verdict.get("already"):
+            print(f"note: {args.name} is already registered at this version; nothing queued", file=sys.stderr)
+        elif verdict["registered"]:
+            print(f"registered {args.name}: input {verdict['input_shape']}, {verdict['layers']} layers "
+                  f"({verdict['conv_layers']} Conv2D), {verdict['classes']} classes", file=sys.stderr)
+    return 0
+
+
+def _class_names(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as error:
+        raise ModelRefused(f"class_names: cannot read {path}: {error.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _summary_line(info: ModelInfo) -> str:
+    source = info.source.get("keras_app") or info.source.get("architecture") or "file"
+    convs = len(info.conv_layers)
+    return (f"{info.name:24} {info.sha256[:12]}  {source:14} input {'x'.join(map(str, info.input_shape)):11} "
+            f"{len(info.layers):4} layers ({convs} Conv2D, conv_id 0..{convs - 1})  {info.classes} classes")
+
+
+def _details(info: ModelInfo) -> str:
+    """What a job may target: every layer with its conv_id and channels, then the classes."""
+    lines = [_summary_line(info), f"version   {info.sha256}", f"source    {json.dumps(info.source)}",
+             f"preprocess {info.preprocess.kind}: pixels{'[BGR]' if info.preprocess.bgr else ''} x "
+             f"{list(info.preprocess.scale)} + {list(info.preprocess.offset)}",
+             f"{'conv_id':>7}  {'layer':28} {'type':22} {'channels':>8}  size     tutorial"]
+    for layer in info.layers:
+        conv_id = "" if layer.conv_id is None else layer.conv_id
+        lines.append(f"{conv_id:>7}  {layer.name:28} {layer.type:22} {layer.channels:>8}  "
+                     f"{layer.height}x{layer.width:<5} {layer.tutorial_name or ''}")
+    if info.classes:
+        shown = ", ".join(f"{index} {name}" for index, name in enumerate(info.class_names[:10]))
+        lines.append(f"{'logits':>7}  {info.logits_layer} (pre-activation): {info.classes} classes: {shown}"
+                     f"{', ...' if info.classes > 10 else ''}")
+    return "\n".join(lines)
 
 
 def follow(job: Job) -> str:

@@ -10,18 +10,24 @@ run again instead of answering FAILURE forever.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from functools import lru_cache
 from typing import Any, Callable
 
 from celery import Celery, states
+from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from kombu.utils.url import maybe_sanitize_url
 
-from featurevis import contract
+from featurevis import contract, registry
+from featurevis.registry import ModelRefused
+from featurevis.store import ResultStore
 
 POLL_SECONDS = 0.25
+REGISTER_SECONDS = 600  # a verdict needs a worker to load the model: allow for a queue ahead of it
 
 
 class BrokerUnavailable(ConnectionError):
@@ -80,6 +86,72 @@ class Producer:
         del kwargs["feature"]
         return self._send("featurevis.sweep", contract.sweep_id(specs), specs, kwargs)
 
+    def register_model(self, name: str, file: str | os.PathLike | None = None, keras_app: str | None = None,
+                       weights: str = "imagenet", preprocess: str | dict | None = None,
+                       class_names: list[str] | None = None, wait: bool = True,
+                       timeout: float = REGISTER_SECONDS) -> dict:
+        """Put a model into the registry: a .keras `file`, or a Keras Application by name (`keras_app`).
+
+        The file goes into the store under its sha256, then a worker validates and
+        describes it (`featurevis.register_model`). With `wait`, returns the
+        verdict's summary or raises ModelRefused (one line); registering what is
+        already the name's current version returns at once and queues nothing.
+        """
+        request = self._registration(name, file, keras_app, weights, preprocess, class_names)
+        models = registry.Registry.from_env()
+        if models.current_version(name) == request["sha256"] and models.description(name, request["sha256"]):
+            return {"name": name, "sha256": request["sha256"], "registered": True, "already": True}
+        self._check_broker()
+        if file is not None:
+            models.store.put(models.key(name, request["sha256"]), registry.MODEL_FILE, Path(file).read_bytes())
+        task_id = f"register-{name}-{request['sha256'][:16]}"
+        previous = self.app.AsyncResult(task_id)
+        if previous.state in states.READY_STATES:
+            previous.forget()
+        result = self.app.send_task("featurevis.register_model", kwargs=request, task_id=task_id)
+        if not wait:
+            return {"name": name, "sha256": request["sha256"], "registered": None, "task_id": task_id}
+        try:
+            verdict = result.get(timeout=timeout)
+        except CeleryTimeout:
+            raise TimeoutError(f"no worker gave a verdict on {name} within {timeout} s (task {task_id})") from None
+        except ModelRefused:
+            raise
+        except Exception as error:  # noqa: BLE001 - any other failure of the task refuses the model too
+            raise ModelRefused(_one_line(error)) from None
+        return {**verdict, "registered": True, "already": False}
+
+    def models(self) -> list[registry.ModelInfo]:
+        """Every registered model at its current version. Reads the store only."""
+        models = registry.Registry.from_env()
+        return [models.get(name) for name in models.names()]
+
+    def model(self, name: str, version: str | None = None) -> registry.ModelInfo:
+        """One registered model's description; ModelRefused when there is none."""
+        try:
+            return registry.Registry.from_env().get(registry.check_name(name), version)
+        except KeyError:
+            raise ModelRefused(f"model: no registered model {name}{f' at {version}' if version else ''}") from None
+
+    @staticmethod
+    def _registration(name, file, keras_app, weights, preprocess, class_names) -> dict:
+        """The register_model request, after every check that needs no worker (nothing is uploaded yet)."""
+        registry.check_name(name)
+        if (file is None) == (keras_app is None):
+            raise ModelRefused("file: give a .keras file or a Keras Application (keras_app), one of the two")
+        if file is None:
+            source, version = {"keras_app": keras_app, "weights": weights}, None
+        else:
+            path = Path(file)
+            if not path.is_file():
+                raise ModelRefused(f"file: {str(path)[:120]} is not a file")
+            size, limit = path.stat().st_size, registry.max_model_bytes()
+            if size > limit:
+                raise ModelRefused(f"file: {size} bytes, over the limit of {limit} (FEATUREVIS_MODEL_MAX_BYTES)")
+            source, version = {"file": registry.MODEL_FILE}, registry.version_of_file(path)
+        return registry.registration_request({"name": name, "sha256": version, "source": source,
+                                              "preprocess": preprocess, "class_names": class_names})
+
     def status(self, job_id: str) -> dict:
         self._check_broker()
         result = self.app.AsyncResult(job_id)
@@ -126,3 +198,7 @@ def sweep(fields: dict[str, Any]) -> Job:
 
 def status(job_id: str) -> dict:
     return _default().status(job_id)
+
+
+def register_model(name: str, **options) -> dict:
+    return _default().register_model(name, **options)

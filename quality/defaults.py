@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from featurevis import catalog, quality  # noqa: E402
+from featurevis import quality, registry  # noqa: E402
 from featurevis.factory import ModelFactory, target_network  # noqa: E402
 from featurevis.optvis import objectives, render, transform  # noqa: E402
 
@@ -42,19 +42,19 @@ def scored(factory: ModelFactory, model: str, conv_id: int | None, learning_rate
            features: list[int], seeds: list[int], iterations: int) -> list[dict]:
     """One batch with a robust step compiled for these settings, scored like any job."""
     loaded = factory.model(model)
-    network, objective = target_network(loaded, conv_id, with_style=True)
+    network, objective = target_network(loaded, loaded.info.target_layer(conv_id), with_style=True)
     shape = loaded.info.input_shape
     step = render.robust_step(network, loaded.preprocess, objective, shape, learning_rate, MOVES[moves](max(shape)))
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], loaded.info.features_of(conv_id))
     ascent = render.optimize("robust", step, shape, seeds, weights, iterations, classify=loaded.classify)
     probe = quality.feature_probe(network, loaded.preprocess, shape)
-    return quality.scores(probe, ascent.images, weights, ascent.predictions[-1].probabilities, conv_id,
+    return quality.scores(probe, ascent.images, weights, ascent.predictions[-1].probabilities, conv_id is None,
                           factory.judge(model))
 
 
 def setting(factory: ModelFactory, learning_rate: float, moves: str) -> dict:
     """One setting's scores; each model's step is compiled once, every class x seed in one batch."""
-    classes = catalog.get("shapes_cnn").classes
+    classes = registry.builtin_info("shapes_cnn").classes
     shapes = scored(factory, "shapes_cnn", None, learning_rate, moves, list(range(classes)) * len(SEEDS),
                     [seed for seed in SEEDS for _ in range(classes)], SHAPES_ITERATIONS)
     deep = scored(factory, "inception_v3_untrained", 50, learning_rate, moves, [1, 2], list(SEEDS[:2]),

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from featurevis import catalog, images, quality  # noqa: E402
+from featurevis import images, quality, registry  # noqa: E402
 from featurevis.factory import ModelFactory  # noqa: E402
 from featurevis.optvis import objectives, render  # noqa: E402
 
@@ -39,11 +39,11 @@ def run(factory: ModelFactory, model: str, conv_id, method: str, features: list[
     ascent = render.optimize(method, acquired.step, info.input_shape, seeds, weights, iterations,
                              classify=acquired.model.classify)
     return ascent.images, quality.scores(acquired.probe, ascent.images, weights, ascent.predictions[-1].probabilities,
-                                         conv_id, factory.judge(model))
+                                         conv_id is None, factory.judge(model))
 
 
 def shapes(factory: ModelFactory) -> tuple[dict, dict]:
-    classes = catalog.get("shapes_cnn").classes
+    classes = registry.builtin_info("shapes_cnn").classes
     summary, pictures = {}, {}
     for method in METHODS:
         rows = []
@@ -96,7 +96,7 @@ def main() -> int:
     print(f"2. held-out robustness on inception_v3_untrained, {INCEPTION_ITERATIONS} iterations", flush=True)
     results = {"date": time.strftime("%Y-%m-%d"), "shapes_cnn": shapes_summary, "inception_v3_untrained": inception(factory),
                "iterations": {"shapes_cnn": SHAPES_ITERATIONS, "inception_v3_untrained": INCEPTION_ITERATIONS},
-               "class_names": catalog.get("shapes_cnn").class_names(), "seconds": None}
+               "class_names": list(registry.builtin_info("shapes_cnn").class_names), "seconds": None}
     (ROOT / "quality" / "contact_sheet.png").write_bytes(contact_sheet(pictures))
     results["seconds"] = time.perf_counter() - began
     (ROOT / "quality" / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -1,9 +1,9 @@
-"""Writes featurevis/models/<architecture>.json from the live Keras models.
+"""Writes featurevis/models/<description>.json, the built-in models' descriptions, from the live Keras models.
 
-Run in a fresh process (`.venv/bin/python scripts/describe_models.py`); the
-producer validates jobs from these files without loading TensorFlow.
-Keys the live model cannot give (a shipped model's `accuracy` and
-`trained_by`, written by `scripts/train_shapes.py`) are kept as they are.
+Run it in a fresh process (`.venv/bin/python scripts/describe_models.py`); the
+producer validates jobs from these files without loading TensorFlow. Keys the
+live model cannot give (a shipped model's `accuracy` and `trained_by`, written
+by `scripts/train_shapes.py`) are kept as they are.
 """
 import json
 import sys
@@ -11,22 +11,39 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from featurevis import catalog, zoo  # noqa: E402
+from featurevis import registry, zoo  # noqa: E402
+
+# What registry.builtin_description adds per served name, and so leaves out of the shipped file.
+PER_NAME = ("name", "sha256", "source", "keras_version")
+CLASS_NAMES = {"inception_v3": "imagenet_classes.json", "shapes_cnn": "shapes_classes.json",
+               "shapes_cnn_b": "shapes_classes.json"}
 
 
-def describe(architecture: str) -> dict:
-    return zoo.description(architecture, zoo.ARCHITECTURES[architecture].build(None))
+def shipped_description(architecture: str, model) -> dict:
+    """describe()'s fields that hold for the architecture whatever its weights, class names as a file name."""
+    if architecture == "inception_v3":
+        source, preprocess = {"keras_app": "InceptionV3"}, "inception"
+    else:
+        source, preprocess = {"architecture": architecture}, zoo.SHAPES_PREPROCESS
+    described = zoo.describe(model, architecture, "", source, preprocess)
+    kept = {key: value for key, value in described.items() if key not in PER_NAME}
+    return {**kept, "class_names": CLASS_NAMES[architecture]}
 
 
-def kept_keys(path: Path, described: dict) -> dict:
-    """The keys of an existing description that describing the live model does not write."""
+def build(architecture: str):
+    if architecture == "inception_v3":
+        return zoo.application(architecture, "InceptionV3", "untrained")
+    return zoo.ARCHITECTURES[architecture](None)
+
+
+def write(architecture: str, described: dict) -> None:
+    path = registry.MODELS_DIR / f"{architecture}.json"
     existing = json.loads(path.read_text()) if path.exists() else {}
-    return {key: value for key, value in existing.items() if key not in described}
+    kept = {key: value for key, value in existing.items() if key not in described and key not in ("conv_layers", "architecture")}
+    path.write_text(json.dumps({**described, **kept}, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    for architecture in zoo.ARCHITECTURES:
-        path = catalog.MODELS_DIR / f"{architecture}.json"
-        described = describe(architecture)
-        path.write_text(json.dumps({**described, **kept_keys(path, described)}, indent=1) + "\n")
-        print(f"wrote {path}")
+    for architecture in CLASS_NAMES:
+        write(architecture, shipped_description(architecture, build(architecture)))

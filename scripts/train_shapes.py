@@ -3,7 +3,7 @@
 Run in a fresh process: `.venv/bin/python scripts/train_shapes.py [name ...]`
 (each model about 4 minutes on 2 CPU cores; no names: both). It writes, in
 featurevis/models/,
-`<architecture>.weights.h5`, `<architecture>.json` (the catalog's description
+`<architecture>.weights.h5`, `<architecture>.json` (the registry's description
 plus `accuracy` on fresh data and `trained_by`) and `shapes_classes.json`.
 
 Both are trained adversarially (FGSM with a random start, Wong, Rice and
@@ -36,7 +36,11 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from featurevis import catalog, shapes, zoo  # noqa: E402
+from featurevis import registry, shapes, zoo  # noqa: E402
+from scripts.describe_models import shipped_description  # noqa: E402
+
+# The shapes models see pixels / 255 (registry.PREPROCESS['unit']).
+PREPROCESS = zoo.preprocessor(registry.preprocess_from(zoo.SHAPES_PREPROCESS, 3))
 
 EVAL_SEED = 2024  # used by no training run
 EVAL_SAMPLES = 2000
@@ -66,8 +70,8 @@ def train(architecture: str, recipe: Recipe) -> keras.Model:
     """Adam with a cosine-decayed learning rate on the pre-softmax logits of adversarial batches."""
     keras.utils.set_random_seed(recipe.seed)
     images, labels = shapes.generate(recipe.samples, recipe.seed)
-    preprocess = zoo.ARCHITECTURES[architecture].preprocess
-    model = zoo.ARCHITECTURES[architecture].build(None)
+    preprocess = PREPROCESS
+    model = zoo.ARCHITECTURES[architecture](None)
     steps = recipe.epochs * math.ceil(recipe.samples / BATCH_SIZE)
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps))
     cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -107,7 +111,7 @@ def adversarial(pixels: tf.Tensor, labels: tf.Tensor, loss_of, seed: tf.Tensor) 
 
 
 def accuracy(architecture: str, model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
-    logits = model.predict(zoo.ARCHITECTURES[architecture].preprocess(images), batch_size=256, verbose=0)
+    logits = model.predict(PREPROCESS(images), batch_size=256, verbose=0)
     return float(np.mean(logits.argmax(axis=1) == labels))
 
 
@@ -118,7 +122,7 @@ def write_json(path: Path, content: dict) -> None:
 
 def main() -> None:
     tf.config.experimental.enable_op_determinism()
-    write_json(catalog.MODELS_DIR / zoo.ARCHITECTURES["shapes_cnn"].class_names, {
+    write_json(registry.MODELS_DIR / "shapes_classes.json", {
         "source": "featurevis/shapes.py CLASS_NAMES, in label order: a synthetic data set of shapes and textures",
         "names": list(shapes.CLASS_NAMES),
     })
@@ -131,8 +135,8 @@ def main() -> None:
         weights = zoo.shipped_weights_file(architecture)
         model.save_weights(weights)
         print(f"wrote {weights} ({weights.stat().st_size / 1e6:.2f} MB)")
-        write_json(catalog.MODELS_DIR / f"{architecture}.json", {
-            **zoo.description(architecture, model), "accuracy": score, "trained_by": "scripts/train_shapes.py",
+        write_json(registry.MODELS_DIR / f"{architecture}.json", {
+            **shipped_description(architecture, model), "accuracy": score, "trained_by": "scripts/train_shapes.py",
             "adversarial_epsilon": EPSILON,
         })
         print(f"{architecture}: accuracy {score:.4f} on {EVAL_SAMPLES} fresh samples (seed {EVAL_SEED}), "

@@ -1,12 +1,18 @@
 """The job contract: defaults, normalization, job ids, and one-line errors field by field."""
 import pytest
 
-from featurevis import catalog
+from featurevis import registry
 from featurevis.contract import DEFAULT_DIVERSITY, JobError, normalize, normalize_sweep
 
+# Contract version 2 (tutorial conv_ids, model versions in job ids): this job's id from then on.
+PINNED_JOB_ID = "2795febb28d1a58568989cba"
+
 BAD_JOBS = [
-    ({"model": "resnet"}, "model", "one of inception_v3, inception_v3_untrained"),
-    ({"model": 3}, "model", "one of inception_v3"),
+    ({"model": "resnet"}, "model", "registered: inception_v3, inception_v3_untrained"),
+    ({"model": 3}, "model", "a registered model's name"),
+    ({"model": "../x"}, "model", "[a-z0-9_-]{1,64}"),
+    ({"model_sha256": "abc"}, "model_sha256", "64-hex sha256"),
+    ({"model_sha256": "0" * 64}, "model_sha256", "is not a registered version of inception_v3"),
     ({"conv_id": 94}, "conv_id", "0..93"),
     ({"conv_id": -1}, "conv_id", "0..93"),
     ({"conv_id": "5"}, "conv_id", "integer"),
@@ -25,7 +31,15 @@ BAD_JOBS = [
     ({"seed": -5}, "seed", "0..4294967295"),
     ({"seed": 2**40}, "seed", "0..4294967295"),
     ({"method": "deepdream"}, "method", "gradient_ascent"),
-    ({"layer": "../../x"}, "layer", "Conv2D name"),
+    ({"layer": "../../x"}, "layer", "a layer with a (height, width, channels) output"),
+    ({"layer": "mixed/nope"}, "layer", "unknown layer"),
+    ({"layer": "predictions"}, "layer", "unknown layer"),
+    ({"class": "kit"}, "class", "several classes start with it in inception_v3; near matches: kite, kit fox"),
+    ({"class": "kit foxx"}, "class", "no class has that name in inception_v3; near matches: kit fox"),
+    ({"class": "kit fox", "conv_id": 5}, "class", "names a class of the logits; the job's layer is conv2d_5"),
+    ({"class": 2, "feature": 3}, "class", "give one of class, feature and targets"),
+    ({"class": 1000}, "feature", "0..999"),
+    ({"class": 2.5}, "class", "a class index or a class name"),
     ({"layer": "conv2d_8", "conv_id": 4}, "layer", "not conv_id 4"),
     ({"colour": "red"}, "colour", "unknown field"),
     ({"targets": []}, "targets", "list of 1..16"),
@@ -60,12 +74,28 @@ def test_defaults_follow_the_tutorial():
     assert 0 <= spec.seed <= 2**32 - 1
 
 
-def test_conv_id_and_layer_name_are_two_ways_to_one_target():
+def test_conv_id_keras_name_and_tutorial_name_are_three_ways_to_one_target():
     by_id = normalize({"conv_id": 5, "feature": 2, "seed": 7})
-    by_name = normalize({"layer": "conv2d_8", "feature": 2, "seed": 7})
-    assert by_id == by_name
-    assert by_id.layer == "conv2d_8" and by_name.conv_id == 5
+    assert by_id.layer == "conv2d_5"  # the tutorial's conv_names[5], mixed/conv: creation order
+    for name in ("conv2d_5", "mixed/conv", "mixed/conv/Conv2D"):
+        assert normalize({"layer": name, "feature": 2, "seed": 7}) == by_id
+    assert normalize({"layer": "mixed_10/tower_2/conv", "seed": 1}).conv_id == 93
     assert normalize({"layer": "logits", "seed": 1}).conv_id is None
+
+
+def test_any_spatial_layer_is_a_target_and_conv_id_counts_conv2d_only():
+    mixed = normalize({"layer": "mixed0", "feature": 255, "seed": 1})
+    assert (mixed.layer, mixed.conv_id) == ("mixed0", None)
+    with pytest.raises(JobError, match="^feature: must be a channel in 0..255 for layer mixed0 of inception_v3"):
+        normalize({"layer": "mixed0", "feature": 256})
+
+
+def test_a_class_by_name_or_index_is_its_feature_on_the_logits():
+    by_name = normalize({"class": "kit fox", "seed": 1})
+    assert (by_name.layer, by_name.feature) == ("logits", 278)
+    assert normalize({"class": "Kit Fox", "seed": 1}) == by_name == normalize({"class": 278, "seed": 1})
+    assert normalize({"class": "goldfis", "seed": 1}).feature == 1  # a unique prefix (goldfish, not goldfinch)
+    assert normalize({"model": "shapes_cnn", "class": "rings", "seed": 1}).feature == 9
 
 
 def test_job_id_is_a_function_of_the_normalized_spec_seed_included():
@@ -73,16 +103,18 @@ def test_job_id_is_a_function_of_the_normalized_spec_seed_included():
     assert normalize({"feature": 2, "conv_id": 5, "seed": 1, "iterations": 30}).job_id == first.job_id
     assert normalize({"conv_id": 5, "feature": 2, "seed": 2}).job_id != first.job_id
     assert normalize({"conv_id": 5, "feature": 3, "seed": 1}).job_id != first.job_id
-    assert first.key == f"inception_v3/conv2d_8/feature_0002/{first.job_id}"
+    assert first.key == f"inception_v3/conv2d_5/feature_0002/{first.job_id}"
+    assert first.model_sha256 == registry.builtin_description("inception_v3")["sha256"]
+    assert first.fields()["model_sha256"] == first.model_sha256  # the wire pins the version it was checked against
 
 
-def test_composed_targets_are_sorted_and_old_jobs_keep_their_ids():
+def test_composed_targets_are_sorted_and_plain_jobs_keep_their_ids():
     plain = normalize({"conv_id": 5, "feature": 2, "seed": 1})
-    assert plain.job_id == "18ba94e700d0b57ccaaab77a"  # as before targets, animate and robust existed
+    assert plain.job_id == PINNED_JOB_ID
     assert normalize({"conv_id": 5, "targets": [{"feature": 2}], "seed": 1}) == plain
     mixed = normalize({"conv_id": 5, "seed": 1, "targets": [{"feature": 7, "weight": -0.5}, {"feature": 2}]})
     assert mixed.targets == ((2, 1.0), (7, -0.5)) and mixed.weights == {2: 1.0, 7: -0.5}
-    assert mixed.key == f"inception_v3/conv2d_8/features_0002_0007/{mixed.job_id}"
+    assert mixed.key == f"inception_v3/conv2d_5/features_0002_0007/{mixed.job_id}"
     assert normalize(mixed.fields()) == mixed and normalize(plain.fields()) == plain
     assert normalize({"conv_id": 5, "feature": 2, "seed": 1, "method": "robust"}).job_id != plain.job_id
 
@@ -129,9 +161,10 @@ def test_a_sweep_is_one_job_per_feature_sharing_the_seed():
         assert caught.value.field == field
 
 
-def test_every_served_model_has_a_description_and_class_names():
-    for name in catalog.model_names():
-        info = catalog.get(name)
-        assert len(info.class_names()) == info.classes
-    assert catalog.get("inception_v3_untrained").untrained
-    assert len(catalog.get("inception_v3").conv_layers) == 94
+def test_every_built_in_model_has_a_description_and_class_names():
+    for name in registry.BUILTINS:
+        info = registry.builtin_info(name)
+        assert len(info.class_names) == info.classes and info.sha256 == registry.builtin_description(name)["sha256"]
+    assert registry.builtin_info("inception_v3_untrained").untrained
+    assert len(registry.builtin_info("inception_v3").conv_layers) == 94
+    assert registry.builtin_info("inception_v3").sha256 != registry.builtin_info("inception_v3_untrained").sha256

@@ -30,7 +30,10 @@ def _validates(task, job):
     ({"iterations": 0}, False),
     ({"iterations": True}, False),
     ({"seed": -1}, False),
-    ({"model": "resnet"}, False),
+    ({"model": "Res Net"}, False),  # registered names are [a-z0-9_-]{1,64}; which exist, the registry says
+    ({"model_sha256": "xyz"}, False),
+    ({"class": "kit fox"}, True),
+    ({"class": True}, False),
     ({"method": "deepdream"}, False),
     ({"colour": "red"}, False),
     ({"conv_id": 5, "method": "robust", "targets": [{"feature": 1, "weight": 2.0}, {"feature": 3}]}, True),

@@ -14,13 +14,23 @@ import threading
 
 import redis
 from redis.exceptions import LockError
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
+from featurevis.registry import Registry
 from worker.app import app
 
 log = logging.getLogger(__name__)
 _factory = None
 _redis = None
+
+
+@worker_init.connect
+def _install_builtin_models(**_):
+    """The built-in models become ordinary registry entries in the store this worker serves (TF-free, in the parent)."""
+    try:
+        Registry.from_env().install_builtins()
+    except Exception as error:  # noqa: BLE001 - jobs still validate against the shipped descriptions
+        log.warning("could not write the built-in models into the registry: %s", error)
 
 
 @worker_process_init.connect

@@ -1,8 +1,9 @@
 """The Celery tasks: thin wiring of contract, factory, math and store.
 
 `featurevis.optimize` runs one job, `featurevis.sweep` several features of one
-layer as one batched pass. Both take the contract's fields as JSON keyword
-arguments, so any system can send them by name.
+layer as one batched pass, `featurevis.register_model` validates and describes
+a model for the registry. All take JSON keyword arguments, so any system can
+send them by name.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_success
 
-from featurevis import contract, gallery, images
-from featurevis.catalog import WeightsUnavailable
+from featurevis import contract, gallery, images, registry
 from featurevis.contract import JobSpec
+from featurevis.registry import LOGITS, ModelRefused, WeightsUnavailable
 from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore
 from worker import runtime
 from worker.app import app
@@ -59,6 +60,47 @@ def sweep(self, **fields) -> dict:
             "meta": f"{key}/{META}", "jobs": jobs}
 
 
+@app.task(bind=True, name="featurevis.register_model")
+def register_model(self, **fields) -> dict:
+    """Validate a model the producer put in the store, describe it, and make it the name's current version.
+
+    A refused model leaves the registry as it was: its upload is removed, and
+    the task fails with ModelRefused's one line.
+    """
+    request = registry.registration_request(fields)
+    models = registry.Registry.from_env()
+    name, version = request["name"], request["sha256"]
+    description = models.description(name, version)
+    if description is None:
+        try:
+            description = _describe_safely(request)
+        except ModelRefused:
+            models.remove_version(name, version)
+            raise
+    elif request["preprocess"] is not None and description["preprocess"] != registry.preprocess_from(
+            request["preprocess"], description["input_shape"][-1]).as_dict():
+        raise ModelRefused(f"preprocess: this file is registered as {name} with preprocess "
+                           f"{description['preprocess']['kind']}; register it under another name to change it")
+    models.publish(description)
+    return registration_summary(description)
+
+
+def registration_summary(description: dict) -> dict:
+    return {"name": description["name"], "sha256": description["sha256"], "input_shape": description["input_shape"],
+            "layers": len(description["layers"]), "classes": description["classes"],
+            "conv_layers": sum(layer["conv_id"] is not None for layer in description["layers"])}
+
+
+def _describe_safely(request: dict) -> dict:
+    """factory.describe, with TensorFlow's exceptions as plain ones (see _render_safely) and unknown ones as refusals."""
+    try:
+        return runtime.factory().describe(request)
+    except ModelRefused:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever a bad model makes Keras raise, it is the model's fault
+        raise ModelRefused(f"file: {type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
+
+
 @task_success.connect
 def _refresh_gallery(sender=None, result=None, **_) -> None:
     """Rebuild index.html once a job's result is published, so the page never delays an answer."""
@@ -93,13 +135,13 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
 
     factory = runtime.factory()
     first = specs[0]
-    acquired = factory.acquire(first.model, first.conv_id, first.method)
+    acquired = factory.acquire(first.model, first.layer, first.method, first.model_sha256)
     info = acquired.model.info
     # One row per image: a plain job or a sweep's feature is one image, a diverse set is `images` of them.
     seeds = [seed for spec in specs for seed in spec.seeds]
     weights = objectives.weights_matrix([spec.weights for spec in specs for _ in spec.seeds],
-                                        info.features_of(first.conv_id))
-    class_names = info.class_names()
+                                        info.features_of(first.layer))
+    class_names = info.class_names
     publisher = ProgressPublisher(task)
     latest: dict | None = None
     started, started_at = time.perf_counter(), time.time()
@@ -122,8 +164,9 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
                              **diverse)
     timings = {"model_load_s": acquired.model_load_s, "compile_s": acquired.compile_s,
                "optimize_s": time.perf_counter() - started, "started_at": started_at}
-    scores = quality.scores(acquired.probe, ascent.images, weights, ascent.predictions[-1].probabilities,
-                            first.conv_id, factory.judge(first.model))
+    final = ascent.predictions[-1].probabilities if ascent.predictions else None
+    scores = quality.scores(acquired.probe, ascent.images, weights, final, first.layer == LOGITS,
+                            factory.judge(first.model))
     metas, first_row = [], 0
     for spec in specs:
         rows = slice(first_row, first_row + spec.images)
@@ -182,8 +225,9 @@ def _meta(task, spec: JobSpec, info, steps: dict[str, list[float]], predictions:
 
     return {
         "job_id": spec.job_id, "key": spec.key, "spec": spec.model_dump(),
-        "model": spec.model, "weights": info.weights, "untrained": info.untrained,
-        "layer_name": spec.layer, "conv_id": spec.conv_id, "feature": spec.feature,
+        "model": spec.model, "model_sha256": spec.model_sha256, "model_source": info.source,
+        "untrained": info.untrained, "layer_name": spec.layer, "layer_type": _layer_type(info, spec.layer),
+        "tutorial_layer_name": _tutorial_name(info, spec.layer), "conv_id": spec.conv_id, "feature": spec.feature,
         "iterations": spec.iterations, "seed": spec.seed, "method": spec.method,
         "loss": steps["loss"], "final_loss": steps["loss"][-1], "predictions": predictions,
         "grad_min": steps["grad_min"], "grad_max": steps["grad_max"], "step_size": steps["step_size"],
@@ -193,6 +237,16 @@ def _meta(task, spec: JobSpec, info, steps: dict[str, list[float]], predictions:
         "versions": {**factory.versions(), "celery": celery.__version__},
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
+
+
+def _layer_type(info: registry.ModelInfo, layer: str) -> str:
+    return "Dense (pre-activation)" if layer == LOGITS else info.layer(layer).type
+
+
+def _tutorial_name(info: registry.ModelInfo, layer: str) -> str | None:
+    """The tutorial's name of the layer (its conv_names entry, with /Conv2D), where the model has one."""
+    named = None if layer == LOGITS else info.layer(layer).tutorial_name
+    return f"{named}/Conv2D" if named else None
 
 
 def _summary(spec: JobSpec, meta: dict, cached: bool) -> dict:

@@ -34,19 +34,21 @@ def fft_spectrum_init(shape: tuple[int, int, int], seeds: list[int]) -> np.ndarr
 
 
 def fft_to_pixels(spectrum: tf.Tensor, shape: tuple[int, int, int]) -> tf.Tensor:
-    """Spectra (batch, 3, h, w//2+1, 2) -> images (batch, h, w, 3) in 0..255, after lucid's fft_image.
+    """Spectra (batch, channels, h, w//2+1, 2) -> images (batch, h, w, channels) in 0..255, after lucid's fft_image.
 
     Scaling each frequency by 1/f gives every frequency about the same
     gradient, so the ascent is not dominated by high-frequency noise; mixing
     colours through the ImageNet correlation lets it move luminance and
-    chroma independently; the sigmoid keeps pixels in range without the
-    dead gradients of clipping.
+    chroma independently (RGB only: other channel counts have no known
+    correlation and stay independent); the sigmoid keeps pixels in range
+    without the dead gradients of clipping.
     """
-    h, w, _ = shape
+    h, w, channels = shape
     scaled = tf.complex(spectrum[..., 0], spectrum[..., 1]) * tf.cast(_spectrum_scale(h, w), tf.complex64)
     planes = tf.signal.irfft2d(scaled, fft_length=[h, w]) / 4.0  # lucid's /4: a comfortable range for the sigmoid
-    decorrelated = tf.einsum("bchw,dc->bhwd", planes, _COLOR_CORRELATION)
-    return 255.0 * tf.sigmoid(decorrelated)
+    if channels == 3:
+        return 255.0 * tf.sigmoid(tf.einsum("bchw,dc->bhwd", planes, _COLOR_CORRELATION))
+    return 255.0 * tf.sigmoid(tf.transpose(planes, [0, 2, 3, 1]))
 
 
 def _spectrum_scale(h: int, w: int) -> np.ndarray:

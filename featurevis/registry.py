@@ -1,0 +1,393 @@
+"""The model registry: what every process knows of a served model, without TensorFlow.
+
+A model is registered once and served by every worker that shares the store.
+Its files live in the store, next to the results:
+
+    models/<name>/<version>/model.keras         the user's file (absent for a Keras Application)
+    models/<name>/<version>/description.json    written by the worker that validated it
+    models/<name>/current.json                  {"sha256": <version>}: what a job on <name> gets
+
+The version is the model file's sha256 (for a Keras Application, the hash of
+its recipe), so re-registering a changed file makes a new version, and new job
+ids, while the old results stay valid. The description names every layer whose
+output is (batch, height, width, channels), the Conv2D layers in Keras'
+creation order (what `conv_id` indexes, as the tutorial's `conv_names` did),
+the classes and how 0..255 pixels reach the network. The producer validates
+jobs from it alone.
+
+The four built-in models are ordinary entries whose descriptions ship in
+`featurevis/models/`; workers write them into the store at start, and a
+process that finds no entry for a built-in name reads the shipped one.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+from featurevis.store import ResultStore
+
+MODELS_DIR = Path(__file__).parent / "models"
+REGISTRY_PREFIX = "models"
+DESCRIPTION, CURRENT, MODEL_FILE = "description.json", "current.json", "model.keras"
+LOGITS = "logits"
+NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
+DEFAULT_MAX_BYTES = 2 * 1024**3
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+# How 0..255 pixels reach a network: pixels (after an RGB->BGR flip where `bgr`) * scale + offset, per channel.
+_TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PREPROCESS = {
+    "inception": {"scale": [1 / 127.5], "offset": [-1.0], "bgr": False},  # keras.applications' "tf" mode
+    "caffe": {"scale": [1.0], "offset": [-103.939, -116.779, -123.68], "bgr": True},
+    "torch": {"scale": [1 / (255 * s) for s in _TORCH_STD], "offset": [-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD)],
+              "bgr": False},
+    "unit": {"scale": [1 / 255], "offset": [0.0], "bgr": False},
+    "none": {"scale": [1.0], "offset": [0.0], "bgr": False},
+}
+
+# name -> the recipe a worker builds it from; its description ships as featurevis/models/<description>.json.
+BUILTINS = {
+    "inception_v3": {"keras_app": "InceptionV3", "weights": "imagenet", "description": "inception_v3"},
+    "inception_v3_untrained": {"keras_app": "InceptionV3", "weights": "untrained", "description": "inception_v3"},
+    "shapes_cnn": {"architecture": "shapes_cnn", "weights": "shipped", "description": "shapes_cnn"},
+    "shapes_cnn_b": {"architecture": "shapes_cnn_b", "weights": "shipped", "description": "shapes_cnn_b"},
+}
+
+# A model whose class visualizations an independently trained model judges (quality.transferability).
+JUDGES = {"shapes_cnn": "shapes_cnn_b"}
+
+
+class ModelRefused(ValueError):
+    """A model the registry will not take. `str()` is the one-line reason.
+
+    TensorFlow-free, like every exception a task raises: Celery unpickles it in
+    the worker's parent process, which must never load TensorFlow.
+    """
+
+
+class WeightsUnavailable(RuntimeError):
+    """A model's weights file is neither cached nor downloadable (nor, when shipped, in the repository)."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer a job can target: its output is (batch, height, width, channels)."""
+
+    name: str
+    type: str
+    channels: int
+    height: int | None
+    width: int | None
+    conv_id: int | None = None  # its index among the Conv2D layers in creation order; None for other types
+    tutorial_name: str | None = None  # the tutorial's name for it (InceptionV3 only), e.g. mixed/conv
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    kind: str
+    scale: tuple[float, ...]
+    offset: tuple[float, ...]
+    bgr: bool = False
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "scale": list(self.scale), "offset": list(self.offset), "bgr": self.bgr}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    sha256: str
+    source: dict
+    input_shape: tuple[int, int, int]
+    classes: int
+    class_names: tuple[str, ...]
+    layers: tuple[Layer, ...]
+    preprocess: Preprocess
+    logits_layer: str | None
+    description: dict = field(default_factory=dict, compare=False, repr=False)  # the whole JSON it came from
+
+    @property
+    def untrained(self) -> bool:
+        return self.source.get("weights") in ("untrained", "none")
+
+    @property
+    def conv_layers(self) -> tuple[Layer, ...]:
+        """The Conv2D layers, indexed by conv_id."""
+        return tuple(sorted((layer for layer in self.layers if layer.conv_id is not None), key=lambda l: l.conv_id))
+
+    def layer(self, name: str) -> Layer | None:
+        """A layer by its Keras name or, for InceptionV3, the tutorial's (`mixed/conv`, with or without `/Conv2D`)."""
+        wanted = name[:-len("/Conv2D")] if name.endswith("/Conv2D") else name
+        for layer in self.layers:
+            if name == layer.name or wanted == layer.tutorial_name:
+                return layer
+        return None
+
+    def target_layer(self, target: str | int | None) -> str:
+        """A target as a layer name: a name stays, a conv_id names its Conv2D layer, None the logits."""
+        if target is None:
+            return LOGITS
+        return self.conv_layers[target].name if isinstance(target, int) else target
+
+    def features_of(self, target: str | int | None) -> int:
+        """How many features a target has: its layer's channels, or the classes for the logits."""
+        layer = self.target_layer(target)
+        return self.classes if layer == LOGITS else self.layer(layer).channels
+
+    def class_index(self, wanted: int | str) -> int:
+        """A class by index or by name (exact, case-insensitive, or a unique prefix); ValueError with near matches."""
+        if isinstance(wanted, int):
+            return wanted
+        lowered = [name.lower() for name in self.class_names]
+        key = wanted.strip().lower()
+        if key in lowered:
+            return lowered.index(key)
+        prefixed = [index for index, name in enumerate(lowered) if name.startswith(key)]
+        if len(prefixed) == 1:
+            return prefixed[0]
+        near = [self.class_names[i] for i in prefixed[:5]] or difflib.get_close_matches(wanted, self.class_names, 5)
+        what = "several classes start with it" if prefixed else "no class has that name"
+        raise ValueError(f"{what} in {self.name}; near matches: {', '.join(near) or 'none'}")
+
+
+def version_of_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def version_of_recipe(recipe: dict) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name == REGISTRY_PREFIX:
+        raise ModelRefused(f"name: must match [a-z0-9_-]{{1,64}} (and not be '{REGISTRY_PREFIX}'), got "
+                           f"{json.dumps(name, default=repr)[:70]}")
+    return name
+
+
+def max_model_bytes() -> int:
+    return int(os.environ.get("FEATUREVIS_MODEL_MAX_BYTES", DEFAULT_MAX_BYTES))
+
+
+def preprocess_from(spec: str | dict | None, channels: int, default: str = "unit") -> Preprocess:
+    """A named preprocessing or {"scale": [...], "offset": [...]} (one value, or one per channel)."""
+    spec = spec or default
+    if isinstance(spec, str):
+        if spec not in PREPROCESS:
+            raise ModelRefused(f"preprocess: must be one of {', '.join(PREPROCESS)} or a per-channel scale and "
+                               f"offset, got {spec!r}")
+        kind, values = spec, PREPROCESS[spec]
+    elif isinstance(spec, dict) and set(spec) <= {"scale", "offset"}:
+        kind, values = "affine", {"scale": spec.get("scale", [1.0]), "offset": spec.get("offset", [0.0]), "bgr": False}
+    else:
+        raise ModelRefused(f"preprocess: must be a name or {{scale, offset}}, got {json.dumps(spec, default=repr)[:60]}")
+    if values["bgr"] and channels != 3:
+        raise ModelRefused(f"preprocess: {kind} flips RGB to BGR and needs 3 input channels, the model has {channels}")
+    scale, offset = (_per_channel(values[part], channels, part) for part in ("scale", "offset"))
+    return Preprocess(kind, scale, offset, values["bgr"])
+
+
+def _per_channel(values, channels: int, part: str) -> tuple[float, ...]:
+    values = [values] if isinstance(values, (int, float)) else values
+    ok = isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not ok or len(values) not in (1, channels):
+        raise ModelRefused(f"preprocess: {part} must be 1 or {channels} numbers (one per input channel), got {values!r}")
+    return tuple(float(v) for v in (values * channels if len(values) == 1 else values))
+
+
+def info_from_description(description: dict) -> ModelInfo:
+    preprocess = description["preprocess"]
+    return ModelInfo(
+        name=description["name"], sha256=description["sha256"], source=description["source"],
+        input_shape=tuple(description["input_shape"]), classes=description["classes"],
+        class_names=tuple(description["class_names"]),
+        layers=tuple(Layer(**layer) for layer in description["layers"]),
+        preprocess=Preprocess(preprocess["kind"], tuple(preprocess["scale"]), tuple(preprocess["offset"]),
+                              preprocess["bgr"]),
+        logits_layer=description["logits_layer"],
+        description=description,
+    )
+
+
+class Registry:
+    """Registered models in one store. Descriptions are immutable per version, so they are cached."""
+
+    def __init__(self, store: ResultStore):
+        self.store = store
+
+    @classmethod
+    def from_env(cls) -> Registry:
+        return _registry_for(os.environ.get("RESULTS_DIR", ""))
+
+    def get(self, name: str, version: str | None = None) -> ModelInfo:
+        """A registered model, at its current version or the one given; KeyError when there is none."""
+        current = self.current_version(name)
+        if version is None:
+            version = current
+        if version is None:
+            raise KeyError(name)
+        if name in BUILTINS and version == builtin_description(name)["sha256"]:
+            return builtin_info(name)
+        return self._described(name, version)
+
+    def current_version(self, name: str) -> str | None:
+        record = self._read_json(self.key(name), CURRENT)
+        if record is not None:
+            return record["sha256"]
+        return builtin_description(name)["sha256"] if name in BUILTINS else None
+
+    def names(self) -> list[str]:
+        """Every registered name, built-ins included."""
+        root = self.store.path(REGISTRY_PREFIX)
+        found = set()
+        if self.store.fs.isdir(root):
+            found = {path.rstrip("/").rsplit("/", 1)[-1] for path in self.store.fs.ls(root, detail=False)}
+            found = {name for name in found if self._read_json(self.key(name), CURRENT) is not None}
+        return sorted(found | set(BUILTINS))
+
+    def description(self, name: str, version: str) -> dict | None:
+        return self._read_json(self.key(name, version), DESCRIPTION)
+
+    def publish(self, description: dict) -> None:
+        """Write a validated model's description, then make it the name's current version."""
+        name, version = description["name"], description["sha256"]
+        self._write_json(self.key(name, version), DESCRIPTION, description)
+        self._write_json(self.key(name), CURRENT, {"sha256": version, "published_at": _now()})
+
+    def install_builtins(self) -> None:
+        """Write the built-in entries that the store does not hold yet (a worker does this at start)."""
+        for name in BUILTINS:
+            description = builtin_description(name)
+            if self.description(name, description["sha256"]) is None:
+                self.publish(description)
+
+    def key(self, name: str, version: str = "") -> str:
+        return "/".join(part for part in (REGISTRY_PREFIX, name, version) if part)
+
+    def model_file(self, name: str, version: str) -> Path:
+        """A local path to a registered model's file: the store's own where it is local, else a cached copy.
+
+        A worker on another host downloads each version once, into
+        FEATUREVIS_MODEL_CACHE (default ~/.cache/featurevis/models), and checks its hash.
+        """
+        key = self.key(name, version)
+        if self.store.local:
+            return Path(self.store.path(key, MODEL_FILE))
+        cache = Path(os.environ.get("FEATUREVIS_MODEL_CACHE", Path.home() / ".cache" / "featurevis" / "models"))
+        local = cache / name / version / MODEL_FILE
+        if not local.is_file():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=local.parent, delete=False) as handle:
+                handle.write(self.store.read_bytes(key, MODEL_FILE))
+            if version_of_file(handle.name) != version:
+                os.unlink(handle.name)
+                raise ModelRefused(f"file: the stored file of {name} does not match its version {version[:12]}")
+            os.replace(handle.name, local)
+        return local
+
+    def remove_version(self, name: str, version: str) -> None:
+        """Take back an upload that was refused, unless that version was already published."""
+        if self.description(name, version) is None:
+            path = self.store.path(self.key(name, version))
+            if self.store.fs.exists(path):
+                self.store.fs.rm(path, recursive=True)
+
+    def _described(self, name: str, version: str) -> ModelInfo:
+        return _cached_info(self, name, version)
+
+    def _read_json(self, key: str, file_name: str) -> dict | None:
+        try:
+            return json.loads(self.store.read_bytes(key, file_name))
+        except FileNotFoundError:
+            return None
+
+    def _write_json(self, key: str, file_name: str, value: dict) -> None:
+        self.store.put(key, file_name, json.dumps(value, indent=1, sort_keys=True).encode(), "application/json")
+
+
+@lru_cache(maxsize=256)
+def _cached_info(registry: Registry, name: str, version: str) -> ModelInfo:
+    description = registry.description(name, version)
+    if description is None:
+        raise KeyError(f"{name}@{version}")
+    return info_from_description(description)
+
+
+@lru_cache(maxsize=8)
+def _registry_for(results_dir: str) -> Registry:
+    return Registry(ResultStore(results_dir or "./results"))
+
+
+@lru_cache(maxsize=None)
+def builtin_description(name: str) -> dict:
+    """A built-in model's description: the shipped architecture description, named and versioned."""
+    recipe = {key: value for key, value in BUILTINS[name].items() if key != "description"}
+    shipped = json.loads((MODELS_DIR / f"{BUILTINS[name]['description']}.json").read_text())
+    if recipe["weights"] == "shipped":  # a retrained file is a new version
+        recipe["weights_sha256"] = version_of_file(MODELS_DIR / f"{recipe['architecture']}.weights.h5")
+    class_names = json.loads((MODELS_DIR / shipped.pop("class_names")).read_text())["names"]
+    return {**shipped, "name": name, "sha256": version_of_recipe(recipe), "source": {**recipe, "builtin": True},
+            "class_names": class_names}
+
+
+@lru_cache(maxsize=None)
+def builtin_info(name: str) -> ModelInfo:
+    return info_from_description(builtin_description(name))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+REQUEST_FIELDS = ("name", "sha256", "source", "preprocess", "class_names")
+WEIGHTS = ("imagenet", "none")
+
+
+def registration_request(fields: dict) -> dict:
+    """A `featurevis.register_model` request, checked without TensorFlow; ModelRefused, one line, otherwise.
+
+    {"name", "sha256", "source": {"file": "model.keras"} or {"keras_app": "ResNet50", "weights": "imagenet"|"none"},
+     "preprocess": a name, {"scale", "offset"} or null, "class_names": a list of strings or null}.
+    For a file, sha256 is the file's (it is uploaded to models/<name>/<sha256>/model.keras first); for a
+    Keras Application, the hash of its recipe (application_recipe).
+    """
+    if not isinstance(fields, dict) or set(fields) - set(REQUEST_FIELDS):
+        raise ModelRefused(f"request: must be an object with fields {', '.join(REQUEST_FIELDS)}")
+    name = check_name(fields.get("name"))
+    if name in BUILTINS:
+        raise ModelRefused(f"name: {name} is a built-in model; register yours under another name")
+    source = fields.get("source")
+    if source == {"file": MODEL_FILE}:
+        version = fields.get("sha256")
+        if not isinstance(version, str) or not SHA256.fullmatch(version):
+            raise ModelRefused("sha256: must be the model file's sha256, 64 lowercase hex digits")
+    elif isinstance(source, dict) and set(source) == {"keras_app", "weights"}:
+        version = version_of_recipe(application_recipe(source["keras_app"], source["weights"], fields.get("preprocess")))
+    else:
+        raise ModelRefused(f'source: must be {{"file": "{MODEL_FILE}"}} or {{"keras_app": NAME, "weights": '
+                           f'imagenet|none}}, got {json.dumps(source, default=repr)[:60]}')
+    class_names = fields.get("class_names")
+    if class_names is not None and not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):
+        raise ModelRefused("class_names: must be null or a list of strings, one per class")
+    return {"name": name, "sha256": version, "source": source, "preprocess": fields.get("preprocess"),
+            "class_names": class_names}
+
+
+def application_recipe(app: object, weights: object, preprocess) -> dict:
+    if not isinstance(app, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,63}", app):
+        raise ModelRefused(f"keras_app: must be a Keras Application's name such as ResNet50, got {app!r}")
+    if weights not in WEIGHTS:
+        raise ModelRefused(f"weights: must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    return {"keras_app": app, "weights": weights, "preprocess": preprocess}
