@@ -164,15 +164,18 @@ FIELD_RANGES = {
 }
 
 
-def normalize(fields: dict[str, Any], draw_seed: bool = True) -> JobSpec:
-    """Validate raw job fields and fill in defaults; raise JobError on the first problem."""
+def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.Registry | None = None) -> JobSpec:
+    """Validate raw job fields and fill in defaults; raise JobError on the first problem.
+
+    Models are looked up in `models`, by default the registry of RESULTS_DIR.
+    """
     if not isinstance(fields, dict):
         raise JobError("job", f"must be a JSON object of fields ({', '.join(FIELD_RANGES)})")
     try:
         parsed = JobFields(**{str(k): v for k, v in fields.items()})
     except pydantic.ValidationError as error:
         raise _first_error(error) from None
-    info = _model_info(parsed.model, parsed.model_sha256)
+    info = _model_info(models or registry.Registry.from_env(), parsed.model, parsed.model_sha256)
     conv_id, layer = _resolve_target(info, parsed.conv_id, parsed.layer)
     targets = _normalize_targets(parsed, fields)
     feature = _class_feature(info, parsed, fields, layer) if parsed.class_ is not None else parsed.feature
@@ -236,7 +239,8 @@ def _normalize_targets(parsed: JobFields, fields: dict) -> tuple[tuple[int, floa
 MAX_SWEEP_FEATURES = 16
 
 
-def normalize_sweep(fields: dict[str, Any], draw_seed: bool = True) -> list[JobSpec]:
+def normalize_sweep(fields: dict[str, Any], draw_seed: bool = True,
+                    models: registry.Registry | None = None) -> list[JobSpec]:
     """A sweep is one job per feature of one layer, sharing seed and settings.
 
     Each feature keeps the job id it would have on its own, so a sweep fills
@@ -253,8 +257,9 @@ def normalize_sweep(fields: dict[str, Any], draw_seed: bool = True) -> list[JobS
             or len(set(map(repr, features))) != len(features)):
         raise JobError("features", f"must be a list of 1..{MAX_SWEEP_FEATURES} distinct feature indices, "
                                    f"got {_shown(features)}")
-    first = normalize({**fields, "feature": features[0]}, draw_seed=draw_seed)
-    return [first] + [normalize({**fields, "feature": f, "seed": first.seed}) for f in features[1:]]
+    first = normalize({**fields, "feature": features[0]}, draw_seed=draw_seed, models=models)
+    pinned = {**fields, "seed": first.seed, "model_sha256": first.model_sha256}  # every feature on one version
+    return [first] + [normalize({**pinned, "feature": f}, models=models) for f in features[1:]]
 
 
 def sweep_id(specs: list[JobSpec]) -> str:
@@ -301,8 +306,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _model_info(name: str, version: str | None) -> registry.ModelInfo:
-    models = registry.Registry.from_env()
+def _model_info(models: registry.Registry, name: str, version: str | None) -> registry.ModelInfo:
     try:
         return models.get(name, version)
     except KeyError:

@@ -1,62 +1,85 @@
-"""`make demo`: the tutorial's cases, end to end, on an embedded stack.
+"""`make demo`: the tutorial's cases, end to end, on an embedded stack, then a model of your own.
 
 Starts Redis (unless REDIS_URL is set), one worker and Flower on
 127.0.0.1:5555, then queues through the producer exactly as a user would:
-conv_id 5 feature 2 with a live progress bar, a six-feature sweep of that
-layer, and one class logit (kit fox). ImageNet weights are used when Keras
-can load them; otherwise the demo says so and runs on inception_v3_untrained,
-whose pictures show an architecture, not a trained network's concepts. So the
-last step draws all ten classes of the trained shapes_cnn that ships with the
-repository, by the robust method: pictures a person can read.
+the tutorial's layer mixed/conv (conv_id 5) feature 2 with a live progress
+bar, a six-feature sweep of that layer, and one class logit (kit fox, by name).
+ImageNet weights are used when Keras can load them; otherwise the demo says so
+and runs on inception_v3_untrained, whose pictures show an architecture, not a
+trained network's concepts. So it then draws all ten classes of the trained
+shapes_cnn that ships with the repository, by the robust method: pictures a
+person can read. Last, it saves a small Keras model as a user would
+(examples/save_a_model.py), registers it and visualizes one of its layers.
 """
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 from featurevis.registry import WeightsUnavailable
-from featurevis.stack import LocalStack
+from featurevis.stack import REPO_ROOT, LocalStack
 from producer import Producer
 from producer.cli import follow
 from producer.client import JobFailed
 
 FLOWER_PORT = 5555
-KIT_FOX = 278  # the tutorial's final picture; class 1 in its 1001-class numbering
+TUTORIAL_LAYER = "mixed/conv"  # the tutorial's conv_names[5]
+EXAMPLE = REPO_ROOT / "examples" / "save_a_model.py"
 
 
 def main() -> int:
     results = Path(os.environ.get("RESULTS_DIR", "results")).resolve()
+    state = results.parent / ".featurevis"
     stack = LocalStack(results_dir=results, flower_port=FLOWER_PORT, redis_url=os.environ.get("REDIS_URL"),
-                       redis_dir=results.parent / ".featurevis" / "redis", log_dir=results.parent / ".featurevis" / "logs")
+                       redis_dir=state / "redis", log_dir=state / "logs")
     say(f"starting Redis, a worker and Flower (http://127.0.0.1:{FLOWER_PORT}); logs in {stack.log_dir}")
     with stack:
         os.environ.update(REDIS_URL=stack.redis_url, RESULTS_DIR=str(results))
-        producer = Producer(stack.redis_url)
+        producer = Producer(stack.redis_url, results)
         pictures = []
         model = "inception_v3"
-        say("1/4 conv_id=5 feature=2, 30 iterations (the tutorial's first picture)")
+        say(f"1/5 layer {TUTORIAL_LAYER} (conv_id 5) feature 2, 30 iterations (the tutorial's first picture)")
+        tutorial_case = dict(layer=TUTORIAL_LAYER, feature=2, iterations=30)
         try:
-            pictures.append(run(producer.enqueue(dict(model=model, conv_id=5, feature=2, iterations=30))))
+            pictures.append(run(producer.enqueue(dict(model=model, **tutorial_case))))
         except JobFailed as error:
             if not isinstance(error.__cause__, WeightsUnavailable):
                 raise
             model = "inception_v3_untrained"
             say(f"ImageNet weights unavailable ({error}); running on {model} instead")
-            pictures.append(run(producer.enqueue(dict(model=model, conv_id=5, feature=2, iterations=30))))
-        say("2/4 sweep: features 1-6 of conv_id=5 in one batched pass")
-        pictures.append(run(producer.sweep(dict(model=model, conv_id=5, features=[1, 2, 3, 4, 5, 6], iterations=30))))
-        say(f"3/4 class logit {KIT_FOX} (kit fox), 100 iterations")
-        pictures.append(run(producer.enqueue(dict(model=model, feature=KIT_FOX, iterations=100))))
-        say("4/4 shapes_cnn (trained, shipped): its ten classes by the robust method, 100 iterations, one sweep")
+            pictures.append(run(producer.enqueue(dict(model=model, **tutorial_case))))
+        say(f"2/5 sweep: features 1-6 of {TUTORIAL_LAYER} in one batched pass")
+        pictures.append(run(producer.sweep(dict(model=model, layer=TUTORIAL_LAYER, features=[1, 2, 3, 4, 5, 6],
+                                                iterations=30))))
+        say("3/5 the class kit fox (Keras' class 278; the tutorial's #1), 100 iterations")
+        pictures.append(run(producer.enqueue({"model": model, "class": "kit fox", "iterations": 100})))
+        say("4/5 shapes_cnn (trained, shipped): its ten classes by the robust method, 100 iterations, one sweep")
         pictures.append(run(producer.sweep(dict(model="shapes_cnn", features=list(range(10)), method="robust",
                                                 iterations=100))))
+        say("5/5 your own model: examples/save_a_model.py trains and saves a small CNN; register it, visualize it")
+        pictures.append(run(producer.enqueue(dict(model=register_example(producer, state), layer="block2",
+                                                  feature=3, method="robust", iterations=100))))
     say("pictures:")
     for picture in pictures:
         print(picture)
     say(f"everything is under {results} (image.png, image.npy and meta.json per job); "
         f"open {results / 'index.html'} for the gallery")
     return 0
+
+
+def register_example(producer: Producer, state: Path) -> str:
+    """Save the example model as a user would, register it (waiting for a worker's verdict), return its name."""
+    saved = state / "my_cnn.keras"
+    if not saved.exists():
+        state.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, str(EXAMPLE), str(saved)], check=True, env={**os.environ,
+                       "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}, stderr=subprocess.DEVNULL)
+    classes = (REPO_ROOT / "examples" / "shapes.txt").read_text().split()
+    verdict = producer.register_model("my-cnn", file=saved, preprocess="none", class_names=classes)
+    say(f"registered my-cnn at {verdict['sha256'][:12]}: `python -m producer models show my-cnn` lists its layers")
+    return "my-cnn"
 
 
 def run(job) -> str:

@@ -124,7 +124,13 @@ class ModelFactory:
         """Load a registration request's model the way jobs will, and describe it; ModelRefused, one line, if it can't serve."""
         name, version, source = request["name"], request["sha256"], request["source"]
         if "file" in source:
-            path = self._registry().model_file(name, version)
+            try:
+                path = self._registry().model_file(name, version)
+            except FileNotFoundError:
+                path = None
+            if path is None or not path.is_file():
+                raise registry.ModelRefused(f"file: nothing uploaded at {self._registry().key(name, version)}/"
+                                            f"{registry.MODEL_FILE}; put the file there first")
             if path.stat().st_size > registry.max_model_bytes():
                 raise registry.ModelRefused(f"file: {path.stat().st_size} bytes, over the limit of "
                                             f"{registry.max_model_bytes()} (FEATUREVIS_MODEL_MAX_BYTES)")

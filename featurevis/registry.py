@@ -299,9 +299,11 @@ class Registry:
 
     def remove_version(self, name: str, version: str) -> None:
         """Take back an upload that was refused, unless that version was already published."""
-        if self.description(name, version) is None:
-            path = self.store.path(self.key(name, version))
-            if self.store.fs.exists(path):
+        if self.description(name, version) is not None:
+            return
+        for key in (self.key(name, version), self.key(name)):  # the name too, where nothing else is under it
+            path = self.store.path(key)
+            if self.store.fs.exists(path) and (key != self.key(name) or not self.store.fs.ls(path)):
                 self.store.fs.rm(path, recursive=True)
 
     def _described(self, name: str, version: str) -> ModelInfo:

@@ -68,20 +68,22 @@ class Job:
 
 
 class Producer:
-    def __init__(self, redis_url: str | None = None):
+    def __init__(self, redis_url: str | None = None, results_dir: str | os.PathLike | None = None):
+        """A producer for the Redis at `redis_url` and the store at `results_dir` (defaults: REDIS_URL, RESULTS_DIR)."""
         self.app = Celery("featurevis-producer")
         self.app.config_from_object("featurevis.celeryconfig")
         if redis_url:
             self.app.conf.update(broker_url=redis_url, result_backend=redis_url)
+        self.registry = registry.Registry(ResultStore(results_dir)) if results_dir else registry.Registry.from_env()
 
     def enqueue(self, fields: dict[str, Any]) -> Job:
         """Validate and queue one job; raises contract.JobError before anything is sent."""
-        spec = contract.normalize(fields)
+        spec = contract.normalize(fields, models=self.registry)
         return self._send("featurevis.optimize", spec.job_id, [spec], spec.fields())
 
     def sweep(self, fields: dict[str, Any]) -> Job:
         """Queue several features of one layer as one batched job (`features` is a list)."""
-        specs = contract.normalize_sweep(fields)
+        specs = contract.normalize_sweep(fields, models=self.registry)
         kwargs = {**specs[0].fields(), "features": [s.feature for s in specs]}
         del kwargs["feature"]
         return self._send("featurevis.sweep", contract.sweep_id(specs), specs, kwargs)
@@ -98,7 +100,7 @@ class Producer:
         already the name's current version returns at once and queues nothing.
         """
         request = self._registration(name, file, keras_app, weights, preprocess, class_names)
-        models = registry.Registry.from_env()
+        models = self.registry
         if models.current_version(name) == request["sha256"] and models.description(name, request["sha256"]):
             return {"name": name, "sha256": request["sha256"], "registered": True, "already": True}
         self._check_broker()
@@ -123,13 +125,12 @@ class Producer:
 
     def models(self) -> list[registry.ModelInfo]:
         """Every registered model at its current version. Reads the store only."""
-        models = registry.Registry.from_env()
-        return [models.get(name) for name in models.names()]
+        return [self.registry.get(name) for name in self.registry.names()]
 
     def model(self, name: str, version: str | None = None) -> registry.ModelInfo:
         """One registered model's description; ModelRefused when there is none."""
         try:
-            return registry.Registry.from_env().get(registry.check_name(name), version)
+            return self.registry.get(registry.check_name(name), version)
         except KeyError:
             raise ModelRefused(f"model: no registered model {name}{f' at {version}' if version else ''}") from None
 

@@ -30,15 +30,16 @@ def stack(tmp_path_factory):
 def producer_api(stack):
     from producer import Producer
 
-    return Producer(stack.redis_url)
+    return Producer(stack.redis_url, stack.results_dir)
 
 
 @pytest.fixture(scope="session")
 def run_cli(stack):
     """Run `python -m producer ...` as a user would; returns the CompletedProcess."""
 
-    def run(*args: str, redis_url: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        env = {**stack.env(), "REDIS_URL": redis_url or stack.redis_url}
+    def run(*args: str, redis_url: str | None = None, timeout: float = 300,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+        env = {**stack.env(), "REDIS_URL": redis_url or stack.redis_url, **(env or {})}
         return subprocess.run([sys.executable, "-m", "producer", *args], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=timeout)
 

@@ -15,7 +15,7 @@ from featurevis.redis_server import free_port
 from featurevis.stack import wait_until
 from tests.conftest import UNTRAINED
 
-META_FIELDS = {"job_id", "spec", "layer_name", "conv_id", "feature", "iterations", "seed", "method", "loss",
+META_FIELDS = {"job_id", "spec", "model_sha256", "layer_name", "tutorial_layer_name", "conv_id", "feature", "iterations", "seed", "method", "loss",
                "final_loss", "predictions", "timings", "worker", "versions", "created_at", "grad_min",
                "grad_max", "step_size", "untrained"}
 
@@ -38,7 +38,9 @@ def test_enqueue_and_wait_through_the_cli(stack, run_cli):
     assert raw.dtype == np.float32 and raw.shape == (299, 299, 3) and 0 <= raw.min() <= raw.max() <= 255
     meta = _meta(stack, spec.key)
     assert META_FIELDS <= set(meta)
-    assert (meta["layer_name"], meta["conv_id"], meta["untrained"]) == ("conv2d_8", 5, True)
+    assert (meta["layer_name"], meta["conv_id"], meta["untrained"]) == ("conv2d_5", 5, True)
+    assert meta["tutorial_layer_name"] == "mixed/conv/Conv2D" and meta["layer_type"] == "Conv2D"
+    assert meta["model_sha256"] == spec.model_sha256 == meta["spec"]["model_sha256"]
     assert len(meta["loss"]) == 10 and meta["final_loss"] == meta["loss"][-1]
     assert [p["iteration"] for p in meta["predictions"]] == [10]
     assert set(meta["timings"]) >= {"model_load_s", "compile_s", "optimize_s"}
@@ -174,7 +176,7 @@ def test_producer_never_imports_tensorflow(stack):
 
 
 def test_robust_composed_and_animated_jobs_run_on_the_same_worker_path(stack, producer_api):
-    robust = producer_api.enqueue({"model": UNTRAINED, "conv_id": 5, "method": "robust", "iterations": 6, "seed": 1,
+    robust = producer_api.enqueue({"model": UNTRAINED, "conv_id": 8, "method": "robust", "iterations": 6, "seed": 1,
                                    "targets": [{"feature": 2}, {"feature": 7, "weight": -0.5}], "animate": True})
     result = robust.wait(timeout=240)
     assert result["key"].startswith(f"{UNTRAINED}/conv2d_8/features_0002_0007/")

@@ -21,7 +21,7 @@ def conv5(factory):
 
 def test_step_is_the_tutorials_formula(conv5):
     image = param.batch(SHAPE, [3])
-    network = tf.keras.Model(conv5.model.network.input, conv5.model.conv_layers[5].output)
+    network = tf.keras.Model(conv5.model.network.inputs[0], conv5.model.layer_output("conv2d_5"))
 
     @tf.function  # graph mode like the step: eager gradients differ by float error amplified ~1e5
     def loss_and_grad(x):
@@ -74,12 +74,14 @@ def test_batching_never_changes_a_jobs_image(conv5):
     Not bit for bit: oneDNN picks its convolution kernels by batch size on some
     CPUs (on an AMD EPYC: 0.8% of the pixels off by up to 1.1 levels after 3
     steps, where an Intel CPU gave identical images), and the tutorial's
-    1/std(grad) step magnifies rounding in a tiny gradient. The climb itself must agree.
+    1/std(grad) step magnifies rounding in a tiny gradient, the more so on layers
+    whose gradient is spread thin (the tutorial's conv_id 5, mixed/conv, more than
+    conv2d_8 did). The climb itself must agree.
     """
     start = param.batch(SHAPE, [21])
     alone = render.ascend(conv5.step, start, one_hot([2]), 3).images[0] - start[0]
     batched = render.ascend(conv5.step, param.batch(SHAPE, [20, 21]), one_hot([1, 2]), 3).images[1] - start[0]
-    assert np.corrcoef(alone.ravel(), batched.ravel())[0, 1] > 0.9999
+    assert np.corrcoef(alone.ravel(), batched.ravel())[0, 1] > 0.999
     assert np.abs(batched - alone).mean() < 0.01 * np.abs(alone).mean()
 
 
@@ -118,5 +120,7 @@ def test_the_step_cache_is_a_bounded_lru():
     small = ModelFactory(step_cache_size=2)
     for conv_id in (0, 1, 0, 2):
         small.acquire(MODEL, conv_id)
-    assert small.cached_steps() == [(MODEL, 0, "gradient_ascent"), (MODEL, 2, "gradient_ascent")]
+    version = small.info(MODEL).sha256
+    assert small.cached_steps() == [(MODEL, version, "conv2d", "gradient_ascent"),
+                                    (MODEL, version, "conv2d_2", "gradient_ascent")]
     assert small.builds == {"model": 1, "step": 3}

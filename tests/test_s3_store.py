@@ -68,3 +68,35 @@ def test_keys_cannot_escape_an_s3_root(s3):
     store = ResultStore("s3://featurevis-results/runs")
     with pytest.raises(ValueError, match="escapes"):
         store.write("../elsewhere", {"image.png": b"x"}, {})
+
+
+def test_a_model_registered_through_s3_is_fetched_once_and_served(s3, tmp_path):
+    import keras
+
+    url = "s3://featurevis-results/runs"
+    pixels = keras.Input((24, 24, 3))
+    features = keras.layers.Conv2D(6, 3, name="edges")(pixels)
+    model = keras.Model(pixels, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(features)))
+    model.save(tmp_path / "mine.keras")
+    cache = tmp_path / "worker-cache"
+    with LocalStack(results_dir=tmp_path / "unused", log_dir=tmp_path / "logs", redis_dir=tmp_path / "redis",
+                    extra_env={**s3, "RESULTS_DIR": url, "FEATUREVIS_MODEL_CACHE": str(cache)}) as stack:
+        env = {**stack.env(), "RESULTS_DIR": url}
+
+        def cli(*args):
+            return subprocess.run([sys.executable, "-m", "producer", *args], cwd=REPO_ROOT, env=env,
+                                  capture_output=True, text=True, timeout=300)
+
+        registered = cli("models", "register", "mine", "--file", str(tmp_path / "mine.keras"))
+        assert registered.returncode == 0, registered.stderr
+        version = registered.stdout.split()[1]
+        store = ResultStore(url)
+        assert store.fs.isfile(store.path(f"models/mine/{version}", "model.keras"))
+        for feature in (1, 2):
+            done = cli("enqueue", "--model", "mine", "--layer", "edges", "--feature", str(feature), "--iterations", "3",
+                       "--wait")
+            assert done.returncode == 0, done.stderr
+            key = done.stdout.strip().splitlines()[-1].split("/runs/", 1)[1].rsplit("/", 1)[0]
+            assert store.read_meta(key)["model_sha256"] == version
+        cached = list(cache.rglob("model.keras"))
+        assert [path.parent.name for path in cached] == [version]  # one copy per version, for both jobs

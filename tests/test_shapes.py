@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from featurevis import catalog, shapes, zoo
-from featurevis.catalog import WeightsUnavailable
+from featurevis import registry, shapes, zoo
+from featurevis.registry import WeightsUnavailable
 from featurevis.optvis import objectives, param, render
 
 SHIPPED = ["shapes_cnn", "shapes_cnn_b"]
@@ -33,20 +33,21 @@ def test_generator_gives_all_ten_classes_in_range():
 def test_description_equals_the_live_model(factory, name):
     loaded = factory.model(name)
     info = loaded.info
-    assert info.weights == "shipped" and not info.untrained
+    assert info.source["weights"] == "shipped" and not info.untrained
     assert [(layer.name, layer.channels) for layer in info.conv_layers] == \
-        [(layer.name, layer.filters) for layer in loaded.conv_layers]
+        [(layer.name, layer.filters) for layer in zoo.conv_layers_in_creation_order(loaded.network)]
+    assert [layer.name for layer in info.layers] == [layer.name for layer in zoo.spatial_layers(loaded.network)]
     assert tuple(loaded.network.input_shape[1:]) == info.input_shape == SHAPE
     assert loaded.network.output_shape[-1] == info.classes == 10
-    assert info.class_names() == list(shapes.CLASS_NAMES)
+    assert info.class_names == tuple(shapes.CLASS_NAMES) and info.preprocess.kind == "unit"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_layer_names_do_not_shift_with_other_builds(name):
-    build = zoo.ARCHITECTURES[name].build
+    build = zoo.ARCHITECTURES[name]
     build(None)
-    assert [layer.name for layer in zoo.conv_layers_in_graph_order(build(None))] == \
-        [layer.name for layer in catalog.get(name).conv_layers]
+    assert [layer.name for layer in zoo.conv_layers_in_creation_order(build(None))] == \
+        [layer.name for layer in registry.builtin_info(name).conv_layers]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -60,7 +61,7 @@ def test_missing_weights_are_one_line_naming_the_file(monkeypatch, tmp_path):
     missing = tmp_path / "shapes_cnn.weights.h5"
     monkeypatch.setattr(zoo, "shipped_weights_file", lambda architecture: missing)
     with pytest.raises(WeightsUnavailable) as caught:
-        zoo.build(catalog.get("shapes_cnn"))
+        zoo.build(registry.builtin_info("shapes_cnn"), registry.Registry.from_env())
     message = str(caught.value)
     assert str(missing) in message and "\n" not in message
 
