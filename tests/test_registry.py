@@ -188,8 +188,18 @@ def _bad_files(folder) -> dict:
     with_lambda.save(folder / "lambda.keras")
     vector = keras.Input((10,))
     keras.Model(vector, keras.layers.Dense(3)(vector)).save(folder / "flat.keras")
-    return {"text": text, "truncated": truncated, "lambda": folder / "lambda.keras", "flat": folder / "flat.keras",
-            "whole": folder / "whole.keras"}
+    image = keras.Input((8, 8, 1))
+    keras.Model(image, keras.layers.Dense(3)(keras.layers.Flatten()(image))).save(folder / "no-maps.keras")
+    keras.Model(pixels, Doubling()(pixels)).save(folder / "custom.keras")
+    return {name: folder / f"{name}.keras" for name in ("lambda", "flat", "no-maps", "custom", "whole")} | \
+        {"text": text, "truncated": truncated}
+
+
+class Doubling(keras.layers.Layer):
+    """A user's own layer class: its code is not Keras', so a worker must not run it."""
+
+    def call(self, inputs):
+        return inputs * 2.0
 
 
 REFUSALS = [
@@ -197,6 +207,8 @@ REFUSALS = [
     ("truncated", [], "file: is not a valid .keras file"),
     ("lambda", [], "file: has a Lambda layer, whose code Keras' safe_mode refuses to run"),
     ("flat", [], "file: the model must take one image input, (batch, height, width, channels)"),
+    ("no-maps", [], "file: no layer outputs (batch, height, width, channels); nothing to visualize"),
+    ("custom", [], "file: uses "),
 ]
 
 

@@ -25,6 +25,7 @@ def s3(monkeypatch):
         monkeypatch.setenv(name, value)
     import s3fs
 
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses instances: one made for an earlier server's port
     wait_until(lambda: _answers(port), 30, "moto's S3 server did not start")
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir("featurevis-results")
     yield env
@@ -91,7 +92,7 @@ def test_a_model_registered_through_s3_is_fetched_once_and_served(s3, tmp_path):
         assert registered.returncode == 0, registered.stderr
         version = registered.stdout.split()[1]
         store = ResultStore(url)
-        assert store.fs.isfile(store.path(f"models/mine/{version}", "model.keras"))
+        assert store.read_bytes(f"models/mine/{version}", "model.keras") == (tmp_path / "mine.keras").read_bytes()
         for feature in (1, 2):
             done = cli("enqueue", "--model", "mine", "--layer", "edges", "--feature", str(feature), "--iterations", "3",
                        "--wait")

@@ -14,7 +14,7 @@ import threading
 
 import redis
 from redis.exceptions import LockError
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_process_init
 
 from featurevis.registry import Registry
 from worker.app import app
@@ -24,17 +24,9 @@ _factory = None
 _redis = None
 
 
-@worker_init.connect
-def _install_builtin_models(**_):
-    """The built-in models become ordinary registry entries in the store this worker serves (TF-free, in the parent)."""
-    try:
-        Registry.from_env().install_builtins()
-    except Exception as error:  # noqa: BLE001 - jobs still validate against the shipped descriptions
-        log.warning("could not write the built-in models into the registry: %s", error)
-
-
 @worker_process_init.connect
 def _start(**_):
+    _install_builtin_models()
     factory()
     for name in filter(None, os.environ.get("FEATUREVIS_PRELOAD", "").split(",")):
         try:
@@ -42,6 +34,18 @@ def _start(**_):
             log.info("preloaded model %s in %.2f s", name, loaded.build_s)
         except Exception as error:  # a job on this model will report the reason
             log.warning("could not preload model %s: %s", name, error)
+
+
+def _install_builtin_models() -> None:
+    """The built-in models become ordinary registry entries in the store this worker serves.
+
+    In the pool child, like every use of the store: an S3 filesystem made in the
+    parent is not fork-safe.
+    """
+    try:
+        Registry.from_env().install_builtins()
+    except Exception as error:  # noqa: BLE001 - jobs still validate against the shipped descriptions
+        log.warning("could not write the built-in models into the registry: %s", error)
 
 
 LOCK_SECONDS = 30  # a dead worker's job lock frees itself at most this long after its last renewal
