@@ -24,6 +24,14 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 task_track_started = True
+# One pool process per worker, whoever starts it (`celery -A worker.app worker` included): a worker
+# owns one device, and Celery's default of one process per CPU core would put that many TensorFlow
+# runtimes on one GPU. More throughput means more workers, not more processes.
+worker_concurrency = 1
+# On a lost broker connection (a Redis restart), let the running job finish and publish
+# (tests/test_reliability.py restarts Redis under one) rather than throw its work away and wait
+# for the redelivery. Set explicitly: Celery warns while it is unset, and Celery 6 flips the default.
+worker_cancel_long_running_tasks_on_connection_loss = False
 
 # The rule that keeps a long job from running twice: soft limit < hard limit < visibility timeout.
 # At the soft limit the job fails with a clear reason; at the hard limit the pool child is

@@ -215,3 +215,29 @@ def test_dockerignore_keeps_local_state_out():
     entries = {line.strip().removeprefix("**/") for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert {".venv", "results", ".git", "__pycache__", ".featurevis", ".pytest_cache"} <= entries
+
+
+# --- safe defaults ------------------------------------------------------------------------------
+
+def test_env_file_is_ignored_by_git_and_docker():
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO_ROOT)
+    assert ignored.returncode == 0, ".env (the compose secrets) would be committed"
+    entries = {line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()}
+    assert ".env" in entries, "COPY . /app would bake .env into an image layer"
+
+
+def test_a_plain_celery_worker_runs_one_pool_process():
+    from featurevis import celeryconfig
+
+    assert celeryconfig.worker_concurrency == 1
+    # Explicit, so Celery 6's new default cannot change what a Redis restart does to a running job.
+    assert celeryconfig.worker_cancel_long_running_tasks_on_connection_loss is False
+
+
+@pytest.mark.parametrize("fleet", [["--gpus", "0,1"], ["--cpu-workers", "2"]])
+def test_concurrency_with_a_fleet_is_refused_not_dropped(fleet):
+    done = subprocess.run([sys.executable, "-m", "worker", *fleet, "--concurrency", "4"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].endswith("--concurrency is for a single worker: "
+                                                 "--gpus and --cpu-workers run one process per member")

@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument("--cpu-workers", type=int, help="start this many CPU-only worker processes")
     parser.add_argument("--hostname", default=None,
                         help="node name of a single worker (or of the one GPU given to --gpus), e.g. gpu1@%%h")
-    parser.add_argument("--concurrency", type=int, default=1, help="pool processes of a single worker (default 1)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="pool processes of a single worker (default 1, worker_concurrency in celeryconfig)")
     parser.add_argument("--loglevel", default="INFO")
     parser.add_argument("--preload", default=os.environ.get("FEATUREVIS_PRELOAD", ""),
                         help="comma-separated models to build when each pool process starts")
@@ -33,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.concurrency is not None and (args.gpus or args.cpu_workers):
+        parser.error("--concurrency is for a single worker: --gpus and --cpu-workers run one process per member")
     if args.gpus:
         gpus = args.gpus.split(",")
         if len(gpus) == 1 and args.hostname:  # a container given one GPU sees it as 0, but keeps its name
@@ -45,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from worker.app import app
 
-    worker_argv = ["worker", f"--loglevel={args.loglevel}", "--pool=prefork",
-                   f"--concurrency={args.concurrency}", "--task-events"]
+    worker_argv = ["worker", f"--loglevel={args.loglevel}", "--pool=prefork", "--task-events"]
+    if args.concurrency is not None:
+        worker_argv.append(f"--concurrency={args.concurrency}")
     if args.hostname:
         worker_argv.append(f"--hostname={args.hostname}")
     app.worker_main(worker_argv)
