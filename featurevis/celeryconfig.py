@@ -6,8 +6,26 @@ unacknowledged message older than the visibility timeout, and the shortest
 timeout among the clients wins.
 """
 import os
+from urllib.parse import quote, urlsplit, urlunsplit
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+def _with_password(url: str) -> str:
+    """REDIS_URL with the password from REDIS_PASSWORD_FILE or REDIS_PASSWORD, when the URL has none.
+
+    Containers get the password as a mounted secret file (compose) or a Secret-backed variable
+    (Kubernetes, where KEDA reads the same variable), so it is on no command line and in no URL
+    that a manifest spells out.
+    """
+    parts = urlsplit(url)
+    path = os.environ.get("REDIS_PASSWORD_FILE")
+    password = open(path).read().strip() if path else os.environ.get("REDIS_PASSWORD")
+    if not password or parts.password:
+        return url
+    netloc = f"{quote(parts.username or '', safe='')}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+REDIS_URL = _with_password(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
 
 broker_url = REDIS_URL
 result_backend = REDIS_URL
@@ -24,6 +42,8 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 task_track_started = True
+# The one queue jobs go to; the queue-length exporter and KEDA's ScaledObject read this list.
+task_default_queue = "celery"
 # One pool process per worker, whoever starts it (`celery -A worker.app worker` included): a worker
 # owns one device, and Celery's default of one process per CPU core would put that many TensorFlow
 # runtimes on one GPU. More throughput means more workers, not more processes.
