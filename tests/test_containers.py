@@ -241,3 +241,14 @@ def test_concurrency_with_a_fleet_is_refused_not_dropped(fleet):
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].endswith("--concurrency is for a single worker: "
                                                  "--gpus and --cpu-workers run one process per member")
+
+
+@pytest.mark.parametrize("source", ["REDIS_PASSWORD", "REDIS_PASSWORD_FILE"])
+def test_the_redis_password_comes_from_a_secret_not_the_url(tmp_path, source):
+    secret = tmp_path / "redis-password"
+    secret.write_text("p@ss/word\n")
+    value = str(secret) if source == "REDIS_PASSWORD_FILE" else "p@ss/word"
+    code = "from featurevis import celeryconfig; print(celeryconfig.broker_url)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://redis:6379/0", source: value})
+    assert done.stdout.strip() == "redis://:p%40ss%2Fword@redis:6379/0", done.stderr
