@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import redis
 
 from featurevis import stack as stack_module
 from featurevis.redis_server import RedisServer, free_port
@@ -151,7 +152,7 @@ def test_two_cpu_workers_share_eight_jobs_each_run_once(tmp_path):
 def test_make_down_keeps_queued_jobs_for_the_next_up(tmp_path, monkeypatch):
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "results"))
     monkeypatch.delenv("REDIS_URL", raising=False)
-    state = stack_module.up(state_dir=tmp_path / "state", flower_port=free_port())
+    state = stack_module.up(state_dir=tmp_path / "state", flower_port=free_port(), metrics_port=free_port())
     try:
         producer = Producer(state["redis_url"])
         running = producer.enqueue({**LONG_JOB, "iterations": 40, "feature": 20, "seed": 1})
@@ -163,8 +164,70 @@ def test_make_down_keeps_queued_jobs_for_the_next_up(tmp_path, monkeypatch):
         assert ResultStore(tmp_path / "results").read_meta(running.specs[0].key)["job_id"] == running.id
         for job in queued:
             assert ResultStore(tmp_path / "results").read_meta(job.specs[0].key) is None
-        again = stack_module.up(state_dir=tmp_path / "state", flower_port=free_port())
+        again = stack_module.up(state_dir=tmp_path / "state", flower_port=free_port(), metrics_port=free_port())
         assert again["redis_url"] == state["redis_url"]
         assert [job.wait(timeout=300)["job_id"] for job in queued] == [job.id for job in queued]
     finally:
         stack_module.down(state_dir=tmp_path / "state")
+
+
+def _metrics(url: str) -> dict[str, float]:
+    """The exporter's samples as {'name{labels}': value}."""
+    lines = _curl(url).stdout.splitlines()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("featurevis_")}
+
+
+def test_the_queue_length_exporter_reads_what_redis_holds(tmp_path):
+    from celery import Celery
+
+    with RedisServer(data_dir=tmp_path / "redis") as server:
+        exporter = LocalStack(results_dir=tmp_path / "results", redis_url=server.url, workers=0,
+                              log_dir=tmp_path / "logs", metrics_port=free_port())
+        with exporter:  # no worker: what is sent stays queued
+            url = f"http://127.0.0.1:{exporter.metrics_port}/metrics"
+            assert _metrics(url)['featurevis_queue_length{queue="celery"}'] == 0
+            app = Celery(broker=server.url)
+            app.config_from_object("featurevis.celeryconfig")
+            app.conf.broker_url = server.url
+            for feature in range(5):
+                app.send_task("featurevis.optimize", kwargs={"model": UNTRAINED, "feature": feature})
+            for feature in range(2):  # kombu keeps these in a second list, celery\x06\x166
+                app.send_task("featurevis.optimize", kwargs={"model": UNTRAINED, "feature": feature}, priority=6)
+            broker = redis.Redis.from_url(server.url)
+            assert broker.llen("celery") == 5
+            samples = _metrics(url)
+            assert samples['featurevis_queue_length{queue="celery"}'] == 7 == sum(
+                broker.llen(key) for key in broker.keys("celery*"))
+            assert samples["featurevis_unacked_messages"] == 0 and samples["featurevis_redis_up"] == 1
+            server.stop()
+            assert _metrics(url) == {"featurevis_redis_up": 0}, "a scrape must answer while Redis is away"
+
+
+def test_make_down_signals_no_process_whose_pid_was_reused(tmp_path):
+    """A state file left from before a reboot: its PIDs now belong to unrelated processes."""
+    unrelated = subprocess.Popen(["sleep", "60"])
+    try:
+        stack_module.wait_until(lambda: stack_module.identity(unrelated.pid)["cmdline"] == ["sleep", "60"], 5, "no exec")
+        record = stack_module.identity(unrelated.pid)
+        state_dir = tmp_path / "state"
+        state_dir.mkdir()
+        stale = {"w1": {**record, "started": record["started"] - 3600},  # the same PID, started earlier
+                 "flower": {**record, "cmdline": [sys.executable, "-m", "celery", "flower"]},
+                 "redis": {**record, "pid": unrelated.pid, "started": 0.0}}
+        (state_dir / "stack.json").write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0", "processes": stale}))
+        assert sorted(stack_module.down(state_dir=state_dir, timeout=5)) == ["flower", "redis", "w1"]
+        assert unrelated.poll() is None, "make down signalled a process that was not the stack's"
+        # The record that does match is stopped.
+        (state_dir / "stack.json").write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0",
+                                                          "processes": {"w1": record}}))
+        assert stack_module.down(state_dir=state_dir, timeout=5) == []
+        assert unrelated.wait(timeout=5) == -15
+    finally:
+        unrelated.kill()
+
+
+def test_flowers_login_is_not_on_its_command_line(stack):
+    import psutil
+
+    command = " ".join(psutil.Process(stack.processes["flower"].pid).cmdline())
+    assert FLOWER_AUTH.split(":")[1] not in command and "basic-auth" not in command
