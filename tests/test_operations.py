@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -231,3 +232,55 @@ def test_flowers_login_is_not_on_its_command_line(stack):
 
     command = " ".join(psutil.Process(stack.processes["flower"].pid).cmdline())
     assert FLOWER_AUTH.split(":")[1] not in command and "basic-auth" not in command
+
+
+def _health(stack, node: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "worker", "health", "--node", node, "--timeout", str(timeout)],
+                          cwd=REPO_ROOT, env=stack.env(), capture_output=True, text=True, timeout=60)
+
+
+def test_health_passes_once_the_worker_has_preloaded(stack):
+    """Unhealthy while the pool child still builds its model (pings are answered before that), then healthy."""
+    stack_module.wait_until(lambda: _health(stack, "w1@%h").returncode == 0, 120, "w1 never became healthy")
+    assert _health(stack, "w1@%h").stdout == f"w1@{socket.gethostname()}: healthy\n"
+
+
+def test_health_fails_for_a_node_that_does_not_answer(stack):
+    done = _health(stack, "nobody@%h", timeout=1)
+    assert done.returncode == 1 and "did not answer a ping within 1 s" in done.stderr
+
+
+def test_health_fails_for_a_worker_whose_preload_failed(tmp_path):
+    """inception_v3's ImageNet weights cannot be found in an empty KERAS_HOME nor downloaded here."""
+    from celery import Celery
+
+    from worker import health
+
+    with LocalStack(results_dir=tmp_path / "results", preload="inception_v3", log_dir=tmp_path / "logs",
+                    redis_dir=tmp_path / "redis", extra_env={"KERAS_HOME": str(tmp_path / "empty-keras")}) as broken:
+        app = Celery(broker=broken.redis_url)
+        node = f"w1@{socket.gethostname()}"
+        stack_module.wait_until(lambda: health.read(app, node)["preload"] != health.STARTING, 120, "no preload report")
+        assert broken.processes["w1"].poll() is None, "the worker itself is up and answers pings"
+        done = _health(broken, "w1@%h")
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"{node} could not preload inception_v3: ")
+        assert "inception_v3_weights_tf_dim_ordering_tf_kernels.h5" in done.stderr
+
+
+def test_meta_json_records_the_featurevis_version(producer_api, stack):
+    import featurevis
+
+    result = producer_api.enqueue({"model": UNTRAINED, "conv_id": 0, "feature": 30, "iterations": 1, "seed": 3}).wait(
+        timeout=240)
+    assert ResultStore(stack.results_dir).read_meta(result["key"])["versions"]["featurevis"] == featurevis.__version__
+
+
+def test_fetch_weights_builds_each_model_once_and_names_what_is_missing(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "worker", "fetch-weights", "shapes_cnn", "inception_v3"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+                          env={**LocalStack(results_dir=tmp_path).env(), "KERAS_HOME": str(tmp_path / "keras")})
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0] == "shapes_cnn: weights in place"
+    [error] = done.stderr.strip().splitlines()[-1:]
+    assert error.startswith("error: model inception_v3: weights file inception_v3_weights_tf_dim_ordering_tf_kernels.h5")

@@ -3,6 +3,8 @@
     python -m worker                   one worker (prefork, 1 process) in this process
     python -m worker --gpus 0,1        one worker per GPU, pinned: nodes gpu0@host, gpu1@host
     python -m worker --cpu-workers 2   two CPU workers (GPUs hidden): nodes cpu1@host, cpu2@host
+    python -m worker health --node gpu0@%h     exit 0 only if the node answers and its models preloaded
+    python -m worker fetch-weights inception_v3  put a model's weights in KERAS_HOME once, before workers start
 
 Reads REDIS_URL (default redis://127.0.0.1:6379/0) and RESULTS_DIR (default
 ./results). Prefork, not solo: solo hides running tasks from Flower and blocks
@@ -34,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["health"]:
+        from worker import health
+
+        return health.main(argv[1:])
+    if argv[:1] == ["fetch-weights"]:
+        return _fetch_weights(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.concurrency is not None and (args.gpus or args.cpu_workers):
@@ -55,6 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.hostname:
         worker_argv.append(f"--hostname={args.hostname}")
     app.worker_main(worker_argv)
+    return 0
+
+
+def _fetch_weights(models: list[str]) -> int:
+    """Build each model once in this process, so its weights are downloaded into KERAS_HOME by one
+    process only: workers that share a cache and each download on first start race on the file."""
+    from worker import runtime
+
+    for name in models:
+        try:
+            runtime.factory().model(name)
+        except Exception as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"{name}: weights in place")
     return 0
 
 
