@@ -63,6 +63,14 @@ visibility_timeout = int(os.environ.get("FEATUREVIS_VISIBILITY_TIMEOUT", task_ti
 if not task_soft_time_limit < task_time_limit < visibility_timeout:
     raise ValueError(f"time limits must rise: FEATUREVIS_SOFT_TIME_LIMIT {task_soft_time_limit} < "
                      f"FEATUREVIS_TIME_LIMIT {task_time_limit} < FEATUREVIS_VISIBILITY_TIMEOUT {visibility_timeout}")
+# A worker stopped with SIGTERM finishes its job (warm shutdown) only if whatever stops it waits
+# longer than the hard limit: compose's stop_grace_period, Kubernetes' terminationGracePeriodSeconds.
+# The deployments pass that number in FEATUREVIS_STOP_GRACE_PERIOD, so a time limit raised without it
+# stops the worker from starting instead of having jobs killed at every rollout.
+_grace = os.environ.get("FEATUREVIS_STOP_GRACE_PERIOD")
+if _grace and not task_time_limit < int(_grace):
+    raise ValueError(f"FEATUREVIS_TIME_LIMIT {task_time_limit} must be below FEATUREVIS_STOP_GRACE_PERIOD {_grace}, "
+                     "the seconds a stopping worker is given to finish its job")
 # kombu looks for unacknowledged messages past the timeout every 10 s but, by default, acts on
 # every 10th look only; acting on each look brings a dead worker's job back within timeout + 10 s.
 broker_transport_options = {"visibility_timeout": visibility_timeout, "unacked_restore_throttle": 1}

@@ -284,3 +284,14 @@ def test_fetch_weights_builds_each_model_once_and_names_what_is_missing(tmp_path
     assert done.stdout.splitlines()[0] == "shapes_cnn: weights in place"
     [error] = done.stderr.strip().splitlines()[-1:]
     assert error.startswith("error: model inception_v3: weights file inception_v3_weights_tf_dim_ordering_tf_kernels.h5")
+
+
+def test_wait_prints_the_pictures_address_under_results_url(stack, run_cli, monkeypatch):
+    """In compose the producer's RESULTS_DIR is a path inside its container; the results server is what users open."""
+    monkeypatch.setenv("RESULTS_URL", "http://127.0.0.1:8080/")
+    done = run_cli("enqueue", "--model", UNTRAINED, "--conv-id", "0", "--feature", "31", "--iterations", "1",
+                   "--seed", "4", "--wait")
+    assert done.returncode == 0, done.stderr
+    job_id, address = done.stdout.split()
+    assert address.startswith(f"http://127.0.0.1:8080/{UNTRAINED}/conv2d/feature_0031/{job_id}/")
+    assert (stack.results_dir / address.removeprefix("http://127.0.0.1:8080/")).is_file()
