@@ -56,18 +56,18 @@ class QueueCollector:
                                 value=unacked)
 
     def _read(self) -> tuple[dict[str, int], int]:
+        lists = {queue: priority_lists(queue) for queue in self.queues}
         pipe = self.client.pipeline(transaction=False)
-        for queue in self.queues:
-            for key in priority_lists(queue):
-                pipe.llen(key)
+        for key in (key for keys in lists.values() for key in keys):
+            pipe.llen(key)
         pipe.hlen(UNACKED_HASH)
         *counts, unacked = pipe.execute()
-        per_queue = len(PRIORITY_STEPS)
-        return {queue: sum(counts[i * per_queue:(i + 1) * per_queue]) for i, queue in enumerate(self.queues)}, unacked
+        counted = iter(counts)
+        return {queue: sum(next(counted) for _ in keys) for queue, keys in lists.items()}, unacked
 
 
 def serve(redis_url: str, queues: list[str], address: str, port: int):
-    """Start the exporter's HTTP server in a thread; returns (server, thread)."""
+    """Serve /metrics from a thread (prometheus_client's server); returns (server, thread)."""
     REGISTRY.register(QueueCollector(redis_url, queues))
     return start_http_server(port, addr=address)
 
