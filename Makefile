@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 TF_VERSION := 2.21.0
 # The CUDA build only where a GPU answers; the 1.6 GB CPU build everywhere else.
 TF_PACKAGE ?= $(shell if nvidia-smi -L >/dev/null 2>&1; then echo "tensorflow[and-cuda]==$(TF_VERSION)"; else echo "tensorflow-cpu==$(TF_VERSION)"; fi)
-STAMP := $(VENV)/.setup-$(firstword $(subst [, ,$(TF_PACKAGE)))
+# The stamp names the whole TensorFlow spec (tensorflow[and-cuda]==2.21.0 -> .setup-tensorflow-and-cuda-2.21.0),
+# so a new TF_VERSION or a switch between the CPU and CUDA builds reinstalls.
+STAMP := $(VENV)/.setup-$(subst ],,$(subst [,-,$(subst ==,-,$(TF_PACKAGE))))
 
-.PHONY: setup browser demo test bench bench-quick quality quality-defaults up down clean
+.PHONY: setup browser demo test bench bench-quick quality quality-defaults up down clean clean-results
 
 setup: $(STAMP) browser
 
@@ -43,12 +45,17 @@ quality: setup
 quality-defaults: setup
 	$(PY) quality/defaults.py
 
-# Redis, a worker and Flower (http://127.0.0.1:5555), left running; `make down` stops them, keeping queued jobs.
+# Redis, a worker, Flower (http://127.0.0.1:5555) and the queue metrics (http://127.0.0.1:9808/metrics), left
+# running; `make down` stops them, keeping queued jobs.
 up: setup
 	$(PY) -m featurevis.stack up
 
 down:
 	$(PY) -m featurevis.stack down
 
+# The environment and caches only: results/ holds finished jobs, which `make clean-results` deletes.
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) .pytest_cache
+
+clean-results:
+	rm -rf results

@@ -5,3 +5,5 @@ The package is split so that the producer side never loads TensorFlow:
 `zoo`, `factory` and `optvis` are the TensorFlow side, imported only inside
 worker processes.
 """
+
+__version__ = "0.2.0"  # recorded in every meta.json; CHANGELOG.md says what changed

@@ -1,4 +1,4 @@
-"""A local stack of real processes: Redis (embedded unless REDIS_URL is set), workers, Flower.
+"""A local stack of real processes: Redis (embedded unless REDIS_URL is set), workers, Flower, queue metrics.
 
 Used by `make demo`, `make up`/`make down` and the tests, so all of them run
 what production runs: `python -m worker` processes and `celery flower`,
@@ -7,6 +7,9 @@ talking over Redis.
     python -m featurevis.stack up     start and leave running (state in .featurevis/)
     python -m featurevis.stack down   warm-stop workers (running jobs finish), Flower, then Redis;
                                       queued jobs stay in Redis' append-only file for the next `up`
+
+`up` records each process's identity (PID, start time, command line); `down` signals a process
+only while all three still match, so a PID reused after a reboot or a crash is left alone.
 """
 from __future__ import annotations
 
@@ -22,9 +25,11 @@ import time
 from pathlib import Path
 
 import kombu.exceptions
+import psutil
 import redis
 from celery import Celery
 
+from featurevis.metrics import DEFAULT_PORT as METRICS_PORT
 from featurevis.redis_server import RedisServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,10 +41,11 @@ class LocalStack:
                  redis_url: str | None = None, redis_dir: str | os.PathLike | None = None,
                  redis_port: int | None = None, preload: str = "", log_dir: str | os.PathLike | None = None,
                  extra_env: dict | None = None, flower_address: str = "127.0.0.1",
-                 flower_auth: str | None = None, detached: bool = False):
+                 flower_auth: str | None = None, detached: bool = False, metrics_port: int | None = None):
         self.results_dir = Path(results_dir).resolve()
         self.workers = workers
         self.flower_port, self.flower_address, self.flower_auth = flower_port, flower_address, flower_auth
+        self.metrics_port = metrics_port
         self.preload = preload
         self.log_dir = Path(log_dir or self.results_dir.parent / "logs").resolve()
         self.extra_env = extra_env or {}
@@ -61,6 +67,8 @@ class LocalStack:
             self.start_worker(f"w{index}")
         if self.flower_port:
             self.start_flower()
+        if self.metrics_port:
+            self.start_metrics()
         self.wait_for_workers(self.workers, timeout)
         return self
 
@@ -69,18 +77,28 @@ class LocalStack:
                                   f"--preload={self.preload}"])
 
     def start_flower(self) -> subprocess.Popen:
-        """Flower with the app (so async-apply works); a login wherever it listens beyond loopback."""
+        """Flower with the app (so async-apply works); a login wherever it listens beyond loopback.
+
+        The login goes in FLOWER_BASIC_AUTH, which Flower reads, not on the command line, where `ps` shows it.
+        """
         command = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", f"--address={self.flower_address}",
                    f"--port={self.flower_port}", "--purge_offline_workers=60"]
         env = {}
         if self.flower_auth:
-            command.append(f"--basic-auth={self.flower_auth}")
+            env["FLOWER_BASIC_AUTH"] = self.flower_auth
         elif ipaddress.ip_address(self.flower_address).is_loopback:
             env["FLOWER_UNAUTHENTICATED_API"] = "true"  # loopback only: the API needs no login
         else:
             raise ValueError(f"Flower on {self.flower_address} must have a login: set basic auth (user:password)")
         process = self._spawn("flower", command, env)
         wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.flower_port}/healthcheck"), 30, "Flower did not start")
+        return process
+
+    def start_metrics(self) -> subprocess.Popen:
+        """The queue-length exporter for Prometheus, on loopback."""
+        process = self._spawn("metrics", [sys.executable, "-m", "featurevis.metrics", "--address=127.0.0.1",
+                                          f"--port={self.metrics_port}"])
+        wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.metrics_port}/metrics"), 30, "the exporter did not start")
         return process
 
     def wait_for_workers(self, count: int, timeout: float) -> None:
@@ -104,11 +122,12 @@ class LocalStack:
         if self.redis:
             self.redis.stop()
 
-    def pids(self) -> dict[str, int]:
+    def identities(self) -> dict[str, dict]:
+        """Each process's identity, for `down` to check before it signals anything."""
         pids = {name: process.pid for name, process in self.processes.items()}
         if self.redis:
             pids["redis"] = self.redis.process.pid
-        return pids
+        return {name: identity(pid) for name, pid in pids.items()}
 
     def _spawn(self, name: str, command: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
@@ -161,10 +180,11 @@ def _http_ok(url: str) -> bool:
 
 # `make up` / `make down`: a stack that outlives the command that started it.
 
-def up(state_dir: Path = STATE_DIR, flower_port: int = 5555, workers: int = 1) -> dict:
+def up(state_dir: Path = STATE_DIR, flower_port: int = 5555, workers: int = 1,
+       metrics_port: int = METRICS_PORT) -> dict:
     state_file = state_dir / "stack.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    if any(_alive(pid) for pid in state.get("pids", {}).values()):
+    if any(is_running(record) for record in state.get("processes", {}).values()):
         raise SystemExit(f"the stack is already up ({state_file}); `make down` first")
     auth_file = state_dir / "flower-auth"
     if not auth_file.exists():
@@ -175,32 +195,41 @@ def up(state_dir: Path = STATE_DIR, flower_port: int = 5555, workers: int = 1) -
     stack = LocalStack(results_dir=os.environ.get("RESULTS_DIR", REPO_ROOT / "results"), workers=workers,
                        flower_port=flower_port, redis_url=os.environ.get("REDIS_URL"), redis_dir=state_dir / "redis",
                        redis_port=port, log_dir=state_dir / "logs", flower_auth=auth_file.read_text().strip(),
-                       preload=os.environ.get("FEATUREVIS_PRELOAD", ""), detached=True)
+                       preload=os.environ.get("FEATUREVIS_PRELOAD", ""), detached=True, metrics_port=metrics_port)
     try:
         stack.start()
     except BaseException:
         stack.stop()
         raise
-    state = {"redis_url": stack.redis_url, "redis_port": port, "pids": stack.pids(),
+    state = {"redis_url": stack.redis_url, "redis_port": port, "processes": stack.identities(),
              "flower": f"http://127.0.0.1:{flower_port}", "flower_auth_file": str(auth_file),
-             "results_dir": str(stack.results_dir)}
+             "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "results_dir": str(stack.results_dir)}
     state_file.write_text(json.dumps(state, indent=1))
     return state
 
 
-def down(state_dir: Path = STATE_DIR, timeout: float = 600) -> None:
-    """Workers first (warm shutdown: the running job finishes, queued ones stay queued), Redis last."""
+def down(state_dir: Path = STATE_DIR, timeout: float = 600) -> list[str]:
+    """Workers first (warm shutdown: the running job finishes, queued ones stay queued), Redis last.
+
+    Returns the names of recorded processes left alone because they are gone or their PID now
+    belongs to another process.
+    """
     state_file = state_dir / "stack.json"
     if not state_file.exists():
-        return
+        return []
     state = json.loads(state_file.read_text())
-    pids = state.get("pids", {})
-    for name in sorted(pids, key=lambda n: n == "redis"):
+    records = state.get("processes", {})
+    skipped = []
+    for name in sorted(records, key=lambda n: n == "redis"):
+        if not is_running(records[name]):
+            skipped.append(name)
+            continue
         if name == "redis":
             _shutdown_redis(state["redis_url"])
-        _terminate(pids[name], timeout)
-    state["pids"] = {}
+        _terminate(records[name], timeout)
+    state["processes"] = {}
     state_file.write_text(json.dumps(state, indent=1))
+    return skipped
 
 
 def _shutdown_redis(url: str) -> None:
@@ -210,24 +239,30 @@ def _shutdown_redis(url: str) -> None:
         pass  # SHUTDOWN closes the connection; or Redis was already gone
 
 
-def _terminate(pid: int, timeout: float) -> None:
-    if not _alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    try:
-        wait_until(lambda: not _alive(pid), timeout, "")
-    except RuntimeError:
-        os.kill(pid, signal.SIGKILL)
+def _terminate(record: dict, timeout: float) -> None:
+    """SIGTERM (SIGKILL after timeout), each sent only while the PID is still the recorded process."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not is_running(record):
+            return
+        os.kill(record["pid"], sig)
+        try:
+            wait_until(lambda: not is_running(record), timeout, "")
+        except RuntimeError:
+            continue
 
 
-def _alive(pid: int) -> bool:
+def identity(pid: int) -> dict:
+    """What tells a process from a later one with the same PID: its start time and command line."""
+    process = psutil.Process(pid)
+    return {"pid": pid, "started": process.create_time(), "cmdline": process.cmdline()}
+
+
+def is_running(record) -> bool:
+    """Whether the recorded process still runs (a zombie counts as gone); False for an unverifiable record."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie of ours (not yet reaped) counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
+        return (isinstance(record, dict) and identity(record["pid"]) == record
+                and psutil.Process(record["pid"]).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
         return False
 
 
@@ -244,14 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", 1)))
     args = parser.parse_args(argv)
     if args.command == "down":
-        down()
+        for name in down():
+            print(f"{name}: not signalled (gone, or its PID now belongs to another process)")
         print("stack stopped; queued jobs are kept in .featurevis/redis")
         return 0
     state = up(workers=args.workers)
     user, password = Path(state["flower_auth_file"]).read_text().strip().split(":", 1)
     print(f"Redis:   export REDIS_URL={state['redis_url']} RESULTS_DIR={state['results_dir']}")
     print(f"Flower:  {state['flower']}  (user {user}, password {password}; stored in {state['flower_auth_file']})")
-    print(f"metrics: {state['flower']}/metrics")
+    print(f"metrics: {state['metrics']}  (queue length for Prometheus; Flower's own: {state['flower']}/metrics)")
     print("stop with `make down`")
     return 0
 

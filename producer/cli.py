@@ -1,7 +1,8 @@
 """`python -m producer`: enqueue, sweep, status and the model registry from a shell.
 
 stdout carries what scripts read: the job id on the first line and, with
---wait, the absolute path (or s3:// URL) of the picture on the last. Progress bars and
+--wait, the absolute path (or s3:// URL, or its address under RESULTS_URL when that is
+set) of the picture on the last. Progress bars and
 notes go to stderr. Every error is one line on stderr.
 
 Exit codes: 0 done (or registered), 1 the job failed, 2 invalid input or a
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from urllib.parse import quote
 
 from tqdm import tqdm
 
@@ -193,7 +196,7 @@ def _details(info: ModelInfo) -> str:
 
 
 def follow(job: Job) -> str:
-    """Follow the job with a progress bar; the absolute path of its picture."""
+    """Follow the job with a progress bar; where its picture is (RESULTS_URL: its address on a web server)."""
     total = job.specs[0].iterations
     with tqdm(total=total, desc=job.id[:12], unit="it", file=sys.stderr, dynamic_ncols=True) as bar:
         def show(progress: dict) -> None:
@@ -208,4 +211,5 @@ def follow(job: Job) -> str:
         print("note: untrained weights (fixed-seed random init); the picture shows the architecture, not ImageNet",
               file=sys.stderr)
     picture = result.get("contact_sheet") or result["image"]
-    return ResultStore.from_env().locate(picture)
+    base = os.environ.get("RESULTS_URL")  # where a web server publishes RESULTS_DIR (the compose file's)
+    return f"{base.rstrip('/')}/{quote(picture)}" if base else ResultStore.from_env().locate(picture)

@@ -20,6 +20,7 @@ DOCKERFILE = REPO_ROOT / "Dockerfile.gpu"
 # task_time_limit = FEATUREVIS_SOFT_TIME_LIMIT (default 3000 s) + 60 s, see featurevis/celeryconfig.py:
 # a worker's stop grace period must let the longest job finish.
 LONGEST_JOB_S = 3000 + 60
+SECRETS = ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "FLOWER_USER", "FLOWER_PASSWORD")
 
 
 def _load(path: Path):
@@ -49,6 +50,11 @@ def _seconds(duration: str) -> float:
 
 def _words(command) -> str:
     return command if isinstance(command, str) else " ".join(command)
+
+
+def _defaults(text: str) -> str:
+    """A compose string with each ${VAR:-default} replaced by its default, as compose does with VAR unset."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
 
 
 def _strings(node):
@@ -116,6 +122,11 @@ def test_no_version_key_and_dollars_escaped(compose):
 
 # --- the services -------------------------------------------------------------------------------
 
+def _bytes(size: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)\s*([kmg]?)b?", size.lower()).groups()
+    return int(number) * 1024 ** " kmg".index(unit or " ")
+
+
 def test_redis(services):
     redis = services["redis"]
     assert redis["image"] == "redis:7.2"
@@ -123,12 +134,58 @@ def test_redis(services):
     assert "--appendonly yes" in command
     assert "--appendfsync everysec" in command
     assert "--maxmemory-policy noeviction" in command
-    assert re.search(r"--requirepass \$\{REDIS_PASSWORD:\?[^}]*\}", command), command
+    # The password is read from the secret into a config on stdin, not put on the command line.
+    assert "exec redis-server - " in command and 'requirepass "$$(cat /run/secrets/redis_password)"' in command
+    assert redis["secrets"] == ["redis_password"]
+    # noeviction means something only with a maxmemory, and that must sit below the container's limit.
+    maxmemory = _bytes(re.search(r"--maxmemory (\S+)", command).group(1))
+    limit = _bytes(redis["deploy"]["resources"]["limits"]["memory"])
+    assert 0 < maxmemory < limit
+    assert re.fullmatch(r"\d+:\d+", redis["user"]), "the image's redis user, by number"
     assert "redis-data:/data" in redis["volumes"]
     check = redis["healthcheck"]
     assert "redis-cli" in _words(check["test"]) and "ping" in _words(check["test"])
+    assert "/run/secrets/redis_password" in _words(check["test"])
     assert {"interval", "timeout", "retries"} <= set(check)
     assert "ports" not in redis, "Redis is for the services on the compose network only"
+
+
+def test_no_secret_on_a_command_line_or_in_a_variable(compose, services):
+    """ps and docker inspect show commands and environments: secrets come in as files under /run/secrets."""
+    assert set(compose["secrets"]) == {"redis_password", "flower_basic_auth"}
+    assert {secret["environment"] for secret in compose["secrets"].values()} == {"REDIS_PASSWORD", "FLOWER_BASIC_AUTH"}
+    for name, svc in services.items():
+        shown = [svc.get("command"), svc.get("entrypoint"), svc.get("healthcheck", {}).get("test"),
+                 svc.get("environment")]
+        for text in _strings(shown):
+            for secret in SECRETS:
+                assert "${" + secret not in text, f"{name} puts {secret} where ps or docker inspect show it: {text!r}"
+            assert "--requirepass" not in text and "--basic-auth" not in text, f"{name}: {text!r}"
+        if "REDIS_URL" in svc.get("environment", {}):
+            assert svc["environment"]["REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password"
+            assert "redis_password" in svc["secrets"], f"{name} needs the password and does not mount it"
+
+
+def test_every_service_rotates_its_logs(services):
+    for name, svc in services.items():
+        logging = svc.get("logging") or {}
+        assert logging.get("driver") == "json-file" and logging["options"]["max-size"], f"{name} keeps all its logs"
+
+
+def test_the_grace_period_outlasts_the_time_limit_and_the_worker_checks_it(workers):
+    for worker in workers.values():
+        grace = _seconds(_defaults(worker["stop_grace_period"]))
+        assert grace > LONGEST_JOB_S
+        # The same variable reaches the worker, which refuses to start if the limit does not fit.
+        assert _defaults(str(worker["environment"]["FEATUREVIS_STOP_GRACE_PERIOD"])) == f"{grace:g}"
+    code = "import featurevis.celeryconfig"
+    env = {"PATH": "/usr/bin:/bin", "FEATUREVIS_SOFT_TIME_LIMIT": "3700", "FEATUREVIS_STOP_GRACE_PERIOD": "3700"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ValueError: FEATUREVIS_TIME_LIMIT 3760 must be below FEATUREVIS_STOP_GRACE_PERIOD 3700, "
+        "the seconds a stopping worker is given to finish its job")
 
 
 def test_one_worker_per_gpu(workers):
@@ -140,28 +197,39 @@ def test_one_worker_per_gpu(workers):
         command = _words(worker["command"])
         assert "python -m worker --gpus 0" in command
         assert f"--hostname gpu{gpu}@%h" in command
-        assert _seconds(worker["stop_grace_period"]) > LONGEST_JOB_S
+        # %h is the container's hostname: fixed, so the node name survives a recreated container.
+        assert worker["hostname"] == f"worker-gpu{gpu}"
         check = worker["healthcheck"]
-        assert "celery -A worker.app inspect ping" in _words(check["test"])
-        assert f"gpu{gpu}@$$HOSTNAME" in _words(check["test"])
+        assert check["test"] == ["CMD", "python", "-m", "worker", "health", "--node", f"gpu{gpu}@%h"]
         assert _seconds(check["start_period"]) >= 120, "TensorFlow's import and the model build come first"
         assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert worker["depends_on"]["fetch-weights"]["condition"] == "service_completed_successfully"
         assert "results:/results" in worker["volumes"]
         assert "keras-cache:/keras" in worker["volumes"]
         env = worker["environment"]
-        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD[^}]*\}@redis:6379/0", env["REDIS_URL"])
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
         assert env["RESULTS_DIR"] == "/results"
         assert env["KERAS_HOME"] == "/keras"
         assert env["FEATUREVIS_PRELOAD"] == "inception_v3"
     device_ids = [w["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for w in workers.values()]
     assert len({tuple(ids) for ids in device_ids}) == len(device_ids), "two workers on one GPU"
+    assert len({w["hostname"] for w in workers.values()}) == len(workers), "two workers with one node name"
+
+
+def test_weights_are_fetched_by_one_process_before_workers_start(services):
+    fetch = services["fetch-weights"]
+    assert fetch["command"] == ["python", "-m", "worker", "fetch-weights", "inception_v3"]
+    assert fetch["environment"]["KERAS_HOME"] == "/keras" and "keras-cache:/keras" in fetch["volumes"]
+    assert fetch["restart"] == "no"
 
 
 def test_flower(services):
     flower = services["flower"]
     command = _words(flower["command"])
-    assert command.startswith("celery -A worker.app flower")
-    assert re.search(r"--basic-auth=\$\{FLOWER_USER:\?[^}]*\}:\$\{FLOWER_PASSWORD:\?[^}]*\}", command), command
+    assert 'export FLOWER_BASIC_AUTH="$$(cat /run/secrets/flower_basic_auth)"' in command
+    assert "exec celery -A worker.app flower" in command
+    assert "--purge_offline_workers=" in command, "Flower would list every recreated worker forever"
+    assert "flower_basic_auth" in flower["secrets"]
     assert flower["ports"] == ["127.0.0.1:5555:5555"]
     assert "/healthcheck" in _words(flower["healthcheck"]["test"])
     assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -173,7 +241,24 @@ def test_producer(services, workers):
     assert producer["entrypoint"] == ["python", "-m", "producer"]
     assert producer["environment"]["REDIS_URL"] == workers[0]["environment"]["REDIS_URL"]
     assert producer["environment"]["RESULTS_DIR"] == "/results"
+    assert producer["environment"]["RESULTS_URL"] == "http://127.0.0.1:8080", "--wait prints a container path otherwise"
     assert "results:/results" in producer["volumes"]
+
+
+def test_results_are_served_read_only_on_loopback(services):
+    web = services["results"]
+    assert re.fullmatch(r"nginxinc/nginx-unprivileged:\d+\.\d+-alpine", web["image"]), "an ordinary, pinned web server"
+    [mount] = web["volumes"]
+    assert mount["source"] == "results" and mount["target"] == "/usr/share/nginx/html"
+    assert mount["read_only"] is True and mount["volume"]["nocopy"] is True
+    assert web["ports"] == ["127.0.0.1:8080:8080"]
+
+
+def test_queue_metrics_are_exported_on_loopback(services):
+    metrics = services["metrics"]
+    assert _words(metrics["command"]).startswith("python -m featurevis.metrics")
+    assert metrics["ports"] == ["127.0.0.1:9808:9808"]
+    assert "9808/metrics" in _words(metrics["healthcheck"]["test"])
 
 
 def test_named_volumes_are_declared(compose, services):
@@ -189,8 +274,8 @@ def test_named_volumes_are_declared(compose, services):
 def test_clients_share_the_time_limit(services, workers):
     """The visibility timeout derives from FEATUREVIS_SOFT_TIME_LIMIT; the shortest among the clients wins."""
     values = {name: svc["environment"].get("FEATUREVIS_SOFT_TIME_LIMIT")
-              for name, svc in services.items() if name != "redis"}
-    assert len(set(values.values())) == 1, values
+              for name, svc in services.items() if "REDIS_URL" in svc.get("environment", {})}
+    assert len(values) >= 5 and len(set(values.values())) == 1, values
 
 
 # --- Dockerfile.gpu -----------------------------------------------------------------------------
@@ -206,12 +291,67 @@ def test_dockerfile_pins_tensorflow_and_runs_as_non_root():
     assert makefile_tf and match.group(1) == makefile_tf.group(1)
     users = [line.split()[1] for line in lines if line.upper().startswith("USER ")]
     assert users, "no USER line: the container would run as root"
-    assert users[-1].split(":")[0] not in {"root", "0"}
+    # Numeric, or Kubernetes' runAsNonRoot cannot verify it; and not root.
+    assert re.fullmatch(r"\d+:\d+", users[-1]) and users[-1].split(":")[0] != "0", users[-1]
     assert any(re.search(r"pip install --no-cache-dir -r requirements\.txt", line) for line in lines)
     assert any(line.startswith("CMD ") and '"worker"' in line for line in lines)
+
+
+def test_the_image_and_make_setup_run_the_same_keras():
+    """The base image ships a Keras of its own; requirements.txt (installed by both) pins it."""
+    from importlib.metadata import version
+
+    pins = re.findall(r"^keras==(\S+)$", (REPO_ROOT / "requirements.txt").read_text(), re.M)
+    assert pins == [version("keras")], f"requirements.txt pins keras {pins}; this venv has {version('keras')}"
+
+
+def test_make_setup_stamps_the_whole_tensorflow_spec_and_clean_keeps_results():
+    def dry_run(*args: str) -> str:
+        return subprocess.run(["make", "-n", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60).stdout
+
+    assert "touch .venv/.setup-tensorflow-and-cuda-2.99.0" in dry_run("setup", "TF_PACKAGE=tensorflow[and-cuda]==2.99.0")
+    assert "results" not in dry_run("clean")
+    assert dry_run("clean-results").strip() == "rm -rf results"
 
 
 def test_dockerignore_keeps_local_state_out():
     entries = {line.strip().removeprefix("**/") for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert {".venv", "results", ".git", "__pycache__", ".featurevis", ".pytest_cache"} <= entries
+
+
+# --- safe defaults ------------------------------------------------------------------------------
+
+def test_env_file_is_ignored_by_git_and_docker():
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO_ROOT)
+    assert ignored.returncode == 0, ".env (the compose secrets) would be committed"
+    entries = {line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()}
+    assert ".env" in entries, "COPY . /app would bake .env into an image layer"
+
+
+def test_a_plain_celery_worker_runs_one_pool_process():
+    from featurevis import celeryconfig
+
+    assert celeryconfig.worker_concurrency == 1
+    # Explicit, so Celery 6's new default cannot change what a Redis restart does to a running job.
+    assert celeryconfig.worker_cancel_long_running_tasks_on_connection_loss is False
+
+
+@pytest.mark.parametrize("fleet", [["--gpus", "0,1"], ["--cpu-workers", "2"]])
+def test_concurrency_with_a_fleet_is_refused_not_dropped(fleet):
+    done = subprocess.run([sys.executable, "-m", "worker", *fleet, "--concurrency", "4"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].endswith("--concurrency is for a single worker: "
+                                                 "--gpus and --cpu-workers run one process per member")
+
+
+@pytest.mark.parametrize("source", ["REDIS_PASSWORD", "REDIS_PASSWORD_FILE"])
+def test_the_redis_password_comes_from_a_secret_not_the_url(tmp_path, source):
+    secret = tmp_path / "redis-password"
+    secret.write_text("p@ss/word\n")
+    value = str(secret) if source == "REDIS_PASSWORD_FILE" else "p@ss/word"
+    code = "from featurevis import celeryconfig; print(celeryconfig.broker_url)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://redis:6379/0", source: value})
+    assert done.stdout.strip() == "redis://:p%40ss%2Fword@redis:6379/0", done.stderr

@@ -45,7 +45,7 @@ def test_enqueue_and_wait_through_the_cli(stack, run_cli):
     assert [p["iteration"] for p in meta["predictions"]] == [10]
     assert set(meta["timings"]) >= {"model_load_s", "compile_s", "optimize_s"}
     assert meta["worker"]["device"] == "CPU" and meta["worker"]["hostname"].startswith("w1@")
-    assert set(meta["versions"]) == {"tensorflow", "keras", "celery"}
+    assert set(meta["versions"]) == {"featurevis", "tensorflow", "keras", "celery"}
     assert "100%" in done.stderr  # the progress bar ran to the end
 
 

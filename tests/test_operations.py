@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
+import redis
 
 from featurevis import stack as stack_module
 from featurevis.redis_server import RedisServer, free_port
@@ -151,7 +153,7 @@ def test_two_cpu_workers_share_eight_jobs_each_run_once(tmp_path):
 def test_make_down_keeps_queued_jobs_for_the_next_up(tmp_path, monkeypatch):
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path / "results"))
     monkeypatch.delenv("REDIS_URL", raising=False)
-    state = stack_module.up(state_dir=tmp_path / "state", flower_port=free_port())
+    state = stack_module.up(state_dir=tmp_path / "state", flower_port=free_port(), metrics_port=free_port())
     try:
         producer = Producer(state["redis_url"])
         running = producer.enqueue({**LONG_JOB, "iterations": 40, "feature": 20, "seed": 1})
@@ -163,8 +165,133 @@ def test_make_down_keeps_queued_jobs_for_the_next_up(tmp_path, monkeypatch):
         assert ResultStore(tmp_path / "results").read_meta(running.specs[0].key)["job_id"] == running.id
         for job in queued:
             assert ResultStore(tmp_path / "results").read_meta(job.specs[0].key) is None
-        again = stack_module.up(state_dir=tmp_path / "state", flower_port=free_port())
+        again = stack_module.up(state_dir=tmp_path / "state", flower_port=free_port(), metrics_port=free_port())
         assert again["redis_url"] == state["redis_url"]
         assert [job.wait(timeout=300)["job_id"] for job in queued] == [job.id for job in queued]
     finally:
         stack_module.down(state_dir=tmp_path / "state")
+
+
+def _metrics(url: str) -> dict[str, float]:
+    """The exporter's samples as {'name{labels}': value}."""
+    lines = _curl(url).stdout.splitlines()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("featurevis_")}
+
+
+def test_the_queue_length_exporter_reads_what_redis_holds(tmp_path):
+    from celery import Celery
+
+    with RedisServer(data_dir=tmp_path / "redis") as server:
+        exporter = LocalStack(results_dir=tmp_path / "results", redis_url=server.url, workers=0,
+                              log_dir=tmp_path / "logs", metrics_port=free_port())
+        with exporter:  # no worker: what is sent stays queued
+            url = f"http://127.0.0.1:{exporter.metrics_port}/metrics"
+            assert _metrics(url)['featurevis_queue_length{queue="celery"}'] == 0
+            app = Celery(broker=server.url)
+            app.config_from_object("featurevis.celeryconfig")
+            app.conf.broker_url = server.url
+            for feature in range(5):
+                app.send_task("featurevis.optimize", kwargs={"model": UNTRAINED, "feature": feature})
+            for feature in range(2):  # kombu keeps these in a second list, celery\x06\x166
+                app.send_task("featurevis.optimize", kwargs={"model": UNTRAINED, "feature": feature}, priority=6)
+            broker = redis.Redis.from_url(server.url)
+            assert broker.llen("celery") == 5
+            samples = _metrics(url)
+            assert samples['featurevis_queue_length{queue="celery"}'] == 7 == sum(
+                broker.llen(key) for key in broker.keys("celery*"))
+            assert samples["featurevis_unacked_messages"] == 0 and samples["featurevis_redis_up"] == 1
+            server.stop()
+            assert _metrics(url) == {"featurevis_redis_up": 0}, "a scrape must answer while Redis is away"
+
+
+def test_make_down_signals_no_process_whose_pid_was_reused(tmp_path):
+    """A state file left from before a reboot: its PIDs now belong to unrelated processes."""
+    unrelated = subprocess.Popen(["sleep", "60"])
+    try:
+        stack_module.wait_until(lambda: stack_module.identity(unrelated.pid)["cmdline"] == ["sleep", "60"], 5, "no exec")
+        record = stack_module.identity(unrelated.pid)
+        state_dir = tmp_path / "state"
+        state_dir.mkdir()
+        stale = {"w1": {**record, "started": record["started"] - 3600},  # the same PID, started earlier
+                 "flower": {**record, "cmdline": [sys.executable, "-m", "celery", "flower"]},
+                 "redis": {**record, "pid": unrelated.pid, "started": 0.0}}
+        (state_dir / "stack.json").write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0", "processes": stale}))
+        assert sorted(stack_module.down(state_dir=state_dir, timeout=5)) == ["flower", "redis", "w1"]
+        assert unrelated.poll() is None, "make down signalled a process that was not the stack's"
+        # The record that does match is stopped.
+        (state_dir / "stack.json").write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0",
+                                                          "processes": {"w1": record}}))
+        assert stack_module.down(state_dir=state_dir, timeout=5) == []
+        assert unrelated.wait(timeout=5) == -15
+    finally:
+        unrelated.kill()
+
+
+def test_flowers_login_is_not_on_its_command_line(stack):
+    import psutil
+
+    command = " ".join(psutil.Process(stack.processes["flower"].pid).cmdline())
+    assert FLOWER_AUTH.split(":")[1] not in command and "basic-auth" not in command
+
+
+def _health(stack, node: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "worker", "health", "--node", node, "--timeout", str(timeout)],
+                          cwd=REPO_ROOT, env=stack.env(), capture_output=True, text=True, timeout=60)
+
+
+def test_health_passes_once_the_worker_has_preloaded(stack):
+    """Unhealthy while the pool child still builds its model (pings are answered before that), then healthy."""
+    stack_module.wait_until(lambda: _health(stack, "w1@%h").returncode == 0, 120, "w1 never became healthy")
+    assert _health(stack, "w1@%h").stdout == f"w1@{socket.gethostname()}: healthy\n"
+
+
+def test_health_fails_for_a_node_that_does_not_answer(stack):
+    done = _health(stack, "nobody@%h", timeout=1)
+    assert done.returncode == 1 and "did not answer a ping within 1 s" in done.stderr
+
+
+def test_health_fails_for_a_worker_whose_preload_failed(tmp_path):
+    """inception_v3's ImageNet weights cannot be found in an empty KERAS_HOME nor downloaded here."""
+    from celery import Celery
+
+    from worker import health
+
+    with LocalStack(results_dir=tmp_path / "results", preload="inception_v3", log_dir=tmp_path / "logs",
+                    redis_dir=tmp_path / "redis", extra_env={"KERAS_HOME": str(tmp_path / "empty-keras")}) as broken:
+        app = Celery(broker=broken.redis_url)
+        node = f"w1@{socket.gethostname()}"
+        stack_module.wait_until(lambda: health.read(app, node)["preload"] != health.STARTING, 120, "no preload report")
+        assert broken.processes["w1"].poll() is None, "the worker itself is up and answers pings"
+        done = _health(broken, "w1@%h")
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"{node} could not preload inception_v3: ")
+        assert "inception_v3_weights_tf_dim_ordering_tf_kernels.h5" in done.stderr
+
+
+def test_meta_json_records_the_featurevis_version(producer_api, stack):
+    import featurevis
+
+    result = producer_api.enqueue({"model": UNTRAINED, "conv_id": 0, "feature": 30, "iterations": 1, "seed": 3}).wait(
+        timeout=240)
+    assert ResultStore(stack.results_dir).read_meta(result["key"])["versions"]["featurevis"] == featurevis.__version__
+
+
+def test_fetch_weights_builds_each_model_once_and_names_what_is_missing(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "worker", "fetch-weights", "shapes_cnn", "inception_v3"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+                          env={**LocalStack(results_dir=tmp_path).env(), "KERAS_HOME": str(tmp_path / "keras")})
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0] == "shapes_cnn: weights in place"
+    [error] = done.stderr.strip().splitlines()[-1:]
+    assert error.startswith("error: model inception_v3: weights file inception_v3_weights_tf_dim_ordering_tf_kernels.h5")
+
+
+def test_wait_prints_the_pictures_address_under_results_url(stack, run_cli, monkeypatch):
+    """In compose the producer's RESULTS_DIR is a path inside its container; the results server is what users open."""
+    monkeypatch.setenv("RESULTS_URL", "http://127.0.0.1:8080/")
+    done = run_cli("enqueue", "--model", UNTRAINED, "--conv-id", "0", "--feature", "31", "--iterations", "1",
+                   "--seed", "4", "--wait")
+    assert done.returncode == 0, done.stderr
+    job_id, address = done.stdout.split()
+    assert address.startswith(f"http://127.0.0.1:8080/{UNTRAINED}/conv2d/feature_0031/{job_id}/")
+    assert (stack.results_dir / address.removeprefix("http://127.0.0.1:8080/")).is_file()

@@ -3,6 +3,8 @@
     python -m worker                   one worker (prefork, 1 process) in this process
     python -m worker --gpus 0,1        one worker per GPU, pinned: nodes gpu0@host, gpu1@host
     python -m worker --cpu-workers 2   two CPU workers (GPUs hidden): nodes cpu1@host, cpu2@host
+    python -m worker health --node gpu0@%h     exit 0 only if the node answers and its models preloaded
+    python -m worker fetch-weights inception_v3  put a model's weights in KERAS_HOME once, before workers start
 
 Reads REDIS_URL (default redis://127.0.0.1:6379/0) and RESULTS_DIR (default
 ./results). Prefork, not solo: solo hides running tasks from Flower and blocks
@@ -25,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument("--cpu-workers", type=int, help="start this many CPU-only worker processes")
     parser.add_argument("--hostname", default=None,
                         help="node name of a single worker (or of the one GPU given to --gpus), e.g. gpu1@%%h")
-    parser.add_argument("--concurrency", type=int, default=1, help="pool processes of a single worker (default 1)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="pool processes of a single worker (default 1, worker_concurrency in celeryconfig)")
     parser.add_argument("--loglevel", default="INFO")
     parser.add_argument("--preload", default=os.environ.get("FEATUREVIS_PRELOAD", ""),
                         help="comma-separated models to build when each pool process starts")
@@ -33,7 +36,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["health"]:
+        from worker import health
+
+        return health.main(argv[1:])
+    if argv[:1] == ["fetch-weights"]:
+        return _fetch_weights(argv[1:])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.concurrency is not None and (args.gpus or args.cpu_workers):
+        parser.error("--concurrency is for a single worker: --gpus and --cpu-workers run one process per member")
     if args.gpus:
         gpus = args.gpus.split(",")
         if len(gpus) == 1 and args.hostname:  # a container given one GPU sees it as 0, but keeps its name
@@ -45,11 +58,27 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from worker.app import app
 
-    worker_argv = ["worker", f"--loglevel={args.loglevel}", "--pool=prefork",
-                   f"--concurrency={args.concurrency}", "--task-events"]
+    worker_argv = ["worker", f"--loglevel={args.loglevel}", "--pool=prefork", "--task-events"]
+    if args.concurrency is not None:
+        worker_argv.append(f"--concurrency={args.concurrency}")
     if args.hostname:
         worker_argv.append(f"--hostname={args.hostname}")
     app.worker_main(worker_argv)
+    return 0
+
+
+def _fetch_weights(models: list[str]) -> int:
+    """Build each model once in this process, so its weights are downloaded into KERAS_HOME by one
+    process only: workers that share a cache and each download on first start race on the file."""
+    from worker import runtime
+
+    for name in models:
+        try:
+            runtime.factory().model(name)
+        except Exception as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"{name}: weights in place")
     return 0
 
 

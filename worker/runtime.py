@@ -4,7 +4,8 @@ The factory is made in `worker_process_init`, i.e. in the pool child after the f
 in the parent: TensorFlow state inherited across fork hangs the child on its
 first call. Models named in FEATUREVIS_PRELOAD (comma-separated) are built
 there too, so the first job does not wait for them; their build time is still
-reported, in the start-up log and in the first job's `timings.model_load_s`.
+reported, in the start-up log and in the first job's `timings.model_load_s`. How the preload
+went is reported for `python -m worker health` (worker/health.py).
 """
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import threading
 
 import redis
 from redis.exceptions import LockError
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_shutdown
 
+from featurevis import __version__ as FEATUREVIS_VERSION  # noqa: F401 (meta.json's versions)
 from featurevis.registry import Registry
+from worker import health
 from worker.app import app
 
 log = logging.getLogger(__name__)
@@ -24,16 +27,30 @@ _factory = None
 _redis = None
 
 
+@worker_init.connect
+def _starting(sender, **_):
+    """In the parent, before the pool forks: no child has preloaded yet."""
+    health.report(app, sender.hostname, health.STARTING)
+
+
+@worker_shutdown.connect
+def _stopping(sender, **_):
+    health.forget(app, sender.hostname)
+
+
 @worker_process_init.connect
-def _start(**_):
+def _start(sender, **_):
     _install_builtin_models()
     factory()
-    for name in filter(None, os.environ.get("FEATUREVIS_PRELOAD", "").split(",")):
+    errors = {}
+    for name in filter(None, (name.strip() for name in os.environ.get("FEATUREVIS_PRELOAD", "").split(","))):
         try:
-            loaded = factory().model(name.strip())
+            loaded = factory().model(name)
             log.info("preloaded model %s in %.2f s", name, loaded.build_s)
-        except Exception as error:  # a job on this model will report the reason
+        except Exception as error:  # a job on this model will report the reason; the health check does now
             log.warning("could not preload model %s: %s", name, error)
+            errors[name] = str(error)
+    health.report(app, sender, health.FAILED if errors else health.READY, errors)
 
 
 def _install_builtin_models() -> None:

@@ -234,7 +234,7 @@ def _meta(task, spec: JobSpec, info, steps: dict[str, list[float]], predictions:
         "timings": {**timings, "batch_size": batch_size},
         "worker": {"hostname": task.request.hostname or socket.gethostname(), "pid": os.getpid(),
                    "device": factory.device_name()},
-        "versions": {**factory.versions(), "celery": celery.__version__},
+        "versions": {**factory.versions(), "celery": celery.__version__, "featurevis": runtime.FEATUREVIS_VERSION},
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
 
