@@ -17,7 +17,6 @@ import redis
 from redis.exceptions import LockError
 from celery.signals import worker_init, worker_process_init, worker_shutdown
 
-from featurevis import __version__ as FEATUREVIS_VERSION  # noqa: F401 (meta.json's versions)
 from featurevis.registry import Registry
 from worker import health
 from worker.app import app

@@ -17,6 +17,7 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_success
 
+import featurevis
 from featurevis import contract, gallery, images, registry
 from featurevis.contract import JobSpec
 from featurevis.registry import LOGITS, ModelRefused, WeightsUnavailable
@@ -234,7 +235,7 @@ def _meta(task, spec: JobSpec, info, steps: dict[str, list[float]], predictions:
         "timings": {**timings, "batch_size": batch_size},
         "worker": {"hostname": task.request.hostname or socket.gethostname(), "pid": os.getpid(),
                    "device": factory.device_name()},
-        "versions": {**factory.versions(), "celery": celery.__version__, "featurevis": runtime.FEATUREVIS_VERSION},
+        "versions": {**factory.versions(), "celery": celery.__version__, "featurevis": featurevis.__version__},
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
 
