@@ -8,7 +8,13 @@ Measures, in one run on inception_v3_untrained at 299x299, and writes bench/resu
 3. enqueue to the start of the first iteration on a warm worker, p50 and p95 over 20 jobs;
 4. six features of one layer as one batched sweep against six separate jobs: `batched_6_speedup`;
 5. the worker process's RSS after 50 jobs over 10 layers, against after the first job on each;
-6. bf16 mixed precision against float32 on this CPU: speed, and how far the picture moves.
+6. bf16 mixed precision against float32 on this CPU: speed, and how far the picture moves;
+7. `job_efficiency`: a bare loop of only the objective's math (the compiled step, the same number of
+   iterations, nothing else) over the whole job as a client sees it (enqueue to SUCCESS), for the
+   default job at conv_id 5, 50, 93 and the logits, and shapes_cnn robust at 100 iterations;
+8. cold start: seconds from starting a worker process to its first result, with and without --preload.
+
+`--efficiency` runs parts 7 and 8 alone.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from featurevis.factory import ModelFactory, device_name  # noqa: E402
 from featurevis.optvis import objectives, param, render  # noqa: E402
@@ -35,8 +42,15 @@ from producer import Producer  # noqa: E402
 MODEL = "inception_v3_untrained"
 ITERATIONS = 30
 TARGETS = {"conv5": 5, "conv50": 50, "conv93": 93, "logits": None}
+# name -> (model, target, method, iterations, feature): the default job at each layer the tutorial bench uses.
+EFFICIENCY_JOBS = {"conv5": (MODEL, 5, "gradient_ascent", ITERATIONS, 1),
+                   "conv50": (MODEL, 50, "gradient_ascent", ITERATIONS, 1),
+                   "conv93": (MODEL, 93, "gradient_ascent", ITERATIONS, 1),
+                   "logits": (MODEL, None, "gradient_ascent", ITERATIONS, 1),
+                   "shapes_robust": ("shapes_cnn", None, "robust", 100, 3)}
 TARGETS_GOALS = {"speedup_vs_tutorial": {"conv5": 6.0, "logits": 1.8}, "service_over_bare": 1.05,
-                 "warm_start_latency_ms_p50": 50, "batched_6_speedup": 1.1, "rss_growth": 1.10}
+                 "warm_start_latency_ms_p50": 50, "batched_6_speedup": 1.1, "rss_growth": 1.10,
+                 "job_efficiency": 0.85}
 
 
 class Service:
@@ -47,11 +61,11 @@ class Service:
         self.store = ResultStore(stack.results_dir)
         self.seed = 1000
 
-    def job(self, conv_id, feature, iterations=ITERATIONS) -> tuple[float, dict]:
+    def job(self, conv_id, feature, iterations=ITERATIONS, model=MODEL, method="gradient_ascent") -> tuple[float, dict]:
         """Wall seconds from enqueue to result, and the job's meta. A fresh seed: never a cached result."""
         self.seed += 1
         began = time.perf_counter()
-        job = self.producer.enqueue({"model": MODEL, "conv_id": conv_id, "feature": feature,
+        job = self.producer.enqueue({"model": model, "conv_id": conv_id, "feature": feature, "method": method,
                                      "iterations": iterations, "seed": self.seed})
         result = job.result.get(timeout=900)  # pub/sub wake-up, no polling delay
         return time.perf_counter() - began, self.store.read_meta(result["key"])
@@ -165,12 +179,110 @@ def precision(conv_ids: list, iterations: int) -> dict:
     return rows
 
 
+def bare_loop_seconds(factory: ModelFactory, model: str, target, method: str, iterations: int, feature: int,
+                      repeats: int) -> float:
+    """Seconds for `iterations` calls of the job's compiled step and nothing else: the limit a job can reach."""
+    acquired = factory.acquire(model, target, method)
+    info = acquired.model.info
+    weights = tf.constant(objectives.weights_matrix([{feature: 1.0}], info.features_of(target)))
+    seeds = [1]
+
+    def loop() -> None:
+        if method == "robust":
+            state = render.RobustState.start(param.fft_spectrum_init(info.input_shape, seeds))
+            arguments = (weights, tf.constant(seeds, tf.int64), tf.constant(0.0))
+            for _ in range(iterations):
+                state, _ = acquired.step.fn(state, *arguments)
+            acquired.step.pixels(state.spectrum).numpy()
+        else:
+            images = tf.constant(param.batch(info.input_shape, seeds))
+            for _ in range(iterations):
+                images, _ = acquired.step.fn(images, weights)
+            images.numpy()
+
+    loop()
+    runs = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        loop()
+        runs.append(time.perf_counter() - began)
+    return statistics.median(runs)
+
+
+def job_efficiency(service: Service, factory: ModelFactory, repeats: int) -> dict:
+    """Bare loop over the whole job, enqueue to SUCCESS, on a warm worker (the layer's step already compiled)."""
+    rows = {}
+    for name, (model, target, method, iterations, feature) in EFFICIENCY_JOBS.items():
+        service.job(target, feature, iterations, model, method)  # compiles the step; later jobs are what users wait for
+        jobs = [service.job(target, feature, iterations, model, method) for _ in range(repeats)]
+        job_s = statistics.median(seconds for seconds, _ in jobs)
+        optimize_s = statistics.median(meta["timings"]["optimize_s"] for _, meta in jobs)
+        bare_s = bare_loop_seconds(factory, model, target, method, iterations, feature, repeats)
+        rows[name] = {"bare_s": bare_s, "job_s": job_s, "optimize_s": optimize_s, "efficiency": bare_s / job_s,
+                      "outside_optimize_s": job_s - optimize_s}
+        print(f"  {name:14s} bare {bare_s:6.3f} s  job {job_s:6.3f} s (optimize {optimize_s:6.3f} s)  "
+              f"efficiency {bare_s / job_s:5.3f}", flush=True)
+    return rows
+
+
+def cold_start(stack: LocalStack, service: Service) -> dict:
+    """Seconds from starting a worker process to its first result, with and without --preload.
+
+    The job is queued first, so the figure is what autoscaling from zero costs the first job: the
+    worker's start (TensorFlow's import), the model build, the step's first trace and the job itself.
+    """
+    stack.stop_process("w1")
+    rows = {}
+    for preload in ("", MODEL):
+        service.seed += 1
+        job = service.producer.enqueue({"model": MODEL, "conv_id": 5, "feature": 1, "iterations": ITERATIONS,
+                                        "seed": service.seed})
+        began = time.perf_counter()
+        stack.preload = preload
+        stack.start_worker("cold")
+        meta = service.store.read_meta(job.result.get(timeout=600)["key"])
+        seconds = time.perf_counter() - began
+        stack.stop_process("cold")
+        timings = meta["timings"]
+        rows["preload" if preload else "no_preload"] = {
+            "first_result_s": seconds, "model_load_s": timings["model_load_s"], "compile_s": timings["compile_s"],
+            "optimize_s": timings["optimize_s"]}
+        print(f"  {'--preload' if preload else 'no preload':11s} first result after {seconds:5.1f} s (model build "
+              f"{timings['model_load_s']:.1f} s, first trace {timings['compile_s']:.1f} s, "
+              f"job {timings['optimize_s']:.1f} s)", flush=True)
+    return rows
+
+
 def _rss_mb(pid: int) -> float:
     line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmRSS"))
     return int(line.split()[1]) / 1024
 
 
+def efficiency_only() -> int:
+    results = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as folder, \
+            LocalStack(results_dir=Path(folder) / "results", preload=MODEL, log_dir=Path(folder) / "logs") as stack:
+        service = Service(stack)
+        factory = ModelFactory()
+        results["device"] = device_name()
+        run_efficiency(results, stack, service, factory, repeats=3)
+    written = ROOT / "bench" / "results-efficiency.json"
+    written.write_text(json.dumps(results, indent=1) + "\n")
+    print_efficiency(results)
+    return 0
+
+
+def run_efficiency(results: dict, stack: LocalStack, service: Service, factory: ModelFactory, repeats: int) -> None:
+    print("7. job efficiency: bare loop of the step / the whole job, enqueue to SUCCESS", flush=True)
+    results["efficiency"] = job_efficiency(service, factory, repeats)
+    results["job_efficiency"] = {name: row["efficiency"] for name, row in results["efficiency"].items()}
+    print("8. cold start: a new worker's first result", flush=True)
+    results["cold_start"] = cold_start(stack, service)
+
+
 def main() -> int:
+    if "--efficiency" in sys.argv:
+        return efficiency_only()
     quick = "--quick" in sys.argv
     targets = {k: v for k, v in TARGETS.items() if not quick or k in ("conv5", "logits")}
     repeats = 1 if quick else 2
@@ -196,6 +308,7 @@ def main() -> int:
             print("5. memory: 50 jobs over 10 layers", flush=True)
             results["memory"] = memory(service, 3)
             results["rss_mb_after_50_jobs"] = results["memory"]["rss_mb_after_50_jobs"]
+            run_efficiency(results, stack, service, factory, repeats)
     if not quick:
         print("6. precision: bf16 mixed precision vs float32 (bare loop)", flush=True)
         results["precision"] = precision([5, 93, "logits"], ITERATIONS)
@@ -221,9 +334,21 @@ def print_table(r: dict) -> None:
         memory = r["memory"]
         print(f"| rss_mb_after_50_jobs (after first job per layer) | {memory['rss_mb_after_50_jobs']:.0f} "
               f"({memory['rss_mb_after_first_job_per_layer']:.0f}, x{memory['growth']:.3f}) | <= x1.10 |")
+    print_efficiency(r, header=False)
     for conv_id, row in r.get("precision", {}).items():
         print(f"| bf16 speedup, conv {conv_id} (picture correlation) | {row['bf16_speedup']:.2f} "
               f"({row['picture_correlation']:.3f}) | keep fp32 unless faster and the same picture |")
+
+
+def print_efficiency(r: dict, header: bool = True) -> None:
+    if header:
+        print("\n| measure | value | goal |\n|---|---|---|")
+    for name, row in r.get("efficiency", {}).items():
+        print(f"| job_efficiency.{name} (bare {row['bare_s']:.2f} s / job {row['job_s']:.2f} s) | "
+              f"{row['efficiency']:.3f} | >= {TARGETS_GOALS['job_efficiency']} |")
+    for name, row in r.get("cold_start", {}).items():
+        print(f"| cold start, {name.replace('_', ' ')}: worker start to first result | {row['first_result_s']:.1f} s "
+              f"(build {row['model_load_s']:.1f}, trace {row['compile_s']:.1f}, job {row['optimize_s']:.1f}) | |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """featurevis: activation maximization served by Celery workers.
 
 The package is split so that the producer side never loads TensorFlow:
-`catalog`, `contract`, `store`, `images` and `celeryconfig` are TF-free;
+`registry`, `contract`, `store`, `images`, `gallery`, `metrics` and `celeryconfig` are TF-free;
 `zoo`, `factory` and `optvis` are the TensorFlow side, imported only inside
 worker processes.
 """

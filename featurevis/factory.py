@@ -79,6 +79,10 @@ class ModelFactory:
 
     def model(self, name: str, version: str | None = None) -> LoadedModel:
         info = self.info(name, version)
+        if info.source.get("builtin") and info.sha256 != registry.builtin_description(name)["sha256"]:
+            raise registry.WeightsUnavailable(
+                f"model {name}: version {info.sha256[:12]} is another featurevis release's built-in; this worker "
+                f"serves {registry.builtin_description(name)['sha256'][:12]} (roll every worker to one release)")
         key = (info.name, info.sha256)
         if key in self._models:
             self._models.move_to_end(key)

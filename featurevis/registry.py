@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -41,6 +41,8 @@ LOGITS = "logits"
 NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
 DEFAULT_MAX_BYTES = 2 * 1024**3
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+REQUEST_FIELDS = ("name", "sha256", "source", "preprocess", "class_names")  # of featurevis.register_model
+WEIGHTS = ("imagenet", "none")  # a Keras Application's
 
 # How 0..255 pixels reach a network: pixels (after an RGB->BGR flip where `bgr`) * scale + offset, per channel.
 _TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -177,6 +179,16 @@ def check_name(name: object) -> str:
     return name
 
 
+def model_cache_dir() -> Path:
+    """Where a worker keeps its copies of model files from a remote (s3://) store."""
+    return Path(os.environ.get("FEATUREVIS_MODEL_CACHE", Path.home() / ".cache" / "featurevis" / "models"))
+
+
+def shipped_weights_file(architecture: str) -> Path:
+    """Where scripts/train_shapes.py writes an architecture's trained weights."""
+    return MODELS_DIR / f"{architecture}.weights.h5"
+
+
 def max_model_bytes() -> int:
     return int(os.environ.get("FEATUREVIS_MODEL_MAX_BYTES", DEFAULT_MAX_BYTES))
 
@@ -233,14 +245,12 @@ class Registry:
 
     def get(self, name: str, version: str | None = None) -> ModelInfo:
         """A registered model, at its current version or the one given; KeyError when there is none."""
-        current = self.current_version(name)
-        if version is None:
-            version = current
+        version = version or self.current_version(name)
         if version is None:
             raise KeyError(name)
         if name in BUILTINS and version == builtin_description(name)["sha256"]:
             return builtin_info(name)
-        return self._described(name, version)
+        return _cached_info(self, name, version)
 
     def current_version(self, name: str) -> str | None:
         record = self._read_json(self.key(name), CURRENT)
@@ -285,29 +295,40 @@ class Registry:
         key = self.key(name, version)
         if self.store.local:
             return Path(self.store.path(key, MODEL_FILE))
-        cache = Path(os.environ.get("FEATUREVIS_MODEL_CACHE", Path.home() / ".cache" / "featurevis" / "models"))
-        local = cache / name / version / MODEL_FILE
-        if not local.is_file():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=local.parent, delete=False) as handle:
-                handle.write(self.store.read_bytes(key, MODEL_FILE))
-            if version_of_file(handle.name) != version:
-                os.unlink(handle.name)
+        local = model_cache_dir() / name / version / MODEL_FILE
+        if local.is_file():
+            return local
+        remote = self.store.path(key, MODEL_FILE)
+        if self.store.fs.size(remote) > max_model_bytes():
+            raise ModelRefused(f"file: over the limit of {max_model_bytes()} bytes (FEATUREVIS_MODEL_MAX_BYTES)")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        temporary = local.parent / f".{MODEL_FILE}.{os.getpid()}.tmp"
+        try:
+            self.store.fs.get_file(remote, str(temporary))
+            if version_of_file(temporary) != version:
                 raise ModelRefused(f"file: the stored file of {name} does not match its version {version[:12]}")
-            os.replace(handle.name, local)
+            os.replace(temporary, local)
+        finally:
+            temporary.unlink(missing_ok=True)
         return local
 
     def remove_version(self, name: str, version: str) -> None:
-        """Take back an upload that was refused, unless that version was already published."""
+        """Take back an upload that was refused, unless that version was already published.
+
+        Its cached copy goes too. On a local store the name's folder goes where nothing else is
+        in it (rmdir refuses a folder another upload has just entered); S3 has no folders.
+        """
         if self.description(name, version) is not None:
             return
-        for key in (self.key(name, version), self.key(name)):  # the name too, where nothing else is under it
-            path = self.store.path(key)
-            if self.store.fs.exists(path) and (key != self.key(name) or not self.store.fs.ls(path)):
-                self.store.fs.rm(path, recursive=True)
-
-    def _described(self, name: str, version: str) -> ModelInfo:
-        return _cached_info(self, name, version)
+        path = self.store.path(self.key(name, version))
+        if self.store.fs.exists(path):
+            self.store.fs.rm(path, recursive=True)
+        shutil.rmtree(model_cache_dir() / name / version, ignore_errors=True)
+        if self.store.local:
+            try:
+                os.rmdir(self.store.path(self.key(name)))
+            except OSError:
+                pass  # not empty: other versions, or another upload
 
     def _read_json(self, key: str, file_name: str) -> dict | None:
         try:
@@ -338,7 +359,7 @@ def builtin_description(name: str) -> dict:
     recipe = {key: value for key, value in BUILTINS[name].items() if key != "description"}
     shipped = json.loads((MODELS_DIR / f"{BUILTINS[name]['description']}.json").read_text())
     if recipe["weights"] == "shipped":  # a retrained file is a new version
-        recipe["weights_sha256"] = version_of_file(MODELS_DIR / f"{recipe['architecture']}.weights.h5")
+        recipe["weights_sha256"] = version_of_file(shipped_weights_file(recipe["architecture"]))
     class_names = json.loads((MODELS_DIR / shipped.pop("class_names")).read_text())["names"]
     return {**shipped, "name": name, "sha256": version_of_recipe(recipe), "source": {**recipe, "builtin": True},
             "class_names": class_names}
@@ -352,9 +373,6 @@ def builtin_info(name: str) -> ModelInfo:
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-
-REQUEST_FIELDS = ("name", "sha256", "source", "preprocess", "class_names")
-WEIGHTS = ("imagenet", "none")
 
 
 def registration_request(fields: dict) -> dict:
@@ -385,6 +403,21 @@ def registration_request(fields: dict) -> dict:
         raise ModelRefused("class_names: must be null or a list of strings, one per class")
     return {"name": name, "sha256": version, "source": source, "preprocess": fields.get("preprocess"),
             "class_names": class_names}
+
+
+def changed_options(description: dict, request: dict) -> str | None:
+    """What a request for an already described version would change, or None.
+
+    A version is its file's hash, so the same file cannot be served two ways under one name:
+    settings given again must match (settings left out keep what was registered).
+    """
+    if request["preprocess"] is not None:
+        wanted = preprocess_from(request["preprocess"], description["input_shape"][-1]).as_dict()
+        if wanted != description["preprocess"]:
+            return f"preprocess {description['preprocess']['kind']}"
+    if request["class_names"] is not None and request["class_names"] != description["class_names"]:
+        return "other class names"
+    return None
 
 
 def application_recipe(app: object, weights: object, preprocess) -> dict:

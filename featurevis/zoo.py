@@ -124,11 +124,6 @@ def application_preprocess(name: str) -> str:
     return next((kind for family, kind in APPLICATION_PREPROCESS.items() if name.startswith(family)), "inception")
 
 
-def shipped_weights_file(architecture: str) -> Path:
-    """Where scripts/train_shapes.py writes an architecture's trained weights."""
-    return registry.MODELS_DIR / f"{architecture}.weights.h5"
-
-
 def keras_cache_dir() -> str:
     return os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
 
@@ -139,7 +134,7 @@ def build(info: ModelInfo, models: registry.Registry) -> keras.Model:
     if "keras_app" in source:
         return application(info.name, source["keras_app"], source["weights"])
     if "architecture" in source:
-        path = shipped_weights_file(source["architecture"])
+        path = registry.shipped_weights_file(source["architecture"])
         if not path.is_file():
             raise WeightsUnavailable(f"model {info.name}: weights file {path} is missing; "
                                      f"run scripts/train_shapes.py to write it")
@@ -312,6 +307,8 @@ def describe(model: keras.Model, name: str, version: str, source: dict, preproce
         layers.append(entry)
     if LOGITS in names:
         raise ModelRefused(f"file: a layer is named '{LOGITS}', which names the class target here; rename it")
+    if unsafe := [name for name in names if name in (".", "..") or "/" in name or "\\" in name]:
+        raise ModelRefused(f"file: layer name {unsafe[0]!r} cannot name a results folder; rename it")
     return {
         "name": name, "sha256": version, "source": source,
         "input_shape": [height, width, channels],

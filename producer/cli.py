@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from urllib.parse import quote
 
 from tqdm import tqdm
@@ -145,6 +146,8 @@ def _models(producer: Producer, args: argparse.Namespace) -> int:
         info = producer.model(args.name, args.version)
         print(json.dumps(info.description, indent=1) if args.json else _details(info))
     else:
+        if (args.offset and not args.scale) or (args.scale and args.preprocess):
+            raise ModelRefused("preprocess: give --preprocess, or --scale (with --offset if any), not both")
         preprocess = {"scale": args.scale, "offset": args.offset or [0.0]} if args.scale else args.preprocess
         verdict = producer.register_model(args.name, file=args.file, keras_app=args.keras_app, weights=args.weights,
                                           preprocess=preprocess, class_names=_class_names(args.class_names),
@@ -162,7 +165,7 @@ def _class_names(path: str | None) -> list[str] | None:
     if path is None:
         return None
     try:
-        text = open(path, encoding="utf-8").read()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ModelRefused(f"class_names: cannot read {path}: {error.strerror}") from None
     try:

@@ -100,23 +100,24 @@ class Producer:
         already the name's current version returns at once and queues nothing.
         """
         request = self._registration(name, file, keras_app, weights, preprocess, class_names)
-        models = self.registry
-        if models.current_version(name) == request["sha256"] and models.description(name, request["sha256"]):
-            return {"name": name, "sha256": request["sha256"], "registered": True, "already": True}
+        models, version = self.registry, request["sha256"]
+        described = models.description(name, version)
+        if described is not None:
+            if changed := registry.changed_options(described, request):
+                raise ModelRefused(f"request: this file is registered as {name} with {changed}; register it under "
+                                   f"another name to serve it differently")
+            if models.current_version(name) == version:
+                return {"name": name, "sha256": version, "registered": True, "already": True}
         self._check_broker()
-        if file is not None:
-            models.store.put(models.key(name, request["sha256"]), registry.MODEL_FILE, Path(file).read_bytes())
-        task_id = f"register-{name}-{request['sha256'][:16]}"
-        previous = self.app.AsyncResult(task_id)
-        if previous.state in states.READY_STATES:
-            previous.forget()
-        result = self.app.send_task("featurevis.register_model", kwargs=request, task_id=task_id)
+        if file is not None and described is None:
+            models.store.put(models.key(name, version), registry.MODEL_FILE, Path(file).read_bytes())
+        result = self.app.send_task("featurevis.register_model", kwargs=request)
         if not wait:
-            return {"name": name, "sha256": request["sha256"], "registered": None, "task_id": task_id}
+            return {"name": name, "sha256": version, "registered": None, "task_id": result.id}
         try:
             verdict = result.get(timeout=timeout)
         except CeleryTimeout:
-            raise TimeoutError(f"no worker gave a verdict on {name} within {timeout} s (task {task_id})") from None
+            raise TimeoutError(f"no worker gave a verdict on {name} within {timeout} s (task {result.id})") from None
         except ModelRefused:
             raise
         except Exception as error:  # noqa: BLE001 - any other failure of the task refuses the model too
@@ -129,6 +130,8 @@ class Producer:
 
     def model(self, name: str, version: str | None = None) -> registry.ModelInfo:
         """One registered model's description; ModelRefused when there is none."""
+        if version is not None and not registry.SHA256.fullmatch(version):
+            raise ModelRefused(f"version: must be a registered sha256, 64 lowercase hex digits, got {version[:70]!r}")
         try:
             return self.registry.get(registry.check_name(name), version)
         except KeyError:

@@ -132,7 +132,7 @@ def main() -> None:
         started = time.perf_counter()
         model = train(architecture, recipe)
         score = accuracy(architecture, model, eval_images, eval_labels)
-        weights = zoo.shipped_weights_file(architecture)
+        weights = registry.shipped_weights_file(architecture)
         model.save_weights(weights)
         print(f"wrote {weights} ({weights.stat().st_size / 1e6:.2f} MB)")
         write_json(registry.MODELS_DIR / f"{architecture}.json", {

@@ -60,13 +60,14 @@ def test_progress_is_visible_while_a_job_runs(producer_api):
 
 
 def test_a_second_job_on_the_same_layer_builds_nothing(stack, producer_api):
-    first = producer_api.enqueue({"model": UNTRAINED, "conv_id": 7, "feature": 1, "iterations": 2, "seed": 1}).wait(timeout=240)
-    second = producer_api.enqueue({"model": UNTRAINED, "conv_id": 7, "feature": 2, "iterations": 2, "seed": 1}).wait(timeout=240)
+    # mixed7 (a Concatenate, not a Conv2D) is a layer no other test uses, so its first job compiles.
+    first = producer_api.enqueue({"model": UNTRAINED, "layer": "mixed7", "feature": 1, "iterations": 2, "seed": 1}).wait(timeout=240)
+    second = producer_api.enqueue({"model": UNTRAINED, "layer": "mixed7", "feature": 2, "iterations": 2, "seed": 1}).wait(timeout=240)
     before, after = _meta(stack, first["key"]), _meta(stack, second["key"])
-    assert before["timings"]["compile_s"] > 0
+    assert before["timings"]["compile_s"] > 0 and before["layer_type"] == "Concatenate"
     assert after["timings"]["compile_s"] == 0 and after["timings"]["model_load_s"] == 0
     assert after["factory"]["steps_built"] == before["factory"]["steps_built"]
-    assert after["factory"]["models_built"] == before["factory"]["models_built"] == 1
+    assert after["factory"]["models_built"] == before["factory"]["models_built"]
     assert after["factory"]["step_traces"] == 1
     assert after["worker"]["pid"] == before["worker"]["pid"]
 

@@ -58,6 +58,10 @@ MODELS = {
     "gray28": (_grayscale, ("conv_b", 2), ("pool", 4), 3),
     "dw-add": (_depthwise, ("stem", 1), ("sum", 2), 2),
 }
+# What meta.json must say of each target: (conv_id, layer type) of the Conv2D and the other layer.
+EXPECTED = {"fn-cnn": ((1, "Conv2D"), (None, "Activation")), "gray28": ((1, "Conv2D"), (None, "MaxPooling2D")),
+            "dw-add": ((0, "Conv2D"), (None, "Add"))}
+CLASS_NAMES = ["ant", "bee", "cat", "dog", "eel"]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,7 @@ def saved(tmp_path_factory) -> dict:
 def registered(saved, run_cli, tmp_path_factory) -> dict:
     """Each test model registered through the CLI; name -> its version."""
     names = tmp_path_factory.mktemp("classes") / "names.txt"
-    names.write_text("ant\nbee\ncat\ndog\neel\n")
+    names.write_text("\n".join(CLASS_NAMES) + "\n")
     versions = {}
     for name in MODELS:
         extra = ["--class-names", str(names)] if name == "fn-cnn" else []
@@ -102,11 +106,14 @@ def test_both_methods_climb_a_conv2d_channel_another_layer_and_a_class(stack, pr
         assert meta["loss"][-1] > meta["loss"][1], (target, meta["loss"])
         if target == "class":
             assert meta["layer_name"] == "logits" and meta["layer_type"] == "Dense (pre-activation)"
-            assert meta["feature"] == (BEE if wanted == "bee" else wanted)
-            assert meta["predictions"][-1]["class_name"] == info.class_names[meta["predictions"][-1]["class_id"]]
+            assert meta["feature"] == (BEE if wanted == "bee" else wanted) and meta["conv_id"] is None
+            predicted = meta["predictions"][-1]
+            if name == "fn-cnn":
+                assert predicted["class_name"] == CLASS_NAMES[predicted["class_id"]]
         else:
-            assert meta["layer_type"] == ("Conv2D" if target == "conv" else info.layer(other).type)
-            assert meta["conv_id"] == info.layer(meta["layer_name"]).conv_id
+            expected = EXPECTED[name][0 if target == "conv" else 1]
+            assert (meta["conv_id"], meta["layer_type"]) == expected
+            assert meta["layer_name"] == (conv if target == "conv" else other)
         pixels = np.load(stack.results_dir / result["array"])
         assert pixels.shape == info.input_shape and 0 <= pixels.min() <= pixels.max() <= 255
         picture = Image.open(stack.results_dir / result["image"])
@@ -150,6 +157,16 @@ def test_registering_the_same_file_twice_queues_nothing(stack, run_cli, saved, r
     assert again.stdout.split() == ["fn-cnn", registered["fn-cnn"]]
 
 
+def test_the_same_file_cannot_be_served_two_ways_under_one_name(stack, run_cli, producer_api, saved, registered):
+    for options, changed in ((["--preprocess", "inception"], "preprocess unit"), (["--class-names", "/dev/null"],
+                                                                                   "other class names")):
+        done = run_cli("models", "register", "gray28", "--file", str(saved["gray28"]), *options)
+        assert done.returncode == 2
+        assert done.stderr.strip() == f"error: request: this file is registered as gray28 with {changed}; register " \
+                                      f"it under another name to serve it differently"
+    assert producer_api.model("gray28").preprocess.kind == "unit"
+
+
 def test_a_changed_model_gets_new_job_ids_and_old_results_stay(stack, producer_api, run_cli, saved, registered):
     job = {"model": "fn-cnn", "layer": "features", "feature": 3, "iterations": 4, "seed": 2}
     before = producer_api.enqueue(job).wait(timeout=240)
@@ -160,9 +177,14 @@ def test_a_changed_model_gets_new_job_ids_and_old_results_stay(stack, producer_a
     after = producer_api.enqueue(job).wait(timeout=240)
     assert after["job_id"] != before["job_id"] and after["cached"] is False
     assert (stack.results_dir / before["meta"]).is_file()  # the old version's result is left alone
-    # A job pinned to the old version still names it, and is the old job.
+    # A job pinned to the old version is the old job, and a new one pinned to it runs on the old file.
     pinned = normalize({**job, "model_sha256": registered["fn-cnn"]}, models=producer_api.registry)
     assert pinned.job_id == before["job_id"]
+    old = producer_api.enqueue({**job, "seed": 3, "model_sha256": registered["fn-cnn"]}).wait(timeout=240)
+    new = producer_api.enqueue({**job, "seed": 3}).wait(timeout=240)
+    old_meta, new_meta = (json.loads((stack.results_dir / r["meta"]).read_text()) for r in (old, new))
+    assert (old_meta["model_sha256"], new_meta["model_sha256"]) == (registered["fn-cnn"], version)
+    assert old_meta["loss"][0] != new_meta["loss"][0]  # other weights, another climb from the same start
     restored = run_cli("models", "register", "fn-cnn", "--file", str(saved["fn-cnn"]))
     assert restored.returncode == 0 and restored.stdout.split()[1] == registered["fn-cnn"]
 
@@ -203,20 +225,20 @@ class Doubling(keras.layers.Layer):
 
 
 REFUSALS = [
-    ("text", [], "file: is not a valid .keras file"),
-    ("truncated", [], "file: is not a valid .keras file"),
-    ("lambda", [], "file: has a Lambda layer, whose code Keras' safe_mode refuses to run"),
-    ("flat", [], "file: the model must take one image input, (batch, height, width, channels)"),
-    ("no-maps", [], "file: no layer outputs (batch, height, width, channels); nothing to visualize"),
-    ("custom", [], "file: uses "),
+    ("text", "file: is not a valid .keras file"),
+    ("truncated", "file: is not a valid .keras file"),
+    ("lambda", "file: has a Lambda layer, whose code Keras' safe_mode refuses to run"),
+    ("flat", "file: the model must take one image input, (batch, height, width, channels)"),
+    ("no-maps", "file: no layer outputs (batch, height, width, channels); nothing to visualize"),
+    ("custom", "file: uses "),
 ]
 
 
-@pytest.mark.parametrize("kind,extra,message", REFUSALS)
-def test_bad_model_files_are_refused_in_one_line_and_leave_no_trace(stack, run_cli, tmp_path, kind, extra, message):
+@pytest.mark.parametrize("kind,message", REFUSALS)
+def test_bad_model_files_are_refused_in_one_line_and_leave_no_trace(stack, run_cli, tmp_path, kind, message):
     path = _bad_files(tmp_path)[kind]
     name = f"bad-{kind}"
-    done = run_cli("models", "register", name, "--file", str(path), *extra)
+    done = run_cli("models", "register", name, "--file", str(path))
     assert done.returncode == 2
     assert done.stderr.strip().startswith(f"error: {message}") and len(done.stderr.strip().splitlines()) == 1
     assert not (stack.results_dir / "models" / name).exists()  # the upload was taken back

@@ -59,7 +59,7 @@ def test_accuracy_on_fresh_samples(factory, name):
 
 def test_missing_weights_are_one_line_naming_the_file(monkeypatch, tmp_path):
     missing = tmp_path / "shapes_cnn.weights.h5"
-    monkeypatch.setattr(zoo, "shipped_weights_file", lambda architecture: missing)
+    monkeypatch.setattr(registry, "shipped_weights_file", lambda architecture: missing)
     with pytest.raises(WeightsUnavailable) as caught:
         zoo.build(registry.builtin_info("shapes_cnn"), registry.Registry.from_env())
     message = str(caught.value)

@@ -78,10 +78,9 @@ def register_model(self, **fields) -> dict:
         except ModelRefused:
             models.remove_version(name, version)
             raise
-    elif request["preprocess"] is not None and description["preprocess"] != registry.preprocess_from(
-            request["preprocess"], description["input_shape"][-1]).as_dict():
-        raise ModelRefused(f"preprocess: this file is registered as {name} with preprocess "
-                           f"{description['preprocess']['kind']}; register it under another name to change it")
+    elif changed := registry.changed_options(description, request):
+        raise ModelRefused(f"request: this file is registered as {name} with {changed}; register it under "
+                           f"another name to serve it differently")
     models.publish(description)
     return registration_summary(description)
 
@@ -93,13 +92,19 @@ def registration_summary(description: dict) -> dict:
 
 
 def _describe_safely(request: dict) -> dict:
-    """factory.describe, with TensorFlow's exceptions as plain ones (see _render_safely) and unknown ones as refusals."""
+    """factory.describe, with what a malformed model makes Keras raise as a refusal.
+
+    Anything else (no memory, the store unreachable, the time limit) is not the model's
+    fault: it fails the task as a plain error and the upload stays for a retry.
+    """
     try:
         return runtime.factory().describe(request)
-    except ModelRefused:
+    except (ModelRefused, SoftTimeLimitExceeded):
         raise
-    except Exception as error:  # noqa: BLE001 - whatever a bad model makes Keras raise, it is the model's fault
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
         raise ModelRefused(f"file: {type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
+    except Exception as error:
+        raise RuntimeError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
 
 
 @task_success.connect
@@ -121,7 +126,7 @@ def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) 
     except SoftTimeLimitExceeded:
         raise TimeoutError(f"job exceeded its time limit of {app.conf.task_soft_time_limit} s "
                            f"(FEATUREVIS_SOFT_TIME_LIMIT); ask for fewer iterations") from None
-    except WeightsUnavailable:
+    except (WeightsUnavailable, ModelRefused):
         raise
     except Exception as error:
         if type(error).__module__ == "builtins":
