@@ -49,7 +49,7 @@ class Compiled:
     """What is compiled once per (model, layer, method): the step, and the probe quality scores read."""
 
     step: render.CompiledStep
-    probe: Callable
+    probe: quality.Probe
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Acquired:
 
     model: LoadedModel
     step: render.CompiledStep
-    probe: Callable
+    probe: quality.Probe
     model_load_s: float
     compile_s: float
 

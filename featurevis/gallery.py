@@ -24,6 +24,7 @@ import math
 import os
 import re
 import sys
+import threading
 from collections import defaultdict
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -76,6 +77,34 @@ def try_rebuild(store: ResultStore) -> str | None:
     except Exception:  # noqa: BLE001 - best effort by design
         log.warning("could not rebuild the gallery at %s", store.locate("", INDEX), exc_info=True)
         return None
+
+
+class BackgroundRebuild:
+    """Rebuilds the page in a thread of its own, one rebuild at a time, requests made meanwhile folded into one.
+
+    A worker asks after every job: in its own thread the rescan would hold up the
+    next job (the scan grows with the store), so the page trails the answer by a
+    moment instead. The thread is a daemon: a worker that exits mid-rebuild leaves
+    the previous page whole, and its next job's rebuild lists everything.
+    """
+
+    def __init__(self):
+        self._wanted = threading.Event()
+        self._store: ResultStore | None = None
+        self._thread: threading.Thread | None = None
+
+    def request(self, store: ResultStore) -> None:
+        self._store = store
+        self._wanted.set()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="gallery", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            try_rebuild(self._store)
 
 
 def _scan(store: ResultStore) -> tuple[list[tuple[tuple, dict]], list[tuple[tuple, dict]]]:

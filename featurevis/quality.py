@@ -14,7 +14,8 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from functools import lru_cache
+from typing import Callable, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -29,7 +30,15 @@ def held_out(size: int) -> transform.Robustness:
     return transform.Robustness(pad=0.0, jitter=size / 16, scale=(0.8, 1.2), degrees=15.0, jitter_after=0.0)
 
 
-def scores(probe: Callable, images: np.ndarray, weights: np.ndarray, probabilities: np.ndarray | None,
+class Probe(NamedTuple):
+    """The compiled passes scores take: `features(images)` -> (per-feature values, diversity), and
+    `held_out(images)` -> per-feature values at the images, then at each of SAMPLES held-out moves."""
+
+    features: Callable
+    held_out: Callable
+
+
+def scores(probe: Probe, images: np.ndarray, weights: np.ndarray, probabilities: np.ndarray | None,
            classes: bool, judge: tuple[str, Callable] | None = None) -> list[dict]:
     """One dict of scores per image.
 
@@ -37,12 +46,11 @@ def scores(probe: Callable, images: np.ndarray, weights: np.ndarray, probabiliti
     whether those are the class logits; `probabilities` are the model's class
     probabilities at the images (the job's last prediction).
     """
-    batch, size = images.shape[0], max(images.shape[1:3])
-    at_image = probe(images)[0].numpy()
+    batch = images.shape[0]
+    features = probe.held_out(tf.constant(images)).numpy()
+    at_image = features[:batch]
     objective = (at_image * weights).sum(axis=1)
-    moved = np.mean([(probe(transform.standard(tf.constant(images), tf.fill([batch], HELD_OUT_SEED + sample),
-                                               tf.constant(sample), held_out(size)))[0].numpy() * weights).sum(axis=1)
-                     for sample in range(SAMPLES)], axis=0)
+    moved = (features[batch:].reshape(SAMPLES, batch, -1) * weights).sum(axis=2).mean(axis=0)
     main = weights.argmax(axis=1)  # the most weighted feature stands for the job
     rows = []
     for b in range(batch):
@@ -68,22 +76,40 @@ def gram_similarity(probe: Callable, images: np.ndarray) -> float:
     1: the same style everywhere; lucid's diversity term pushes it down.
     """
     count = len(images)
-    return float(probe(images)[1].numpy().mean() * count / (count - 1))
+    return float(probe.features(images)[1].numpy().mean() * count / (count - 1))
 
 
 def _ratio(moved: float, at_image: float) -> float:
     return float(moved / at_image) if abs(at_image) > 1e-12 else 0.0
 
 
-def feature_probe(network, preprocess: Callable, image_shape: tuple[int, int, int]) -> Callable:
-    """The target layer's per-feature values (channel means, or logits) and each image's
-    objectives.diversity in the batch (on the layer the step compares), compiled once per layer."""
+def feature_probe(network, preprocess: Callable, image_shape: tuple[int, int, int]) -> Probe:
+    """The target layer's per-feature values (channel means, or logits), compiled once per layer:
+    with each image's objectives.diversity in the batch (on the layer the step compares), and at the
+    images and their held-out moves in one pass (the network is traced once, for both)."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
-    def probe(images):
+    def features(images):
         outputs, style = objectives.target_and_style(network(preprocess(images), training=False))
-        features = outputs if len(outputs.shape) == 2 else tf.reduce_mean(outputs, axis=[1, 2])
-        return features, objectives.diversity(style)
+        values = outputs if len(outputs.shape) == 2 else tf.reduce_mean(outputs, axis=[1, 2])
+        return values, objectives.diversity(style)
 
-    probe(tf.zeros([1, *image_shape]))
-    return probe
+    features(tf.zeros([1, *image_shape]))
+    with_moves = _with_held_out_moves(tuple(image_shape))
+    return Probe(features, lambda images: features(with_moves(images))[0])
+
+
+@lru_cache(maxsize=None)
+def _with_held_out_moves(image_shape: tuple[int, int, int]) -> Callable:
+    """Images followed by their SAMPLES held-out moves, drawn in a graph (eager, the draws cost a third of
+    the scoring); traced once per image shape, so a model's later layers pay nothing for it."""
+    moves = held_out(max(image_shape[:2]))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
+    def with_moves(images):
+        batch = tf.shape(images)[0]
+        return tf.concat([images] + [transform.standard(images, tf.fill([batch], HELD_OUT_SEED + sample),
+                                                        tf.constant(sample), moves) for sample in range(SAMPLES)], 0)
+
+    with_moves(tf.zeros([1, *image_shape]))
+    return with_moves

@@ -97,11 +97,25 @@ def test_frames_for_an_animation(conv5):
     np.testing.assert_array_equal(ascent.frames[-1], ascent.images)
 
 
-def test_predictions_come_every_ten_iterations_and_at_the_end(conv5):
-    ascent = render.ascend(conv5.step, param.batch(SHAPE, [1, 2]), one_hot([1, 2]), 23, classify=conv5.model.classify)
+def test_predictions_come_when_the_cadence_says_and_always_at_the_end(conv5):
+    every_ten = render.Cadence(predict_every=10)
+    ascent = render.ascend(conv5.step, param.batch(SHAPE, [1, 2]), one_hot([1, 2]), 23, classify=conv5.model.classify,
+                           cadence=every_ten)
     assert [p.iteration for p in ascent.predictions] == [10, 20, 23]
     assert ascent.predictions[-1].probabilities.shape == (2, 1000)
     np.testing.assert_allclose(ascent.predictions[-1].probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    none_on_the_way = render.ascend(conv5.step, param.batch(SHAPE, [1]), one_hot([1]), 12,
+                                    classify=conv5.model.classify, cadence=render.Cadence(budget=0.0))
+    assert [p.iteration for p in none_on_the_way.predictions] == [12]
+    assert conv5.model.classify.cost_s > 0
+
+
+def test_progress_gets_the_figures_of_its_iteration_and_the_history_all_of_them(conv5):
+    seen = []
+    ascent = render.ascend(conv5.step, param.batch(SHAPE, [4]), one_hot([3]), 6, on_progress=lambda *call: seen.append(call),
+                           cadence=render.Cadence(progress_s=0.0))
+    assert [done for done, _, _ in seen] == [1, 2, 3, 4, 5, 6]
+    assert [float(stats.loss[0]) for _, stats, _ in seen] == [float(stats.loss[0]) for stats in ascent.history]
 
 
 def test_a_second_job_on_a_layer_builds_nothing(factory, conv5):

@@ -166,14 +166,14 @@ def test_batching_never_changes_a_robust_image(channel_step):
     np.testing.assert_allclose(batched[1], alone[0], atol=0.05)
 
 
-def test_robust_predictions_come_every_ten_iterations_and_at_the_end(tiny, channel_step):
+def test_robust_predictions_come_when_the_cadence_says_and_at_the_end(tiny, channel_step):
     classify = render.classifier(tiny[1], preprocess, SHAPE)
     seen = []
     ascent = render.ascend_robust(channel_step, param.fft_spectrum_init(SHAPE, [1]), one_hot_rows([1], CHANNELS),
-                                  12, [1], classify=classify,
-                                  on_iteration=lambda done, stats, predicted: seen.append((done, predicted)))
+                                  12, [1], classify=classify, cadence=render.Cadence(predict_every=10),
+                                  on_progress=lambda done, stats, predicted: seen.append((done, predicted)))
     assert [p.iteration for p in ascent.predictions] == [10, 12]
-    assert [done for done, predicted in seen if predicted is not None] == [10, 12] and len(seen) == 12
+    assert [done for done, predicted in seen if predicted is not None] == [10, 12] and seen[-1][0] == 12
     np.testing.assert_allclose(ascent.predictions[-1].probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 

@@ -109,9 +109,12 @@ def _describe_safely(request: dict) -> dict:
 
 @task_success.connect
 def _refresh_gallery(sender=None, result=None, **_) -> None:
-    """Rebuild index.html once a job's result is published, so the page never delays an answer."""
+    """Rebuild index.html once a job's result is published, in the background: no answer and no next job waits."""
     if sender is not None and sender.name in (optimize.name, sweep.name) and not result.get("cached"):
-        gallery.try_rebuild(ResultStore.from_env())
+        _gallery.request(ResultStore.from_env())
+
+
+_gallery = gallery.BackgroundRebuild()
 
 
 def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[dict]:
@@ -152,7 +155,7 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
     latest: dict | None = None
     started, started_at = time.perf_counter(), time.time()
 
-    def on_iteration(done: int, stats: render.StepStats, predicted: render.Prediction | None) -> None:
+    def on_progress(done: int, stats: render.StepStats, predicted: render.Prediction | None) -> None:
         nonlocal latest
         if predicted is not None:
             latest = _top_class(predicted, 0, class_names)
@@ -166,7 +169,7 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
     frame_every = max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0
     diverse = {"diversity": first.diversity} if first.images > 1 else {}  # only a set has images to push apart
     ascent = render.optimize(first.method, acquired.step, info.input_shape, seeds, weights, first.iterations,
-                             classify=acquired.model.classify, on_iteration=on_iteration, frame_every=frame_every,
+                             classify=acquired.model.classify, on_progress=on_progress, frame_every=frame_every,
                              **diverse)
     timings = {"model_load_s": acquired.model_load_s, "compile_s": acquired.compile_s,
                "optimize_s": time.perf_counter() - started, "started_at": started_at}

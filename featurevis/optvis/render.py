@@ -1,6 +1,8 @@
 """The render loop: compiled steps (the tutorial's, and lucid's robust one) and the loop that drives them."""
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -161,15 +163,29 @@ def _adam_ascent(state: RobustState, grads: tf.Tensor, learning_rate: float,
     return RobustState(state.spectrum + learning_rate * m_hat / (tf.sqrt(v_hat) + epsilon), m, v, updates)
 
 
-def classifier(model: keras.Model, preprocess: Callable, image_shape: tuple[int, int, int]) -> Callable:
-    """Softmax class probabilities of the full model, compiled once per model."""
+@dataclass(frozen=True)
+class Classifier:
+    """Softmax class probabilities of the full model, and what one call costs (it sets how often a job asks)."""
+
+    fn: Callable[[tf.Tensor], tf.Tensor]
+    cost_s: float
+
+    def __call__(self, images) -> tf.Tensor:
+        return self.fn(images)
+
+
+def classifier(model: keras.Model, preprocess: Callable, image_shape: tuple[int, int, int]) -> Classifier:
+    """The model's classifier, compiled once per model; traced, optimized and timed here, not in a job."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
     def classify(images):
         return tf.nn.softmax(model(preprocess(images), training=False))
 
-    classify(tf.zeros([1, *image_shape]))  # traced and optimized with the model, not in the middle of a job
-    return classify
+    blank = tf.zeros([1, *image_shape])
+    classify(blank).numpy()
+    started = time.perf_counter()
+    classify(blank).numpy()
+    return Classifier(classify, time.perf_counter() - started)
 
 
 class Prediction(NamedTuple):
@@ -186,22 +202,49 @@ class Ascent(NamedTuple):
     frames: list[np.ndarray] = []  # batch images every `frame_every` iterations, when asked for
 
 
-IterationCallback = Callable[[int, StepStats, "Prediction | None"], None]
-PREDICT_EVERY = 10
+ProgressCallback = Callable[[int, StepStats, "Prediction | None"], None]
+# The share of the job's time that predictions while it runs may cost (the one at the end is always made).
+PREDICTION_BUDGET = float(os.environ.get("FEATUREVIS_PREDICTION_BUDGET", "0.02"))
+PROGRESS_SECONDS = 0.25  # how often the loop fetches figures for progress: Redis is written no more often
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When the loop looks up from the device: progress every `progress_s`, predictions by a budget.
+
+    A prediction runs the full network, so predicting every iteration (as the
+    tutorial's session.run did) would throw away what truncating the model saves.
+    By default one is made whenever the job has run cost/budget seconds since
+    the last and has at least as long still to run (the final prediction comes
+    soon enough otherwise), so predictions cost at most `budget` of the job;
+    `predict_every` fixes the interval in iterations instead.
+    """
+
+    progress_s: float = PROGRESS_SECONDS
+    budget: float = PREDICTION_BUDGET
+    predict_every: int | None = None
+
+    def predict_now(self, done: int, iterations: int, since_last_s: float, elapsed_s: float,
+                    classify: Classifier) -> bool:
+        if self.predict_every:
+            return done % self.predict_every == 0
+        interval = classify.cost_s / self.budget if self.budget > 0 else float("inf")
+        return since_last_s >= interval and elapsed_s / done * (iterations - done) >= interval
 
 
 def ascend(step: CompiledStep, images: np.ndarray, weights: np.ndarray, iterations: int,
-           classify: Callable | None = None, on_iteration: IterationCallback | None = None,
-           frame_every: int = 0) -> Ascent:
+           classify: Classifier | None = None, on_progress: ProgressCallback | None = None,
+           frame_every: int = 0, cadence: Cadence = Cadence()) -> Ascent:
     """Run the tutorial's step `iterations` times from `images`; image b climbs sum_c weights[b, c] * feature c."""
     weight_tensor = tf.constant(weights, tf.float32)
     return _climb(lambda current: step.fn(current, weight_tensor), tf.convert_to_tensor(images, tf.float32),
-                  tf.identity, iterations, classify, on_iteration, frame_every)
+                  tf.identity, iterations, classify, on_progress, frame_every, cadence)
 
 
 def ascend_robust(step: RobustStep, spectrum: np.ndarray, weights: np.ndarray, iterations: int, seeds: list[int],
-                  diversity: float = 0.0, classify: Callable | None = None,
-                  on_iteration: IterationCallback | None = None, frame_every: int = 0) -> Ascent:
+                  diversity: float = 0.0, classify: Classifier | None = None,
+                  on_progress: ProgressCallback | None = None, frame_every: int = 0,
+                  cadence: Cadence = Cadence()) -> Ascent:
     """Run the robust step `iterations` times from `spectrum` (param.fft_spectrum_init of the same seeds).
 
     Image b maximizes the sum over c of weights[b, c] * feature c, minus
@@ -210,7 +253,7 @@ def ascend_robust(step: RobustStep, spectrum: np.ndarray, weights: np.ndarray, i
     """
     arguments = (tf.constant(weights, tf.float32), tf.constant(seeds, tf.int64), tf.constant(diversity, tf.float32))
     return _climb(lambda state: step.fn(state, *arguments), RobustState.start(spectrum),
-                  lambda state: step.pixels(state.spectrum), iterations, classify, on_iteration, frame_every)
+                  lambda state: step.pixels(state.spectrum), iterations, classify, on_progress, frame_every, cadence)
 
 
 # Each method: how its compiled step is built, and how a job runs it from its seeds.
@@ -225,24 +268,36 @@ def optimize(method: str, step: CompiledStep, shape: tuple[int, int, int], seeds
     return ascend(step, param.batch(shape, seeds), weights, iterations, **options)
 
 
-def _climb(advance: Callable, state, pixels: Callable, iterations: int, classify: Callable | None,
-           on_iteration: IterationCallback | None, frame_every: int) -> Ascent:
-    """Advance `state` `iterations` times, classifying its pixels every PREDICT_EVERY iterations and at the end.
+def _climb(advance: Callable, state, pixels: Callable, iterations: int, classify: Classifier | None,
+           on_progress: ProgressCallback | None, frame_every: int, cadence: Cadence) -> Ascent:
+    """Advance `state` `iterations` times; classify its pixels when the cadence says and at the end.
 
-    Classifying runs the full network, so doing it every step (as the tutorial's
-    session.run did) would throw away what truncating the model saves. With
-    `frame_every`, the pixels of every that-many iterations are kept, for an animation.
+    The step's figures stay on the device until progress is due, and all of
+    them come back in one go at the end: a GPU is never made to wait for the
+    host between steps. With `frame_every`, the pixels of every that-many
+    iterations are kept, for an animation.
     """
     history, predictions, frames = [], [], []
+    started = last_progress = last_prediction = time.perf_counter()
     for done in range(1, iterations + 1):
         state, stats = advance(state)
-        history.append(StepStats(*(value.numpy() for value in stats)))
-        predicted = None
-        if classify is not None and (done % PREDICT_EVERY == 0 or done == iterations):
+        history.append(stats)
+        final, predicted = done == iterations, None
+        now = time.perf_counter()
+        if classify is not None and (final or cadence.predict_now(done, iterations, now - last_prediction,
+                                                                  now - started, classify)):
             predicted = Prediction(done, classify(pixels(state)).numpy())
             predictions.append(predicted)
-        if frame_every and (done % frame_every == 0 or done == iterations):
+            last_prediction = time.perf_counter()
+        if frame_every and (done % frame_every == 0 or final):
             frames.append(pixels(state).numpy())
-        if on_iteration is not None:
-            on_iteration(done, history[-1], predicted)
-    return Ascent(pixels(state).numpy(), history, predictions, frames)
+        if on_progress is not None and (final or predicted is not None or now - last_progress >= cadence.progress_s):
+            on_progress(done, StepStats(*(value.numpy() for value in stats)), predicted)
+            last_progress = now
+    return Ascent(pixels(state).numpy(), _on_host(history), predictions, frames)
+
+
+def _on_host(history: list[StepStats]) -> list[StepStats]:
+    """Every iteration's figures as numpy, fetched from the device once per figure."""
+    stacked = [tf.stack(values).numpy() for values in zip(*history)]
+    return [StepStats(*(values[index] for values in stacked)) for index in range(len(history))]
