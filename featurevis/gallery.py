@@ -17,6 +17,7 @@ TF-free: stdlib and the store only.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -25,6 +26,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections import defaultdict
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -80,18 +82,34 @@ def try_rebuild(store: ResultStore) -> str | None:
 
 
 class BackgroundRebuild:
-    """Rebuilds the page in a thread of its own, one rebuild at a time, requests made meanwhile folded into one.
+    """Rebuilds the page in a thread of its own while the worker is idle, requests made meanwhile folded into one.
 
-    A worker asks after every job: in its own thread the rescan would hold up the
-    next job (the scan grows with the store), so the page trails the answer by a
-    moment instead. The thread is a daemon: a worker that exits mid-rebuild leaves
-    the previous page whole, and its next job's rebuild lists everything.
+    A worker asks after every job. Rebuilt in the job's thread, the rescan (which
+    grows with the store) would hold up the next job; run beside a job, it takes
+    the cores the job's steps use. So a rebuild waits until no job has run for
+    QUIET_S, or at most STALE_S under a steady stream of jobs: the page trails
+    the answer by that much. The thread is a daemon: a worker that exits
+    mid-rebuild leaves the previous page whole, and the next rebuild lists everything.
     """
 
+    QUIET_S, STALE_S = 0.5, 10.0
+
     def __init__(self):
-        self._wanted = threading.Event()
+        self._wanted, self._idle = threading.Event(), threading.Event()
+        self._idle.set()
+        self._jobs = 0  # jobs started, so a quiet spell with a job in it does not count
         self._store: ResultStore | None = None
         self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def job(self):
+        """Marks a job running: no rebuild starts meanwhile (unless the page is STALE_S old)."""
+        self._jobs += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._idle.set()
 
     def request(self, store: ResultStore) -> None:
         self._store = store
@@ -103,8 +121,19 @@ class BackgroundRebuild:
     def _run(self) -> None:
         while True:
             self._wanted.wait()
+            deadline = time.monotonic() + self.STALE_S
+            while time.monotonic() < deadline and not self._quiet():
+                self._idle.wait(timeout=max(0.0, deadline - time.monotonic()))
             self._wanted.clear()
             try_rebuild(self._store)
+
+    def _quiet(self) -> bool:
+        """Whether the worker is idle and stays so, no job started, for QUIET_S from now."""
+        jobs = self._jobs
+        if not self._idle.is_set():
+            return False
+        time.sleep(self.QUIET_S)
+        return self._idle.is_set() and self._jobs == jobs
 
 
 def _scan(store: ResultStore) -> tuple[list[tuple[tuple, dict]], list[tuple[tuple, dict]]]:

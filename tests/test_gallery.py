@@ -16,6 +16,7 @@ from PIL import Image, ImageSequence
 
 from featurevis import gallery, images
 from featurevis.redis_server import free_port
+from featurevis.stack import wait_until
 from featurevis.store import ResultStore
 
 NASTY = "<script>alert('x')</script>"
@@ -245,3 +246,21 @@ def test_animation_refuses_bad_input():
         images.animation_bytes([])
     with pytest.raises(ValueError, match="one shape"):
         images.animation_bytes([_solid(RED, 8), _solid(RED, 9)])
+
+
+def test_the_background_rebuild_waits_for_an_idle_worker_and_folds_requests(store, monkeypatch):
+    rebuilt = []
+    monkeypatch.setattr(gallery, "try_rebuild", lambda store: rebuilt.append(store))
+    background = gallery.BackgroundRebuild()
+    background.QUIET_S = 0.05
+    with background.job():
+        background.request(store)
+        time.sleep(0.5)
+        assert rebuilt == []  # never beside a running job's steps
+    wait_until(lambda: len(rebuilt) == 1, 5, "no rebuild once the worker was idle")
+    with background.job():
+        for _ in range(5):
+            background.request(store)
+    wait_until(lambda: len(rebuilt) == 2, 5, "no rebuild after the second job")
+    time.sleep(0.3)
+    assert len(rebuilt) == 2  # five requests during one job, one rebuild

@@ -125,7 +125,8 @@ def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) 
     the parent must stay TF-free to fork healthy children.
     """
     try:
-        return _render(task, store, specs)
+        with _gallery.job():
+            return _render(task, store, specs)
     except SoftTimeLimitExceeded:
         raise TimeoutError(f"job exceeded its time limit of {app.conf.task_soft_time_limit} s "
                            f"(FEATUREVIS_SOFT_TIME_LIMIT); ask for fewer iterations") from None
