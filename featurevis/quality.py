@@ -103,15 +103,17 @@ def feature_probe(network, preprocess: Callable, image_shape: tuple[int, int, in
 
 @lru_cache(maxsize=None)
 def _with_held_out_moves(image_shape: tuple[int, int, int]) -> Callable:
-    """Images followed by their SAMPLES held-out moves, drawn in a graph (eager, the draws cost a third of
-    the scoring); traced once per image shape, so a model's later layers pay nothing for it."""
+    """Images followed by their SAMPLES held-out moves, in a graph (eager, the moves cost a third of the
+    scoring) traced once per image shape, so a model's later layers pay nothing for it. Every image of a
+    sample shares one seed, so one draw serves them all (transform.standard's per-image draws, tiled)."""
     moves = held_out(max(image_shape[:2]))
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
     def with_moves(images):
         batch = tf.shape(images)[0]
-        return tf.concat([images] + [transform.standard(images, tf.fill([batch], HELD_OUT_SEED + sample),
-                                                        tf.constant(sample), moves) for sample in range(SAMPLES)], 0)
+        return tf.concat([images] + [transform.move(images, tf.tile(transform.draw(HELD_OUT_SEED + sample, sample)[None],
+                                                                    [batch, 1]), moves)
+                                     for sample in range(SAMPLES)], axis=0)
 
     with_moves(tf.zeros([1, *image_shape]))
     return with_moves

@@ -49,11 +49,20 @@ def standard(images: tf.Tensor, seeds: tf.Tensor, step: tf.Tensor, robustness: R
     from its seed and batching never changes what one image sees. Needs a
     static h and w; `robustness` defaults to `Robustness.lucid(max(h, w))`.
     """
+    step = tf.cast(step, tf.int64)
+    draws = tf.map_fn(lambda seed: draw(seed, step), tf.cast(seeds, tf.int64), fn_output_signature=tf.float32)
+    return move(images, draws, robustness)
+
+
+def draw(seed: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """The six numbers in [0, 1) that place one image's moves, from its seed and the step number."""
+    return tf.random.stateless_uniform([6], tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)]))
+
+
+def move(images: tf.Tensor, draws: tf.Tensor, robustness: Robustness | None = None) -> tf.Tensor:
+    """Images moved by their (batch, 6) draws (see `draw`); `standard` when each image draws from its own seed."""
     h, w = images.shape[1:3]
     robustness = robustness or Robustness.lucid(max(h, w))
-    step = tf.cast(step, tf.int64)
-    draws = tf.map_fn(lambda seed: tf.random.stateless_uniform([6], tf.stack([seed, step])),
-                      tf.cast(seeds, tf.int64), fn_output_signature=tf.float32)
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=_sampling_map(draws, h, w, robustness), output_shape=[h, w],
         fill_value=FILL, interpolation="BILINEAR", fill_mode="CONSTANT")
