@@ -35,7 +35,7 @@ class LoadedModel:
     network: keras.Model
     logits: keras.Model | None  # the network up to the last Dense layer's pre-activation values
     preprocess: Callable
-    classify: Callable | None
+    classify: render.Classifier | None  # None: the model has no Dense layer, so no classes
     build_s: float
     weight_bytes: int
     build_reported: bool = False

@@ -308,3 +308,15 @@ def test_evicted_models_are_rebuilt_once_not_per_job(stack):
     assert small.builds["model"] == 3
     assert [name for name, _ in small.cached_models()] == ["shapes_cnn"]
     assert {step[0] for step in small.cached_steps()} == {"shapes_cnn"}  # the evicted model's steps left with it
+
+
+def test_a_model_without_a_dense_layer_serves_its_layers_and_has_no_classes(stack, run_cli, producer_api, tmp_path):
+    pixels = keras.Input((20, 20, 3))
+    keras.Model(pixels, keras.layers.Conv2D(4, 3, name="maps")(pixels)).save(tmp_path / "maps.keras")
+    assert run_cli("models", "register", "maps-only", "--file", str(tmp_path / "maps.keras")).returncode == 0
+    with pytest.raises(JobError, match="^layer: required for maps-only: it has no Dense layer"):
+        producer_api.enqueue({"model": "maps-only"})
+    result = producer_api.enqueue({"model": "maps-only", "layer": "maps", "feature": 3, "iterations": 5,
+                                   "method": "robust", "seed": 1}).wait(timeout=240)
+    meta = json.loads((stack.results_dir / result["meta"]).read_text())
+    assert meta["predictions"] == [] and meta["conv_id"] == 0 and "robustness" in meta["quality"]
