@@ -307,7 +307,9 @@ def test_the_image_and_make_setup_run_the_same_keras():
 
 def test_make_setup_stamps_the_whole_tensorflow_spec_and_clean_keeps_results():
     def dry_run(*args: str) -> str:
-        return subprocess.run(["make", "-n", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60).stdout
+        # --no-print-directory: under `make test` this make is nested and would print where it runs.
+        return subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=60).stdout
 
     assert "touch .venv/.setup-tensorflow-and-cuda-2.99.0" in dry_run("setup", "TF_PACKAGE=tensorflow[and-cuda]==2.99.0")
     assert "results" not in dry_run("clean")
