@@ -17,7 +17,7 @@ TF-free: stdlib and the store only.
 """
 from __future__ import annotations
 
-import contextlib
+import glob
 import html
 import json
 import logging
@@ -25,8 +25,6 @@ import math
 import os
 import re
 import sys
-import threading
-import time
 from collections import defaultdict
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -81,66 +79,27 @@ def try_rebuild(store: ResultStore) -> str | None:
         return None
 
 
-class BackgroundRebuild:
-    """Rebuilds the page in a thread of its own while the worker is idle, requests made meanwhile folded into one.
+# What the page shows of each meta.json, by (path, size, modification time): a meta is written once, so a
+# process reads each only once, and a rebuild costs a listing of the store plus the page itself.
+_SHOWN = ("iterations", "seed", "method", "final_loss", "quality", "untrained", "created_at", "jobs")
+_seen: dict[tuple, dict] = {}
 
-    A worker asks after every job. Rebuilt in the job's thread, the rescan (which
-    grows with the store) would hold up the next job; run beside a job, it takes
-    the cores the job's steps use. So a rebuild waits until no job has run for
-    QUIET_S, or at most STALE_S under a steady stream of jobs: the page trails
-    the answer by that much. The thread is a daemon: a worker that exits
-    mid-rebuild leaves the previous page whole, and the next rebuild lists everything.
-    """
 
-    QUIET_S, STALE_S = 0.5, 10.0
-
-    def __init__(self):
-        self._wanted, self._idle = threading.Event(), threading.Event()
-        self._idle.set()
-        self._jobs = 0  # jobs started, so a quiet spell with a job in it does not count
-        self._store: ResultStore | None = None
-        self._thread: threading.Thread | None = None
-
-    @contextlib.contextmanager
-    def job(self):
-        """Marks a job running: no rebuild starts meanwhile (unless the page is STALE_S old)."""
-        self._jobs += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._idle.set()
-
-    def request(self, store: ResultStore) -> None:
-        self._store = store
-        self._wanted.set()
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="gallery", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            self._wanted.wait()
-            deadline = time.monotonic() + self.STALE_S
-            while time.monotonic() < deadline and not self._quiet():
-                self._idle.wait(timeout=max(0.0, deadline - time.monotonic()))
-            self._wanted.clear()
-            try_rebuild(self._store)
-
-    def _quiet(self) -> bool:
-        """Whether the worker is idle and stays so, no job started, for QUIET_S from now."""
-        jobs = self._jobs
-        if not self._idle.is_set():
-            return False
-        time.sleep(self.QUIET_S)
-        return self._idle.is_set() and self._jobs == jobs
+def _shown(meta: dict) -> dict:
+    """The fields a card shows, the last prediction only: a meta's histories are most of its size."""
+    shown = {field: meta[field] for field in _SHOWN if field in meta}
+    if isinstance(meta.get("predictions"), list) and meta["predictions"]:
+        shown["predictions"] = meta["predictions"][-1:]
+    return shown
 
 
 def _scan(store: ResultStore) -> tuple[list[tuple[tuple, dict]], list[tuple[tuple, dict]]]:
     """(path parts, meta) of every complete result and sweep. Unreadable metas are skipped with a warning."""
+    global _seen
     prefix = store.root.rstrip("/") + "/"
     wanted: dict[str, tuple[str, tuple]] = {}
-    for path in store.fs.find(store.root):
+    versions = _metas(store)
+    for path in versions:
         relative = path[len(prefix):] if path.startswith(prefix) else None
         if relative is None or not relative.endswith(META):
             continue
@@ -150,18 +109,47 @@ def _scan(store: ResultStore) -> tuple[list[tuple[tuple, dict]], list[tuple[tupl
             wanted[path] = ("result", (model, layer, features, job_id, relative[:-len(META) - 1]))
         elif match := _SWEEP.match(relative):
             wanted[path] = ("sweep", (*match.groups(), relative[:-len(META) - 1]))
-    contents = store.fs.cat(list(wanted), on_error="omit") if wanted else {}
-    results, sweeps = [], []
+    unread = [path for path in wanted if versions[path] not in _seen]
+    contents = store.fs.cat(unread, on_error="omit") if unread else {}
+    seen, results, sweeps = {}, [], []
     for path, (kind, parts) in wanted.items():
         try:
-            meta = json.loads(contents[path])
-            if not isinstance(meta, dict):
-                raise ValueError("not a JSON object")
+            meta = _seen[versions[path]] if path not in contents and versions[path] in _seen else \
+                _shown(_json_object(contents[path]))
         except (KeyError, ValueError) as error:  # deleted meanwhile, or not JSON
             log.warning("gallery skips %s: %s", path, error)
             continue
+        seen[versions[path]] = meta
         (results if kind == "result" else sweeps).append((parts, meta))
+    _seen = seen  # what is gone from the store is forgotten
     return results, sweeps
+
+
+def _metas(store: ResultStore) -> dict[str, tuple]:
+    """Every meta.json under the root, as path -> (path, size, modification time).
+
+    On a local store, only the two depths results and sweeps sit at are listed (C's scandir through
+    glob): fsspec's find stats every file of the store, the images too, at four times the cost.
+    """
+    if not store.local:
+        listing = store.fs.find(store.root, detail=True)
+        return {path: (path, info.get("size"), str(info.get("LastModified") or info.get("mtime")))
+                for path, info in listing.items() if path.endswith("/" + META)}
+    found = {}
+    for path in glob.glob(os.path.join(glob.escape(store.root), *"****", META)):
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:  # deleted meanwhile
+            continue
+        found[path] = (path, stat.st_size, str(stat.st_mtime_ns))
+    return found
+
+
+def _json_object(raw: bytes) -> dict:
+    meta = json.loads(raw)
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    return meta
 
 
 def render(results: list[tuple[tuple, dict]], sweeps: list[tuple[tuple, dict]]) -> str:

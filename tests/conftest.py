@@ -1,10 +1,8 @@
 """Shared fixtures: a real stack (Redis on a free port, a prefork worker) and a TF factory in this process."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

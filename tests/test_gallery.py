@@ -16,7 +16,6 @@ from PIL import Image, ImageSequence
 
 from featurevis import gallery, images
 from featurevis.redis_server import free_port
-from featurevis.stack import wait_until
 from featurevis.store import ResultStore
 
 NASTY = "<script>alert('x')</script>"
@@ -248,19 +247,16 @@ def test_animation_refuses_bad_input():
         images.animation_bytes([_solid(RED, 8), _solid(RED, 9)])
 
 
-def test_the_background_rebuild_waits_for_an_idle_worker_and_folds_requests(store, monkeypatch):
-    rebuilt = []
-    monkeypatch.setattr(gallery, "try_rebuild", lambda store: rebuilt.append(store))
-    background = gallery.BackgroundRebuild()
-    background.QUIET_S = 0.05
-    with background.job():
-        background.request(store)
-        time.sleep(0.5)
-        assert rebuilt == []  # never beside a running job's steps
-    wait_until(lambda: len(rebuilt) == 1, 5, "no rebuild once the worker was idle")
-    with background.job():
-        for _ in range(5):
-            background.request(store)
-    wait_until(lambda: len(rebuilt) == 2, 5, "no rebuild after the second job")
-    time.sleep(0.3)
-    assert len(rebuilt) == 2  # five requests during one job, one rebuild
+
+def test_a_rebuild_reads_each_meta_once_and_forgets_what_left_the_store(store, monkeypatch):
+    gallery.rebuild(store)
+    read = []
+    cat = store.fs.cat
+    monkeypatch.setattr(store.fs, "cat", lambda paths, **options: read.append(list(paths)) or cat(paths, **options))
+    key = "shapes_cnn/conv1/feature_0001/newjob000001"
+    store.write(key, {"image.png": b"png"}, _meta(key))
+    page = open(gallery.rebuild(store), encoding="utf-8").read()
+    assert [[path.rsplit("/", 2)[-2] for path in paths] for paths in read] == [["newjob000001"]]  # only the new one
+    assert "newjob000001" in page
+    shutil.rmtree(store.path(key))
+    assert "newjob000001" not in open(gallery.rebuild(store), encoding="utf-8").read()

@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 import celery
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import task_success
 
 import featurevis
 from featurevis import contract, gallery, images, registry
@@ -42,6 +41,8 @@ def optimize(self, **fields) -> dict:
         cached = meta is not None
         if not cached:
             [meta] = _render_safely(self, store, [spec])
+    if not cached:
+        gallery.try_rebuild(store)  # before SUCCESS: whoever gets the answer finds the result on the page
     return _summary(spec, meta, cached)
 
 
@@ -57,6 +58,7 @@ def sweep(self, **fields) -> dict:
     sheet = images.contact_sheet([store.read_image(spec.key) for spec in specs])
     jobs = [_summary(spec, metas[spec.job_id], cached=spec not in missing) for spec in specs]
     store.write(key, {"contact_sheet.png": sheet}, {"sweep_id": contract.sweep_id(specs), "jobs": jobs})
+    gallery.try_rebuild(store)
     return {"sweep_id": contract.sweep_id(specs), "key": key, "contact_sheet": f"{key}/contact_sheet.png",
             "meta": f"{key}/{META}", "jobs": jobs}
 
@@ -107,16 +109,6 @@ def _describe_safely(request: dict) -> dict:
         raise RuntimeError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
 
 
-@task_success.connect
-def _refresh_gallery(sender=None, result=None, **_) -> None:
-    """Rebuild index.html once a job's result is published, in the background: no answer and no next job waits."""
-    if sender is not None and sender.name in (optimize.name, sweep.name) and not result.get("cached"):
-        _gallery.request(ResultStore.from_env())
-
-
-_gallery = gallery.BackgroundRebuild()
-
-
 def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[dict]:
     """_render, with TensorFlow's exceptions turned into plain ones.
 
@@ -125,8 +117,7 @@ def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) 
     the parent must stay TF-free to fork healthy children.
     """
     try:
-        with _gallery.job():
-            return _render(task, store, specs)
+        return _render(task, store, specs)
     except SoftTimeLimitExceeded:
         raise TimeoutError(f"job exceeded its time limit of {app.conf.task_soft_time_limit} s "
                            f"(FEATUREVIS_SOFT_TIME_LIMIT); ask for fewer iterations") from None
