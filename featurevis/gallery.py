@@ -7,11 +7,10 @@ complete results (those whose `meta.json` exists) by model / layer / feature and
 each layer's sweeps with their contact sheets. Every string that comes from a meta or
 a key is HTML-escaped.
 
-`rebuild` reads every `meta.json` in the store, so its cost grows with the number of
-results (and with their iteration counts, which size the loss histories in each meta; parsing
-them is most of the time). Measured on a shared 2-core machine, local disk: 200 results of 100
-iterations 75 ms, of 500 iterations 0.2-0.25 s, 2000 of 500 iterations 1-2 s.
-TF-free: stdlib and the store only.
+A worker rebuilds the page before it answers each job. A process reads each `meta.json`
+once and keeps what the page shows of it, so a rebuild costs a listing of the store and the
+page itself, still growing with the number of results (bench/RESULTS.md has the figures;
+per-layer pages would make it grow with a layer's). TF-free: stdlib and the store only.
 
     python -m featurevis.gallery [RESULTS_DIR]     # rebuild by hand
 """
