@@ -22,8 +22,8 @@ import tensorflow as tf
 
 from featurevis.optvis import objectives, transform
 
-# Each is a forward pass of the truncated network: at the tutorial's default job (30 iterations, conv_id 5)
-# four of them cost 6% of the job, beside a 15% budget for everything around the step (bench/RESULTS.md).
+# Each is a forward pass of the truncated network: on short jobs four of them took a large share of the
+# budget for everything around the step, so two (bench/RESULTS.md has the measurements).
 SAMPLES = 2
 HELD_OUT_SEED = 10_007  # not a seed any job's own transforms use: they draw from the job seed
 
