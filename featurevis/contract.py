@@ -20,7 +20,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from featurevis import celeryconfig, registry
+from featurevis import celeryconfig, layout, registry
 from featurevis.registry import LOGITS
 
 # 2: conv_id in the tutorial's (creation) order, and the model version in every job id.
@@ -135,9 +135,7 @@ class JobSpec(BaseModel):
 
     @property
     def key(self) -> str:
-        """Where the result lives in the store: model / layer / feature(s) / job id."""
-        features = "_".join(f"{feature:04d}" for feature in self.weights)
-        return f"{self.model}/{self.layer}/{'features' if self.targets else 'feature'}_{features}/{self.job_id}"
+        return layout.job_key(self.model, self.layer, self.weights, bool(self.targets), self.job_id)
 
 
 # Fields added after version 1: at their defaults they leave the wire format and the job id as they were.
@@ -267,7 +265,7 @@ def sweep_id(specs: list[JobSpec]) -> str:
 
 
 def sweep_key(specs: list[JobSpec]) -> str:
-    return f"{specs[0].model}/{specs[0].layer}/sweeps/{sweep_id(specs)}"
+    return layout.sweep_key(specs[0].model, specs[0].layer, sweep_id(specs))
 
 
 def json_schema(task: str = "featurevis.optimize") -> dict:

@@ -21,7 +21,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from featurevis import quality, registry, zoo
+from featurevis import layout, quality, registry, zoo
 from featurevis.optvis import objectives, render
 from featurevis.registry import LOGITS, ModelInfo
 
@@ -134,7 +134,7 @@ class ModelFactory:
                 path = None
             if path is None or not path.is_file():
                 raise registry.ModelRefused(f"file: nothing uploaded at {self._registry().key(name, version)}/"
-                                            f"{registry.MODEL_FILE}; put the file there first")
+                                            f"{layout.MODEL_FILE}; put the file there first")
             if path.stat().st_size > registry.max_model_bytes():
                 raise registry.ModelRefused(f"file: {path.stat().st_size} bytes, over the limit of "
                                             f"{registry.max_model_bytes()} (FEATUREVIS_MODEL_MAX_BYTES)")

@@ -17,15 +17,16 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
 import featurevis
-from featurevis import contract, gallery, images, registry
+from featurevis import contract, gallery, images, layout, registry
 from featurevis.contract import JobSpec
 from featurevis.registry import LOGITS, ModelRefused, WeightsUnavailable
-from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore
+from featurevis.layout import ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, META
+from featurevis.store import ResultStore
 from worker import runtime
 from worker.app import app
 from worker.progress import ProgressPublisher
 
-ANIMATION, ANIMATION_FRAMES = "animation.webp", 30
+ANIMATION_FRAMES = 30
 SET_COLUMNS = 4  # a diverse set's image.png: up to 4 pictures a row
 
 
@@ -57,9 +58,11 @@ def sweep(self, **fields) -> dict:
     key = contract.sweep_key(specs)
     sheet = images.contact_sheet([store.read_image(spec.key) for spec in specs])
     jobs = [_summary(spec, metas[spec.job_id], cached=spec not in missing) for spec in specs]
-    store.write(key, {"contact_sheet.png": sheet}, {"sweep_id": contract.sweep_id(specs), "jobs": jobs})
+    store.write(key, {CONTACT_SHEET: sheet}, {"sweep_id": contract.sweep_id(specs), "model": specs[0].model,
+                                              "layer": specs[0].layer, "features": [spec.feature for spec in specs],
+                                              "jobs": jobs})
     gallery.try_rebuild(store)
-    return {"sweep_id": contract.sweep_id(specs), "key": key, "contact_sheet": f"{key}/contact_sheet.png",
+    return {"sweep_id": contract.sweep_id(specs), "key": key, "contact_sheet": f"{key}/{CONTACT_SHEET}",
             "meta": f"{key}/{META}", "jobs": jobs}
 
 
@@ -196,12 +199,8 @@ def _artefacts(spec: JobSpec, pictures: np.ndarray, frames: list[np.ndarray]) ->
         return pictures[0], images.png_bytes(pictures[0]), animation
     if spec.animate:
         animation = {ANIMATION: images.animation_bytes([images.tile(list(frame), SET_COLUMNS) for frame in frames])}
-    each = {_set_png(index): images.png_bytes(picture) for index, picture in enumerate(pictures)}
+    each = {layout.set_png(index): images.png_bytes(picture) for index, picture in enumerate(pictures)}
     return pictures, images.contact_sheet(list(pictures), SET_COLUMNS), {**each, **animation}
-
-
-def _set_png(index: int) -> str:
-    return f"image_{index}.png"
 
 
 def _set_meta(spec: JobSpec, scores: list[dict], similarity: float) -> dict:
@@ -210,7 +209,7 @@ def _set_meta(spec: JobSpec, scores: list[dict], similarity: float) -> dict:
     The job's own `quality` is its first image's, as image.png's first tile.
     """
     return {"images": spec.images, "diversity": spec.diversity, "gram_similarity": similarity,
-            "members": [{"png": _set_png(index), "seed": seed, "quality": row}
+            "members": [{"png": layout.set_png(index), "seed": seed, "quality": row}
                         for index, (seed, row) in enumerate(zip(spec.seeds, scores))]}
 
 
@@ -255,5 +254,5 @@ def _summary(spec: JobSpec, meta: dict, cached: bool) -> dict:
                "array": f"{spec.key}/{IMAGE_NPY}", "meta": f"{spec.key}/{META}",
                "final_loss": meta["final_loss"], "untrained": meta["untrained"], "cached": cached}
     if spec.images > 1:
-        summary["set"] = [f"{spec.key}/{_set_png(index)}" for index in range(spec.images)]
+        summary["set"] = [f"{spec.key}/{layout.set_png(index)}" for index in range(spec.images)]
     return summary
