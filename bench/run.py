@@ -4,7 +4,7 @@ Measures, in one run on inception_v3_untrained at 299x299, and writes bench/resu
 1. the tutorial's way (bench/tutorial.py) against a warm worker reached through Redis, per job of
    30 iterations, for conv_id 5, 50, 93 and the logits: `speedup_vs_tutorial`;
 2. per-iteration time inside the worker against a bare loop doing the same math in this process
-   (featurevis.optvis.render.ascend, predictions included): `service_over_bare`;
+   (featurevis.optvis.render.run, predictions included): `service_over_bare`;
 3. enqueue to the start of the first iteration on a warm worker, p50 and p95 over 20 jobs;
 4. six features of one layer as one batched sweep against six separate jobs: `batched_6_speedup`;
 5. the worker process's RSS after 50 jobs over 10 layers, against after the first job on each;
@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from featurevis.factory import ModelFactory, device_name  # noqa: E402
-from featurevis.optvis import objectives, param, render  # noqa: E402
+from featurevis.optvis import objectives, render  # noqa: E402
 from featurevis.stack import LocalStack  # noqa: E402
 from featurevis.store import ResultStore  # noqa: E402
 from producer import Producer  # noqa: E402
@@ -82,13 +82,12 @@ def tutorial_jobs(conv_id, repeats: int) -> list[float]:
 
 def bare_seconds_per_iteration(factory: ModelFactory, conv_id, repeats: int) -> float:
     acquired = factory.acquire(MODEL, conv_id)
-    start = param.batch((299, 299, 3), [1])
-    weights = objectives.weights_matrix([{1: 1.0}], acquired.model.info.features_of(conv_id))
-    render.ascend(acquired.step, start, weights, 2, classify=acquired.model.classify)  # warm
+    weights = objectives.weights_matrix([{1: 1.0}], acquired.model.info.feature_count(conv_id))
+    render.run(acquired.step, [1], weights, 2, classify=acquired.model.classify)  # warm
     runs = []
     for _ in range(repeats):
         began = time.perf_counter()
-        render.ascend(acquired.step, start, weights, ITERATIONS, classify=acquired.model.classify)
+        render.run(acquired.step, [1], weights, ITERATIONS, classify=acquired.model.classify)
         runs.append((time.perf_counter() - began) / ITERATIONS)
     return statistics.median(runs)
 
@@ -184,21 +183,15 @@ def bare_loop_seconds(factory: ModelFactory, model: str, target, method: str, it
     """Seconds for `iterations` calls of the job's compiled step and nothing else: the limit a job can reach."""
     acquired = factory.acquire(model, target, method)
     info = acquired.model.info
-    weights = tf.constant(objectives.weights_matrix([{feature: 1.0}], info.features_of(target)))
+    weights = tf.constant(objectives.weights_matrix([{feature: 1.0}], info.feature_count(target)))
     seeds = [1]
+    arguments = (weights, tf.constant(seeds, tf.int64), tf.constant(0.0))
 
     def loop() -> None:
-        if method == "robust":
-            state = render.RobustState.start(param.fft_spectrum_init(info.input_shape, seeds))
-            arguments = (weights, tf.constant(seeds, tf.int64), tf.constant(0.0))
-            for _ in range(iterations):
-                state, _ = acquired.step.fn(state, *arguments)
-            acquired.step.pixels(state.spectrum).numpy()
-        else:
-            images = tf.constant(param.batch(info.input_shape, seeds))
-            for _ in range(iterations):
-                images, _ = acquired.step.fn(images, weights)
-            images.numpy()
+        state = acquired.step.start(seeds)
+        for _ in range(iterations):
+            state, _ = acquired.step.advance(state, *arguments)
+        acquired.step.pixels(state).numpy()
 
     loop()
     runs = []

@@ -62,7 +62,7 @@ BUILTINS = {
     "shapes_cnn_b": {"architecture": "shapes_cnn_b", "weights": "shipped", "description": "shapes_cnn_b"},
 }
 
-# A model whose class visualizations an independently trained model judges (quality.transferability).
+# A model whose class visualizations an independently trained model judges (scoring's judge).
 JUDGES = {"shapes_cnn": "shapes_cnn_b"}
 
 
@@ -138,7 +138,7 @@ class ModelInfo:
             return LOGITS
         return self.conv_layers[target].name if isinstance(target, int) else target
 
-    def features_of(self, target: str | int | None) -> int:
+    def feature_count(self, target: str | int | None) -> int:
         """How many features a target has: its layer's channels, or the classes for the logits."""
         layer = self.target_layer(target)
         return self.classes if layer == LOGITS else self.layer(layer).channels

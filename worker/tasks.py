@@ -134,7 +134,7 @@ def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) 
 
 def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[dict]:
     """Optimize specs of one layer as one batch, publish each result, return their metas."""
-    from featurevis import quality  # TensorFlow side: imported in pool children only
+    from featurevis import scoring  # TensorFlow side: imported in pool children only
     from featurevis.optvis import objectives, render
 
     factory = runtime.factory()
@@ -144,7 +144,7 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
     # One row per image: a plain job or a sweep's feature is one image, a diverse set is `images` of them.
     seeds = [seed for spec in specs for seed in spec.seeds]
     weights = objectives.weights_matrix([spec.weights for spec in specs for _ in spec.seeds],
-                                        info.features_of(first.layer))
+                                        info.feature_count(first.layer))
     class_names = info.class_names
     publisher = ProgressPublisher(task)
     latest: dict | None = None
@@ -162,14 +162,12 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
         }, final=done == first.iterations)
 
     frame_every = max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0
-    diverse = {"diversity": first.diversity} if first.images > 1 else {}  # only a set has images to push apart
-    ascent = render.optimize(first.method, acquired.step, info.input_shape, seeds, weights, first.iterations,
-                             classify=acquired.model.classify, on_progress=on_progress, frame_every=frame_every,
-                             **diverse)
+    ascent = render.run(acquired.step, seeds, weights, first.iterations, first.diversity,
+                        classify=acquired.model.classify, on_progress=on_progress, frame_every=frame_every)
     timings = {"model_load_s": acquired.model_load_s, "compile_s": acquired.compile_s,
                "optimize_s": time.perf_counter() - started, "started_at": started_at}
     final = ascent.predictions[-1].probabilities if ascent.predictions else None
-    scores = quality.scores(acquired.probe, ascent.images, weights, final, first.layer == LOGITS,
+    scores = scoring.scores(acquired.probe, ascent.images, weights, final, first.layer == LOGITS,
                             factory.judge(first.model))
     metas, first_row = [], 0
     for spec in specs:
@@ -181,10 +179,10 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
         meta = _meta(task, spec, info, steps, predictions, timings, len(specs))
         meta["quality"] = scores[rows.start]
         meta["factory"] = {"models_built": factory.builds["model"], "steps_built": factory.builds["step"],
-                           "step_traces": acquired.step.traces[0]}
+                           "step_traces": acquired.step.traces}
         raw, png, extra = _artefacts(spec, ascent.images[rows], [frame[rows] for frame in ascent.frames])
         if spec.images > 1:
-            meta["set"] = _set_meta(spec, scores[rows], quality.gram_similarity(acquired.probe, ascent.images[rows]))
+            meta["set"] = _set_meta(spec, scores[rows], scoring.gram_similarity(acquired.probe, ascent.images[rows]))
         store.write_image_result(spec.key, raw, png, meta, extra)
         metas.append(meta)
     return metas
