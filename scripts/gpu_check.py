@@ -13,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from featurevis import records  # noqa: E402
 from featurevis.redis_server import RedisServer  # noqa: E402
 from featurevis.stack import LocalStack, pongs, wait_until  # noqa: E402
 from featurevis.store import ResultStore  # noqa: E402
@@ -37,10 +38,10 @@ def main() -> int:
             store = ResultStore(Path(folder) / "results")
             print(f"{'node':24s} {'target':8s} {'s/iteration':>11s}  device")
             for job in jobs:
-                meta = store.read_meta(job.result.get(timeout=900)["key"])
-                per_iteration = meta["timings"]["optimize_s"] / meta["iterations"]
-                print(f"{meta['worker']['hostname']:24s} {meta['layer_name']:8s} {per_iteration:11.4f}  "
-                      f"{meta['worker']['device']}  (compile {meta['timings']['compile_s']:.2f} s)", flush=True)
+                meta = records.JobMeta.model_validate(store.read_meta(job.wait(timeout=900).key))
+                per_iteration = meta.timings.optimize_s / meta.iterations
+                print(f"{meta.worker.hostname:24s} {meta.layer_name:8s} {per_iteration:11.4f}  "
+                      f"{meta.worker.device}  (compile {meta.timings.compile_s:.2f} s)", flush=True)
         finally:
             workers.terminate()
             workers.wait(timeout=120)
