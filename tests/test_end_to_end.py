@@ -224,7 +224,15 @@ def test_a_diverse_set_comes_out_less_alike_than_the_same_set_without_diversity(
 
 
 def test_the_gallery_lists_finished_results(stack, producer_api):
-    result = producer_api.enqueue({"model": UNTRAINED, "conv_id": 6, "feature": 1, "iterations": 1, "seed": 1}).wait(timeout=240)
+    untrained = producer_api.enqueue({"model": UNTRAINED, "conv_id": 6, "feature": 1, "iterations": 1, "seed": 1}).wait(timeout=240)
+    trained = producer_api.enqueue({"model": "shapes_cnn", "conv_id": 1, "feature": 1, "iterations": 1, "seed": 1}).wait(timeout=240)
     page = (stack.results_dir / "index.html").read_text()  # rebuilt before the answer: no waiting
-    assert f'{result["key"]}/image.png' in page
-    assert '<span class="untrained">untrained</span>' in page  # its card's badge, not the stylesheet's rule
+    assert f'{untrained["key"]}/image.png' in page and f'{trained["key"]}/image.png' in page
+
+    def card(result):
+        image = page.index(f'{result["key"]}/image.png')
+        return page[page.rindex("<figure", 0, image):page.index("</figure>", image)]
+
+    badge = '<span class="untrained">untrained</span>'  # the card's badge, not the stylesheet's .untrained rule
+    assert badge in card(untrained)
+    assert badge not in card(trained)
