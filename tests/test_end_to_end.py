@@ -9,6 +9,7 @@ import pytest
 import redis
 from PIL import Image
 
+from featurevis import registry
 from featurevis.contract import DEFAULT_DIVERSITY, normalize
 from featurevis.optvis import objectives, render
 from featurevis.redis_server import free_port
@@ -112,7 +113,10 @@ def test_class_logit_job(stack, producer_api):
     result = producer_api.enqueue({"model": UNTRAINED, "feature": 278, "iterations": 2, "seed": 4}).wait(timeout=240)
     meta = _meta(stack, result["key"])
     assert result["key"].startswith(f"{UNTRAINED}/logits/feature_0278/")
-    assert meta["conv_id"] is None and meta["predictions"][-1]["class_name"]
+    assert meta["conv_id"] is None and (meta["layer_name"], meta["feature"]) == ("logits", 278)
+    last = meta["predictions"][-1]
+    assert last["iteration"] == 2 and 0 < last["score"] <= 1
+    assert last["class_name"] == registry.builtin_info(UNTRAINED).class_names[last["class_id"]]  # the id's own name
 
 
 def test_invalid_input_is_refused_before_anything_is_queued(stack, run_cli):
