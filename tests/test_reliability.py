@@ -6,6 +6,7 @@ within the suite's time budget. Figures are printed (pytest -s shows them).
 """
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import threading
@@ -157,8 +158,11 @@ def test_the_same_job_submitted_concurrently_is_computed_once(tmp_path):
         [thread.join() for thread in threads]
         assert jobs[0].id == jobs[1].id
         wait_until(lambda: sum(events.count("task-succeeded").values()) >= 2, 120, "both deliveries not done")
-        outcomes = [e["result"] for e in events.events if e.get("type") == "task-succeeded"]
-        assert sorted("'cached': True" in r for r in outcomes) == [False, True]  # one computed, one read it
+        # An event carries repr(the task's return value): read it back as the dict, not searched as text.
+        outcomes = [ast.literal_eval(e["result"]) for e in events.events if e.get("type") == "task-succeeded"]
+        assert sorted(outcome["cached"] for outcome in outcomes) == [False, True]  # one computed, one read it
+        computed, read = sorted(outcomes, key=lambda outcome: outcome["cached"])
+        assert computed["job_id"] == jobs[0].id and read == {**computed, "cached": True}  # and read that result
         assert len(list((stack.results_dir / jobs[0].specs[0].key).parent.iterdir())) == 1
         again = Producer(stack.redis_url).enqueue(fields).wait(timeout=60)
         assert again.cached is True
