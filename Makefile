@@ -25,7 +25,7 @@ browser:
 	  echo "note: install Debian's chromium for the Flower browser test"
 
 demo: setup
-	$(PY) -m featurevis.demo
+	$(PY) -m devstack.demo
 
 test: setup
 	$(PY) -m pytest
@@ -48,10 +48,10 @@ quality-defaults: setup
 # Redis, a worker, Flower (http://127.0.0.1:5555) and the queue metrics (http://127.0.0.1:9808/metrics), left
 # running; `make down` stops them, keeping queued jobs.
 up: setup
-	$(PY) -m featurevis.stack up
+	$(PY) -m devstack.stack up
 
 down:
-	$(PY) -m featurevis.stack down
+	$(PY) -m devstack.stack down
 
 # The environment and caches only: results/ holds finished jobs, which `make clean-results` deletes.
 clean:

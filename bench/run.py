@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from devstack.stack import LocalStack  # noqa: E402
 from featurevis.factory import ModelFactory, device_name  # noqa: E402
 from featurevis.optvis import objectives, param, render  # noqa: E402
-from featurevis.stack import LocalStack  # noqa: E402
 from featurevis.store import ResultStore  # noqa: E402
 from producer import Producer  # noqa: E402
 

@@ -13,8 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from featurevis.redis_server import RedisServer  # noqa: E402
-from featurevis.stack import LocalStack, pongs, wait_until  # noqa: E402
+from devstack.redis_server import RedisServer  # noqa: E402
+from devstack.stack import LocalStack, pongs, wait_until  # noqa: E402
 from featurevis.store import ResultStore  # noqa: E402
 from producer import Producer  # noqa: E402
 

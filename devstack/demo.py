@@ -18,8 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devstack.stack import REPO_ROOT, LocalStack
 from featurevis.registry import WeightsUnavailable
-from featurevis.stack import REPO_ROOT, LocalStack
 from producer import Producer
 from producer.cli import follow
 from producer.client import JobFailed
