@@ -13,9 +13,11 @@ STAMP := $(VENV)/.setup-$(subst ],,$(subst [,-,$(subst ==,-,$(TF_PACKAGE))))
 
 setup: $(STAMP) browser
 
-$(STAMP): requirements.txt
+# The project itself, editable (a change to the code takes effect without reinstalling), with the `test` extra
+# (which brings `dev`, the local stack's, and `s3`); pyproject.toml declares every dependency but TensorFlow.
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt "$(TF_PACKAGE)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]" "$(TF_PACKAGE)"
 	touch $@
 
 # Headless Chromium renders Flower in the browser test; Debian's package, installed where we may.
