@@ -32,12 +32,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-# Speed against the tutorial's way and a bare loop; prints a table, writes bench/results.json.
+# Speed against the tutorial's way and a bare loop; prints a table, writes bench/results.json. A module, not a
+# script: it starts devstack's local stack, which is not installed and imports from the repository root.
 bench: setup
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 bench-quick: setup
-	$(PY) bench/run.py --quick
+	$(PY) -m bench.run --quick
 
 # The robust method against the tutorial's, scored; writes quality/results.json and quality/contact_sheet.png.
 quality: setup

@@ -56,8 +56,7 @@ class LocalStack:
 
     def env(self) -> dict[str, str]:
         """The environment every process of the stack (and a producer talking to it) uses."""
-        return {**os.environ, "REDIS_URL": self.redis_url, "RESULTS_DIR": str(self.results_dir),
-                "PYTHONPATH": str(REPO_ROOT), **self.extra_env}
+        return {**os.environ, "REDIS_URL": self.redis_url, "RESULTS_DIR": str(self.results_dir), **self.extra_env}
 
     def start(self, timeout: float = 120) -> "LocalStack":
         self.log_dir.mkdir(parents=True, exist_ok=True)
