@@ -15,7 +15,8 @@ setup: $(STAMP) browser
 
 # The project itself, editable (a change to the code takes effect without reinstalling), with the `test` extra
 # (which brings `dev`, the local stack's, and `s3`); pyproject.toml declares every dependency but TensorFlow.
-$(STAMP): pyproject.toml
+# featurevis/__init__.py holds the version, which the installed metadata copies.
+$(STAMP): pyproject.toml featurevis/__init__.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]" "$(TF_PACKAGE)"
 	touch $@
