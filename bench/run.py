@@ -27,18 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import tensorflow as tf
+
+from devstack.stack import LocalStack
+from featurevis import records
+from featurevis.factory import ModelFactory, device_name
+from featurevis.optvis import objectives, render
+from featurevis.store import ResultStore
+from producer import Producer
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from featurevis import records  # noqa: E402
-from featurevis.factory import ModelFactory, device_name  # noqa: E402
-from featurevis.optvis import objectives, render  # noqa: E402
-from featurevis.stack import LocalStack  # noqa: E402
-from featurevis.store import ResultStore  # noqa: E402
-from producer import Producer  # noqa: E402
 
 MODEL = "inception_v3_untrained"
 ITERATIONS = 30

@@ -1,6 +1,7 @@
 """Two GPU-pinned workers, a few jobs, and what each job ran on and how fast (scripts/gpu-check.sh).
 
-Starts an embedded Redis and `python -m worker --gpus 0,1` (GPUS overrides the list), queues
+Run as `python -m scripts.gpu_check` from the repository root (devstack is not installed). Starts an
+embedded Redis and `python -m worker --gpus 0,1` (GPUS overrides the list), queues
 jobs on conv_id 5, 50 and the logits, and prints per job: the node, the device from meta.json
 and the seconds per iteration.
 """
@@ -10,14 +11,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from devstack.redis_server import RedisServer
+from devstack.stack import LocalStack, pongs, wait_until
+from featurevis import records
+from featurevis.store import ResultStore
+from producer import Producer
 
-from featurevis import records  # noqa: E402
-from featurevis.redis_server import RedisServer  # noqa: E402
-from featurevis.stack import LocalStack, pongs, wait_until  # noqa: E402
-from featurevis.store import ResultStore  # noqa: E402
-from producer import Producer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MODEL = os.environ.get("MODEL", "inception_v3_untrained")
 GPUS = os.environ.get("GPUS", "0,1")

@@ -9,10 +9,10 @@ import pytest
 import redis
 from PIL import Image
 
+from devstack.redis_server import free_port
 from featurevis import registry
 from featurevis.contract import DEFAULT_DIVERSITY, normalize
 from featurevis.optvis import objectives, render
-from featurevis.redis_server import free_port
 from tests.conftest import UNTRAINED
 
 META_FIELDS = {"job_id", "spec", "model_sha256", "layer_name", "tutorial_layer_name", "conv_id", "feature", "iterations", "seed", "method", "loss",

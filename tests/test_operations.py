@@ -11,9 +11,9 @@ import time
 import pytest
 import redis
 
-from featurevis import stack as stack_module
-from featurevis.redis_server import RedisServer, free_port
-from featurevis.stack import REPO_ROOT, LocalStack
+from devstack import stack as stack_module
+from devstack.redis_server import RedisServer, free_port
+from devstack.stack import REPO_ROOT, LocalStack
 from featurevis.store import ResultStore
 from producer import Producer
 from tests.conftest import FLOWER_AUTH, UNTRAINED

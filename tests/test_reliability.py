@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from featurevis.stack import LocalStack, wait_until
+from devstack.redis_server import RedisServer
+from devstack.stack import LocalStack, wait_until
 from featurevis.store import ResultStore
-from featurevis.redis_server import RedisServer
 from producer import BrokerUnavailable, JobFailed, Producer
 from tests.conftest import UNTRAINED
 from tests.events import EventLog

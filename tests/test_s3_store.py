@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from featurevis.redis_server import free_port
-from featurevis.stack import REPO_ROOT, LocalStack, wait_until
+from devstack.redis_server import free_port
+from devstack.stack import REPO_ROOT, LocalStack, wait_until
 from featurevis.store import ResultStore
 from producer import Producer
 from tests.conftest import UNTRAINED

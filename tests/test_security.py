@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from featurevis.redis_server import RedisServer, free_port
-from featurevis.stack import LocalStack
+from devstack.redis_server import RedisServer, free_port
+from devstack.stack import LocalStack
 from producer import BrokerUnavailable, Producer
 from tests.conftest import UNTRAINED
 
