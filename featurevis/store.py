@@ -10,6 +10,20 @@ temporary name and renamed into place, on S3 each object appears whole when
 its upload completes. So a reader (the cache check, a gallery, another host)
 never sees half a result. Keys come from the validated contract, and every
 path is checked to stay inside the root anyway.
+
+The layout, built here and nowhere else:
+
+    <model>/<layer>/feature_0002/<job_id>/            one job (features_0002_0007: a composed objective)
+        image.png  image.npy  [animation.webp]  [image_<i>.png: each picture of a diverse set]  meta.json
+    <model>/<layer>/sweeps/<sweep_id>/                one sweep
+        contact_sheet.png  meta.json
+    models/<name>/<version>/                          a registered model version
+        [model.keras]  description.json
+    models/<name>/current.json                        the version a job on <name> gets
+    index.html                                        the gallery
+
+Readers (the gallery) take a result's model, layer and features from its
+meta.json, not from its path.
 """
 from __future__ import annotations
 
@@ -18,13 +32,53 @@ import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-from featurevis.layout import IMAGE_NPY, IMAGE_PNG, META
+META = "meta.json"
+IMAGE_PNG = "image.png"
+IMAGE_NPY = "image.npy"
+ANIMATION = "animation.webp"
+CONTACT_SHEET = "contact_sheet.png"
+GALLERY = "index.html"
+GALLERY_LOCK = ".gallery.lock"
+
+MODELS = "models"
+MODEL_FILE = "model.keras"
+DESCRIPTION = "description.json"
+CURRENT = "current.json"
+
+# Results and sweeps both sit this many folders below the root: a listing need go no deeper.
+RECORD_DEPTH = 4
+
+
+def job_key(model: str, layer: str, features: Iterable[int], composed: bool, job_id: str) -> str:
+    """A job's folder: its model, layer and feature(s) make the store browsable, its id makes it unique."""
+    numbers = "_".join(f"{feature:04d}" for feature in features)
+    return f"{model}/{layer}/{'features' if composed else 'feature'}_{numbers}/{job_id}"
+
+
+def sweep_key(model: str, layer: str, sweep_id: str) -> str:
+    return f"{model}/{layer}/sweeps/{sweep_id}"
+
+
+def model_key(name: str, version: str = "") -> str:
+    return "/".join(part for part in (MODELS, name, version) if part)
+
+
+def set_png(index: int) -> str:
+    """One picture of a diverse set (image.png holds them all as a sheet)."""
+    return f"image_{index}.png"
+
+
+def model_and_layer(key: str) -> tuple[str, str]:
+    """The model and layer a job's or sweep's key belongs to (metas older than 0.2.0's sweeps do not say)."""
+    model, layer, *_ = key.split("/")
+    return model, layer
 
 DEFAULT_ROOT = "./results"
 
