@@ -2,7 +2,7 @@
 
 The contract (TF-free) lists the same names; tests/test_optvis.py checks the two agree.
 """
-from featurevis.optvis import gradient_ascent, robust
+from featurevis.optvis import gradient_ascent, maco, robust
 from featurevis.optvis.render import Method
 
-BY_NAME: dict[str, Method] = {method.name: method for method in (gradient_ascent.METHOD, robust.METHOD)}
+BY_NAME: dict[str, Method] = {method.name: method for method in (gradient_ascent.METHOD, robust.METHOD, maco.METHOD)}

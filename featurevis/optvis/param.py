@@ -39,15 +39,24 @@ def fft_to_pixels(spectrum: tf.Tensor, shape: tuple[int, int, int]) -> tf.Tensor
     correlation and stay independent); the sigmoid keeps pixels in range
     without the dead gradients of clipping.
     """
-    h, w, channels = shape
-    scaled = tf.complex(spectrum[..., 0], spectrum[..., 1]) * tf.cast(_spectrum_scale(h, w), tf.complex64)
+    h, w, _ = shape
+    scaled = tf.complex(spectrum[..., 0], spectrum[..., 1]) * tf.cast(spectrum_scale(h, w), tf.complex64)
     planes = tf.signal.irfft2d(scaled, fft_length=[h, w]) / 4.0  # lucid's /4: a comfortable range for the sigmoid
-    if channels == 3:
-        return 255.0 * tf.sigmoid(tf.einsum("bchw,dc->bhwd", planes, _COLOR_CORRELATION))
-    return 255.0 * tf.sigmoid(tf.transpose(planes, [0, 2, 3, 1]))
+    return 255.0 * tf.sigmoid(correlated_channels_last(planes))
 
 
-def _spectrum_scale(h: int, w: int) -> np.ndarray:
+def correlated_channels_last(planes: tf.Tensor) -> tf.Tensor:
+    """Decorrelated planes (batch, channels, h, w) -> (batch, h, w, channels), mixed through ImageNet's
+    colour correlation for RGB (other channel counts have no known correlation and stay as they are).
+
+    A linear map: the robust method puts it before its sigmoid, MACO before its min-max (optvis/maco.py).
+    """
+    if planes.shape[1] == 3:
+        return tf.einsum("bchw,dc->bhwd", planes, _COLOR_CORRELATION)
+    return tf.transpose(planes, [0, 2, 3, 1])
+
+
+def spectrum_scale(h: int, w: int) -> np.ndarray:
     """lucid's spectrum_scale, decay power 1: 1/frequency, floored at one cycle per image.
 
     The sqrt(h*w) factor makes irfft2d (which divides by h*w) orthonormal, so

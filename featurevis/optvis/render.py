@@ -33,6 +33,8 @@ class CompiledStep:
     advance(state, weights, seeds, diversity) -> (state, StepStats) is the traced
     step; the state is whatever the method moves (pixels, or spectra and their Adam
     moments), made by start(seeds) and seen as 0..255 images through pixels(state).
+    `extras(state)`, where a method has them, are per-image maps beside the pictures
+    (`alpha`: (batch, h, w) in 0..1, published as alpha.png), read once at the end.
     `traces` counts traces of the step: it should stay at 1.
     """
 
@@ -40,6 +42,7 @@ class CompiledStep:
     pixels: Callable[[Any], tf.Tensor]
     start: Callable[[list[int]], Any]
     traces: int = 0
+    extras: Callable[[Any], dict[str, tf.Tensor]] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Ascent(NamedTuple):
     history: list[StepStats]  # one per iteration, as numpy
     predictions: list[Prediction]
     frames: list[np.ndarray] = []  # batch images every `frame_every` iterations, when asked for
+    extras: dict[str, np.ndarray] = {}  # the step's per-image maps at the end (CompiledStep.extras)
 
 
 ProgressCallback = Callable[[int, StepStats, "Prediction | None"], None]
@@ -156,7 +160,8 @@ def run(step: CompiledStep, seeds: list[int], weights: np.ndarray, iterations: i
         if on_progress is not None and (final or predicted is not None or now - last_progress >= cadence.progress_s):
             on_progress(done, StepStats(*(value.numpy() for value in stats)), predicted)
             last_progress = now
-    return Ascent(step.pixels(state).numpy(), _on_host(history), predictions, frames)
+    extras = {name: value.numpy() for name, value in step.extras(state).items()} if step.extras else {}
+    return Ascent(step.pixels(state).numpy(), _on_host(history), predictions, frames, extras)
 
 
 def _on_host(history: list[StepStats]) -> list[StepStats]:
