@@ -33,6 +33,7 @@ class Rendered:
     predictions: list[contract.Prediction]
     scores: list[contract.Scores]  # one block per image
     gram_similarity: float | None  # how alike a diverse set's images came out
+    extras: dict[str, np.ndarray]  # the step's per-image maps (render.Ascent.extras), the job's rows
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Batch:
 def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[contract.Progress], None]) -> Batch:
     """Climb every image of `specs` (one model version, layer, method, iteration count) in one pass."""
     first = specs[0]
-    acquired = factory.acquire(first.model, first.layer, first.method, first.model_sha256)
+    acquired = factory.acquire(first.model, first.layer, first.step, first.model_sha256)
     info = acquired.model.info
     seeds = [seed for spec in specs for seed in spec.seeds]
     weights = objectives.weights_matrix([spec.weights for spec in specs for _ in spec.seeds],
@@ -77,7 +78,7 @@ def _share(spec: JobSpec, rows: slice, ascent: render.Ascent, scores: list[contr
     similarity = scoring.gram_similarity(acquired.probe, pictures) if spec.images > 1 else None
     return Rendered(spec, pictures, [frame[rows] for frame in ascent.frames], steps,
                     [_top_class(predicted, rows.start, class_names) for predicted in ascent.predictions],
-                    scores[rows], similarity)
+                    scores[rows], similarity, {name: values[rows] for name, values in ascent.extras.items()})
 
 
 def _progress(specs: list[JobSpec], class_names: list[str],

@@ -36,7 +36,10 @@ MAX_ITERATIONS = 10_000
 MAX_SEED = 2**32 - 1
 # Each method by name, and whether its step carries the diversity term a set of images needs. The
 # TensorFlow side of each is featurevis/optvis/<name>.py, listed in optvis/methods.py.
-METHODS = {"gradient_ascent": False, "robust": True}
+METHODS = {"gradient_ascent": False, "robust": True, "maco": False}
+# Methods whose step takes `alpha: true` (a transparency channel); maco always saves its own alpha.png.
+ALPHA_METHODS = ("robust",)
+ALPHA_MAPS = ("maco",)
 MAX_TARGETS = 16
 MAX_WEIGHT = 100.0
 MAX_IMAGES = 8
@@ -90,6 +93,7 @@ class JobFields(BaseModel):
     animate: bool = False
     images: int = Field(default=1, ge=1, le=MAX_IMAGES)
     diversity: float | None = Field(default=None, ge=0.0, le=MAX_DIVERSITY, allow_inf_nan=False)
+    alpha: bool = False
 
 
 class JobSpec(BaseModel):
@@ -109,6 +113,7 @@ class JobSpec(BaseModel):
     animate: bool = False
     images: int = 1  # more than one: a diverse set, optimized together
     diversity: float = 0.0  # weight of the diversity term between the images
+    alpha: bool = False  # a transparency channel, composited over random backgrounds (robust)
 
     def fields(self) -> dict[str, Any]:
         """The normalized job as the task's keyword arguments (the wire format)."""
@@ -123,6 +128,16 @@ class JobSpec(BaseModel):
         """Added fields away from their defaults; a set of images always names its diversity, even 0."""
         return [name for name in ADDED_FIELDS if getattr(self, name) != type(self).model_fields[name].default
                 or (name == "diversity" and self.images > 1)]
+
+    @property
+    def step(self) -> str:
+        """The compiled step a job needs: its method, or a variant whose state has another shape (factory)."""
+        return f"{self.method}+alpha" if self.alpha else self.method
+
+    @property
+    def saves_alpha(self) -> bool:
+        """Whether the job writes alpha.png: its transparency (alpha) or where the objective looked (maco)."""
+        return self.alpha or self.method in ALPHA_MAPS
 
     @property
     def seeds(self) -> list[int]:
@@ -148,7 +163,7 @@ class JobSpec(BaseModel):
 
 
 # Fields added after version 1: at their defaults they leave the wire format and the job id as they were.
-ADDED_FIELDS = ("animate", "images", "diversity")
+ADDED_FIELDS = ("animate", "images", "diversity", "alpha")
 
 # What each field accepts, for messages about a value of the wrong type or range.
 FIELD_RANGES = {
@@ -168,6 +183,8 @@ FIELD_RANGES = {
               f"(more than 1 needs method robust)",
     "diversity": f"null or a number in 0..{MAX_DIVERSITY:g}: how hard the job's images are pushed apart "
                  f"(default {DEFAULT_DIVERSITY:g} when images > 1)",
+    "alpha": f"true or false: a transparency channel, saved as alpha.png (method {' or '.join(ALPHA_METHODS)}, "
+             f"images 1; {' and '.join(ALPHA_MAPS)} always save one)",
 }
 
 
@@ -193,6 +210,7 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         targets = None  # one target of weight 1 is the plain job it always meant
     _check_duration(parsed.iterations)
     diversity = _diversity(parsed)
+    _check_alpha(parsed)
     seed = parsed.seed
     if seed is None:
         if not draw_seed:
@@ -201,7 +219,7 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
     return JobSpec(
         model=parsed.model, model_sha256=info.sha256, conv_id=conv_id, layer=layer, feature=feature,
         iterations=parsed.iterations, seed=seed, method=parsed.method, targets=targets, animate=parsed.animate,
-        images=parsed.images, diversity=diversity,
+        images=parsed.images, diversity=diversity, alpha=parsed.alpha,
     )
 
 
@@ -230,6 +248,17 @@ def _diversity(parsed: JobFields) -> float:
         raise JobError("images", f"more than 1 needs method {sets} (the diversity term is in its step), "
                                  f"got method {parsed.method}")
     return DEFAULT_DIVERSITY if parsed.diversity is None else float(parsed.diversity)
+
+
+def _check_alpha(parsed: JobFields) -> None:
+    """A transparency channel is a variant of some methods' steps, for one picture (alpha.png is one map)."""
+    if not parsed.alpha:
+        return
+    if parsed.method not in ALPHA_METHODS:
+        raise JobError("alpha", f"true needs method {' or '.join(ALPHA_METHODS)} ({' and '.join(ALPHA_MAPS)} saves "
+                                f"its own alpha.png), got method {parsed.method}")
+    if parsed.images > 1:
+        raise JobError("alpha", f"true needs images 1 (a set has no alpha.png yet), got images {parsed.images}")
 
 
 def _normalize_targets(parsed: JobFields, fields: dict) -> tuple[tuple[int, float], ...] | None:
@@ -497,6 +526,7 @@ class JobSummary(Record):
     untrained: bool
     cached: bool  # found in the store: no worker computed it for this request
     set: list[str] | None = None  # each picture of a diverse set
+    alpha: str | None = None  # alpha.png, where the job saves one (JobSpec.saves_alpha)
 
 
 class SweepMeta(Record):

@@ -103,7 +103,8 @@ class ModelFactory:
 
     def acquire(self, name: str, target: str | int | None, method: str = "gradient_ascent",
                 version: str | None = None) -> Acquired:
-        """Model and compiled step for a target (a layer name, a conv_id, or None for the logits) and method.
+        """Model and compiled step for a target (a layer name, a conv_id, or None for the logits) and method
+        (or a method's variant, JobSpec.step: "robust+alpha").
 
         A second call for the same ones builds nothing.
         """
@@ -178,11 +179,15 @@ class ModelFactory:
                 del self._steps[step]
 
     @staticmethod
-    def _compile(loaded: LoadedModel, layer: str, method_name: str) -> Compiled:
+    def _compile(loaded: LoadedModel, layer: str, step_name: str) -> Compiled:
+        """`step_name` is a method's name, or a method and an option that changes its state ("robust+alpha",
+        contract.JobSpec.step): such a variant is a step of its own, compiled once like the others."""
+        method_name, _, option = step_name.partition("+")
         method = methods.BY_NAME[method_name]
         network, objective = target_network(loaded, layer, with_style=method.needs_style)
         shape = loaded.info.input_shape
-        return Compiled(method.compile_step(network, loaded.preprocess, objective, shape),
+        return Compiled(method.compile_step(network, loaded.preprocess, objective, shape,
+                                            **({option: True} if option else {})),
                         scoring.feature_probe(network, loaded.preprocess, shape))
 
 

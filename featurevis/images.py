@@ -33,6 +33,14 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def alpha_png(alpha: np.ndarray) -> bytes:
+    """A (h, w) map in 0..1 as a grayscale PNG, 0 black, 1 white: not min-max normalized like a picture,
+    so an opacity reads as itself (0.5 is mid-grey) and maps of one kind compare across jobs."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def contact_sheet(images: list[np.ndarray], columns: int = 3, gap: int = 4) -> bytes:
     """A grid of normalized views, row by row, as the tutorial's 2x3 plots show a layer."""
     buffer = io.BytesIO()

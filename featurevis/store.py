@@ -14,7 +14,8 @@ path is checked to stay inside the root anyway.
 The layout, built here and nowhere else:
 
     <model>/<layer>/feature_0002/<job_id>/            one job (features_0002_0007: a composed objective)
-        image.png  image.npy  [animation.webp]  [image_<i>.png: each picture of a diverse set]  meta.json
+        image.png  image.npy  [animation.webp]  [image_<i>.png: each picture of a diverse set]
+        [alpha.png: the picture's transparency (robust, alpha: true) or where the objective looked (maco)]  meta.json
     <model>/<layer>/sweeps/<sweep_id>/                one sweep
         contact_sheet.png  meta.json
     models/<name>/<version>/                          a registered model version
@@ -43,6 +44,7 @@ META = "meta.json"
 IMAGE_PNG = "image.png"
 IMAGE_NPY = "image.npy"
 ANIMATION = "animation.webp"
+ALPHA = "alpha.png"
 CONTACT_SHEET = "contact_sheet.png"
 GALLERY = "index.html"
 GALLERY_LOCK = ".gallery.lock"

@@ -20,7 +20,7 @@ import featurevis
 from featurevis import contract, gallery, images, registry
 from featurevis.contract import JobSpec
 from featurevis.registry import LOGITS, ModelRefused, WeightsUnavailable
-from featurevis.store import ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, META, ResultStore, set_png
+from featurevis.store import ALPHA, ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, META, ResultStore, set_png
 from worker import runtime
 from worker.app import app
 from worker.progress import ProgressPublisher
@@ -152,13 +152,16 @@ class Published(NamedTuple):
 
 
 def _publish(task: celery.Task, store: ResultStore, job, rendered) -> Published:
-    """Write one job's files, meta.json last: a picture, or a set as a sheet, its array and each PNG."""
+    """Write one job's files, meta.json last: a picture (and its alpha.png), or a set as a sheet, its array and
+    each PNG."""
     spec, pictures = job.spec, job.pictures
     meta = _meta(task, job, rendered)
     animation = {ANIMATION: images.animation_bytes([_sheet_or_picture(frame) for frame in job.frames])} \
         if spec.animate else {}
     if spec.images == 1:
-        store.write_image_result(spec.key, pictures[0], images.png_bytes(pictures[0]), meta.to_json(), animation)
+        alpha = {ALPHA: images.alpha_png(job.extras["alpha"][0])} if spec.saves_alpha else {}
+        store.write_image_result(spec.key, pictures[0], images.png_bytes(pictures[0]), meta.to_json(),
+                                 {**animation, **alpha})
     else:
         each = {set_png(index): images.png_bytes(picture) for index, picture in enumerate(pictures)}
         store.write_image_result(spec.key, pictures, images.contact_sheet(list(pictures), SET_COLUMNS),
@@ -213,4 +216,5 @@ def _summary(spec: JobSpec, meta: contract.JobMeta, cached: bool) -> contract.Jo
     return contract.JobSummary(
         job_id=spec.job_id, key=spec.key, image=f"{spec.key}/{IMAGE_PNG}", array=f"{spec.key}/{IMAGE_NPY}",
         meta=f"{spec.key}/{META}", final_loss=meta.final_loss, untrained=meta.untrained, cached=cached,
-        set=[f"{spec.key}/{set_png(index)}" for index in range(spec.images)] if spec.images > 1 else None)
+        set=[f"{spec.key}/{set_png(index)}" for index in range(spec.images)] if spec.images > 1 else None,
+        alpha=f"{spec.key}/{ALPHA}" if spec.saves_alpha else None)
