@@ -53,6 +53,12 @@ BAD_JOBS = [
     ({"animate": "yes"}, "animate", "true or false"),
     ({"method": "robust", "iterations": 0}, "iterations", "1..10000"),
     ({"line\nbreak": 1}, "line\\nbreak", "unknown field"),
+    ({"method": "maco", "images": 2}, "images", "more than 1 needs method robust"),
+    ({"alpha": True}, "alpha", "true needs method robust (maco saves its own alpha.png), got method gradient_ascent"),
+    ({"alpha": True, "method": "maco"}, "alpha", "needs method robust"),
+    ({"alpha": True, "method": "robust", "images": 2}, "alpha", "needs images 1"),
+    ({"alpha": "yes"}, "alpha", "true or false"),
+    ({"alpha": 1}, "alpha", "true or false"),
 ]
 
 
@@ -128,6 +134,18 @@ def test_a_diverse_set_names_its_images_and_diversity_and_plain_jobs_stay_as_the
     independent = normalize({**diverse.fields(), "diversity": 0.0})
     assert independent.diversity == 0.0 and normalize(independent.fields()) == independent  # 0 survives the wire
     assert len({plain.job_id, diverse.job_id, independent.job_id}) == 3
+
+
+def test_maco_and_alpha_are_new_jobs_and_plain_jobs_keep_their_ids():
+    plain = normalize({"conv_id": 5, "feature": 2, "seed": 1, "method": "robust"})
+    assert normalize({"conv_id": 5, "feature": 2, "seed": 1, "method": "robust", "alpha": False}) == plain
+    assert "alpha" not in plain.fields() and (plain.step, plain.saves_alpha) == ("robust", False)
+    transparent = normalize({**plain.fields(), "alpha": True})
+    assert (transparent.step, transparent.saves_alpha) == ("robust+alpha", True)
+    assert normalize(transparent.fields()) == transparent  # alpha survives the wire
+    maco = normalize({**plain.fields(), "method": "maco"})
+    assert (maco.step, maco.saves_alpha, maco.key.split("/")[:3]) == ("maco", True, plain.key.split("/")[:3])
+    assert len({plain.job_id, transparent.job_id, maco.job_id}) == 3
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -39,6 +39,9 @@ def _validates(task, job):
     ({"conv_id": 5, "method": "robust", "targets": [{"feature": 1, "weight": 2.0}, {"feature": 3}]}, True),
     ({"targets": [{"feature": 1, "weight": "x"}]}, False),
     ({"animate": True}, True),
+    ({"conv_id": 5, "method": "maco"}, True),
+    ({"conv_id": 5, "method": "robust", "alpha": True}, True),
+    ({"alpha": "yes"}, False),
 ])
 def test_schema_and_contract_agree(job, valid):
     assert _validates("featurevis.optimize", job) is valid
