@@ -184,7 +184,7 @@ FIELD_RANGES = {
     "diversity": f"null or a number in 0..{MAX_DIVERSITY:g}: how hard the job's images are pushed apart "
                  f"(default {DEFAULT_DIVERSITY:g} when images > 1)",
     "alpha": f"true or false: a transparency channel, saved as alpha.png (method {' or '.join(ALPHA_METHODS)}, "
-             f"images 1; {' and '.join(ALPHA_MAPS)} always save one)",
+             f"images 1; {' and '.join(ALPHA_MAPS)} always saves one)",
 }
 
 

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     def job_options(command: argparse.ArgumentParser) -> None:
         for flag, parse, explained in JOB_OPTIONS:
             command.add_argument(flag, type=parse, default=None, help=explained)
+        command.add_argument("--alpha", action="store_const", const=True, default=None,
+                             help="method robust with a transparency channel, saved as alpha.png")
         command.add_argument("--wait", action="store_true", help="show progress and print the image path")
 
     enqueue = commands.add_parser("enqueue", help="queue one job")
@@ -86,7 +88,7 @@ JOB_OPTIONS = (
                      "mixed/conv), or 'logits'"),
     ("--iterations", _scalar, "1..10000, default 30"),
     ("--seed", _scalar, "drawn and recorded when absent"),
-    ("--method", str, "default gradient_ascent"),
+    ("--method", str, "gradient_ascent (default), robust or maco"),
 )
 
 
