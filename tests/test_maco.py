@@ -20,28 +20,39 @@ def channel_step(tiny):
 
 
 def decorrelated_spectrum(images: np.ndarray) -> np.ndarray:
-    """|rfft2| of each decorrelated plane of 0..255 RGB images: the colour mixing undone, (batch, 3, h, w//2+1)."""
-    unmixing = np.linalg.inv(param._COLOR_CORRELATION.astype(np.float64))
+    """|rfft2| of each decorrelated plane of 0..255 images, (batch, channels, h, w//2+1): RGB's colour mixing undone."""
+    unmixing = np.linalg.inv(param._COLOR_CORRELATION.astype(np.float64)) if images.shape[-1] == 3 \
+        else np.eye(images.shape[-1])
     planes = np.einsum("bhwd,cd->bchw", images.astype(np.float64), unmixing)
     return np.abs(np.fft.rfft2(planes))
 
 
-def test_the_magnitude_spectrum_stays_fixed_while_the_phase_moves(channel_step):
-    """At every step the picture's spectrum is the fixed magnitude times one contrast factor per image.
-
-    Everything but the DC term (which min-max normalization sets): each bin's ratio to the magnitude
-    is one number per image, to float tolerance, at the start, after 1 step and after 15.
-    """
-    magnitude = maco.one_over_f(SHAPE).astype(np.float64)
+def assert_fixed_magnitude(images: np.ndarray, magnitude: np.ndarray) -> None:
+    """Every bin but DC (which min-max normalization sets) is the magnitude times one factor per image."""
     bins = magnitude > 0
+    ratios = decorrelated_spectrum(images)[:, bins] / magnitude[bins]
+    spread = (ratios.max(axis=1) - ratios.min(axis=1)) / ratios.mean(axis=1)
+    assert (spread < 1e-3).all(), spread  # float32 pixels: about 1e-5
+
+
+def test_the_magnitude_spectrum_stays_fixed_while_the_phase_moves(channel_step):
+    """At every step the picture's spectrum is the fixed magnitude times one contrast factor per image:
+    at the start, after 1 step and after 15."""
     weights, seeds = one_hot_rows([3, 5], CHANNELS), [4, 5]
     pictures = [render.run(channel_step, seeds, weights, iterations).images for iterations in (1, 15)]
     pictures.insert(0, channel_step.pixels(channel_step.start(seeds)).numpy())
     for images in pictures:
-        ratios = decorrelated_spectrum(images)[:, bins] / magnitude[bins]
-        spread = (ratios.max(axis=1) - ratios.min(axis=1)) / ratios.mean(axis=1)
-        assert (spread < 1e-3).all(), spread  # float32 pixels: about 1e-5
+        assert_fixed_magnitude(images, maco.one_over_f(SHAPE).astype(np.float64))
     assert np.abs(pictures[2] - pictures[0]).mean() > 5.0  # the phase did move: the picture changed
+
+
+@pytest.mark.parametrize("shape", [(31, 45, 3), (40, 33, 3), (32, 32, 1), (17, 16, 4)])
+def test_odd_sizes_and_other_channel_counts_keep_their_magnitude_too(shape):
+    """Odd heights and widths (no Nyquist column), grayscale and four channels (no colour mixing)."""
+    magnitude = maco.one_over_f(shape)
+    images = maco.phase_to_pixels(tf.constant(maco.phase_init(shape, [1, 2])), tf.constant(magnitude), shape)
+    assert images.shape == (2, *shape)
+    assert_fixed_magnitude(images.numpy(), magnitude.astype(np.float64))
 
 
 @pytest.mark.parametrize("objective, target", [(objectives.weighted_channels, 0), (objectives.weighted_logits, 1)])
