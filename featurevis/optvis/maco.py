@@ -23,6 +23,8 @@ Where this differs from Xplique, and why:
 - The network sees the picture through the robust method's transforms (transform.standard: pad,
   jitter, scale, rotate, seeded per image and step), not Xplique's 32 random crops a step: one view
   per image keeps a step's cost that of the other methods, and batching never changes an image.
+- On shapes_cnn its class pictures transfer to the judge far less often than the robust method's; the
+  README ("What MACO does not do yet") has the figures and what was ruled out.
 - The phase of the self-conjugate frequencies (the first column and, for even widths, the last of the
   half-spectrum) is made antisymmetric, so the half-spectrum is that of a real image. Otherwise
   irfft2d keeps only the Hermitian part of those columns and their magnitude would depend on the phase.
