@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="queue several features of one layer as one batched job")
     job_options(sweep)
     sweep.add_argument("--features", type=_features, default=[1, 2, 3, 4, 5, 6], help="e.g. 1-6 (default) or 0,4,9")
-    status = commands.add_parser("status", help="show a job's state")
+    _atlas_parser(commands.add_parser("atlas", help="queue every unit of a model's layers, with pages in the store"))
+    status = commands.add_parser("status", help="show a job's or an atlas's state")
     status.add_argument("job_id")
     _models_parser(commands.add_parser("models", help="register, list and show models"))
     return parser
@@ -107,6 +108,22 @@ def _models_parser(models: argparse.ArgumentParser) -> None:
     show.add_argument("--json", action="store_true", help="the whole description as JSON")
 
 
+def _atlas_parser(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", default=None, help="default inception_v3")
+    command.add_argument("--layers", type=_layers, default=None,
+                         help="all (every Conv2D layer, the default) or layer names and conv_ids, e.g. conv1,3")
+    command.add_argument("--units", type=_scalar, default=None, help="the first K units of each layer (default all)")
+    command.add_argument("--method", default=None, help="default gradient_ascent")
+    command.add_argument("--iterations", type=_scalar, default=None, help="1..10000, default 30")
+    command.add_argument("--seed", type=_scalar, default=None, help="drawn and recorded when absent")
+    command.add_argument("--batch", type=_scalar, default=None, help="units of one layer per task, default 32")
+    command.add_argument("--wait", action="store_true", help="show progress over all units and print the atlas page")
+
+
+def _layers(text: str):
+    return text if text == "all" else [_scalar(part) for part in text.split(",")]
+
+
 def _numbers(text: str) -> list:
     return [_scalar(part) for part in text.split(",")]
 
@@ -120,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "models":
             return _models(producer, args)
+        if args.command == "atlas":
+            return _atlas(producer, args)
         fields = {name: value for name, value in vars(args).items()
                   if name not in ("command", "wait") and value is not None}
         job = producer.sweep(fields) if args.command == "sweep" else producer.enqueue(fields)
@@ -136,6 +155,25 @@ def main(argv: list[str] | None = None) -> int:
     except JobFailed as error:
         print(f"error: job failed: {error}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _atlas(producer: Producer, args: argparse.Namespace) -> int:
+    fields = {name: value for name, value in vars(args).items() if name not in ("command", "wait") and value is not None}
+    job = producer.atlas(fields)
+    print(job.id, flush=True)
+    if not job.queued:
+        state = job.progress()["state"]
+        print(f"note: atlas {'complete' if state == 'done' else 'already running'}; nothing queued", file=sys.stderr)
+    else:
+        print(f"queued {job.queued} of {job.atlas.total} units", file=sys.stderr)
+    if args.wait:
+        with tqdm(total=job.atlas.total, desc=job.id[:12], unit="unit", file=sys.stderr, dynamic_ncols=True) as bar:
+            def show(progress: dict) -> None:
+                bar.update(progress["done"] - bar.n)
+
+            job.wait(on_progress=show)
+        print(_located(job.page))
+    return 0
 
 
 def _models(producer: Producer, args: argparse.Namespace) -> int:
@@ -213,6 +251,10 @@ def follow(job: Job) -> str:
     if result.get("untrained") or any(j.get("untrained") for j in result.get("jobs", [])):
         print("note: untrained weights (fixed-seed random init); the picture shows the architecture, not ImageNet",
               file=sys.stderr)
-    picture = result.get("contact_sheet") or result["image"]
+    return _located(result.get("contact_sheet") or result["image"])
+
+
+def _located(key: str) -> str:
+    """Where a file of the store is found: its address under RESULTS_URL, else its path or s3:// URL."""
     base = os.environ.get("RESULTS_URL")  # where a web server publishes RESULTS_DIR (the compose file's)
-    return f"{base.rstrip('/')}/{quote(picture)}" if base else ResultStore.from_env().locate(picture)
+    return f"{base.rstrip('/')}/{quote(key)}" if base else ResultStore.from_env().locate(key)

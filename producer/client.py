@@ -22,7 +22,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from kombu.utils.url import maybe_sanitize_url
 
-from featurevis import contract, registry
+from featurevis import atlas, atlas_pages, contract, registry
 from featurevis.registry import ModelRefused
 from featurevis.store import ResultStore
 
@@ -87,6 +87,12 @@ class Producer:
         kwargs = {**specs[0].fields(), "features": [s.feature for s in specs]}
         del kwargs["feature"]
         return self._send("featurevis.sweep", contract.sweep_id(specs), specs, kwargs)
+
+    def atlas(self, fields: dict[str, Any]):
+        """Queue an atlas: every unit of a model's layers, batched (producer/atlas.py); returns an AtlasJob."""
+        from producer.atlas import submit
+
+        return submit(self, fields)
 
     def register_model(self, name: str, file: str | os.PathLike | None = None, keras_app: str | None = None,
                        weights: str = "imagenet", preprocess: str | dict | None = None,
@@ -157,8 +163,12 @@ class Producer:
                                               "preprocess": preprocess, "class_names": class_names})
 
     def status(self, job_id: str) -> dict:
+        """A job's Celery state; for an atlas id, its progress.json as `info`."""
         self._check_broker()
         result = self.app.AsyncResult(job_id)
+        progress = atlas_pages.read_progress(self.registry.store, job_id) if atlas.ID.fullmatch(job_id) else None
+        if progress is not None:
+            return {"atlas_id": job_id, "state": progress["state"], "info": progress}
         info = result.info
         if isinstance(info, BaseException):
             info = _one_line(info)

@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from datetime import datetime, timezone
+from typing import Callable
 
 import celery
 import numpy as np
@@ -109,15 +110,21 @@ def _describe_safely(request: dict) -> dict:
         raise RuntimeError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
 
 
-def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[dict]:
-    """_render, with TensorFlow's exceptions turned into plain ones.
+def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec],
+                   annotate: Callable[[JobSpec, dict], None] | None = None) -> list[dict]:
+    """_render, with TensorFlow's exceptions turned into plain ones (plain_errors)."""
+    return plain_errors(_render, task, store, specs, annotate)
+
+
+def plain_errors(function: Callable, *args):
+    """function(*args), with TensorFlow's exceptions turned into plain ones.
 
     Celery unpickles a failed task's exception in the worker's parent process;
     a TensorFlow or Keras exception class would import TensorFlow there, and
     the parent must stay TF-free to fork healthy children.
     """
     try:
-        return _render(task, store, specs)
+        return function(*args)
     except SoftTimeLimitExceeded:
         raise TimeoutError(f"job exceeded its time limit of {app.conf.task_soft_time_limit} s "
                            f"(FEATUREVIS_SOFT_TIME_LIMIT); ask for fewer iterations") from None
@@ -129,8 +136,13 @@ def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) 
         raise RuntimeError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
 
 
-def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[dict]:
-    """Optimize specs of one layer as one batch, publish each result, return their metas."""
+def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec],
+            annotate: Callable[[JobSpec, dict], None] | None = None) -> list[dict]:
+    """Optimize specs of one layer as one batch, publish each result, return their metas.
+
+    `annotate(spec, meta)` adds to a meta before it is published (an atlas adds its dataset comparison),
+    so meta.json is still written once, whole.
+    """
     from featurevis import quality  # TensorFlow side: imported in pool children only
     from featurevis.optvis import objectives, render
 
@@ -182,6 +194,8 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
         raw, png, extra = _artefacts(spec, ascent.images[rows], [frame[rows] for frame in ascent.frames])
         if spec.images > 1:
             meta["set"] = _set_meta(spec, scores[rows], quality.gram_similarity(acquired.probe, ascent.images[rows]))
+        if annotate is not None:
+            annotate(spec, meta)
         store.write_image_result(spec.key, raw, png, meta, extra)
         metas.append(meta)
     return metas

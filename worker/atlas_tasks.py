@@ -1,0 +1,85 @@
+"""The atlas's tasks: a batch of one layer's units, and the chord callback that finishes the atlas.
+
+`featurevis.atlas_batch` runs up to `batch` units of one layer through the path
+every job takes (tasks._render_safely: one batched pass, each unit an ordinary
+job with its own meta.json). Units whose meta.json exists are not computed again,
+so a batch redelivered after its worker died finishes only what is missing, and
+units single jobs already made cost nothing. When the model has a dataset,
+the batch first ranks it for the layer (once per model version, dataset and
+layer, stored beside the model) and each new unit's quality block gets
+`activation_vs_dataset`. Last, it publishes its pages under the atlas's lock.
+
+`featurevis.atlas_finish` is the chord's callback: it runs once every batch has
+succeeded, marks the atlas done and rebuilds the gallery, once per atlas instead
+of once per batch.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from featurevis import atlas, atlas_pages, datasets, examples, gallery, registry
+from featurevis.store import ResultStore
+from worker import runtime, tasks
+from worker.app import app
+
+
+@app.task(bind=True, name="featurevis.atlas_batch")
+def atlas_batch(self, **fields) -> dict:
+    request, layer, specs = atlas.batch_request(fields)
+    store = ResultStore.from_env()
+    ranked, examples_key = tasks.plain_errors(_examples, store, request, layer.layer)
+    metas = {spec.job_id: store.read_meta(spec.key) for spec in specs}
+    missing = [spec for spec in specs if metas[spec.job_id] is None]
+
+    def annotate(spec, meta: dict) -> None:
+        meta["quality"].update(_versus(meta["quality"], ranked, spec.feature))
+
+    if missing:
+        rendered = tasks._render_safely(self, store, missing, annotate if ranked else None)
+        metas.update({spec.job_id: meta for spec, meta in zip(missing, rendered)})
+    records = []
+    for spec in specs:
+        unit = examples.unit(ranked, spec.feature) if ranked else None
+        record = atlas_pages.unit_record(spec, metas[spec.job_id], unit, examples_key)
+        if ranked:  # a unit a single job made has no comparison in its meta.json; its page still shows one
+            record["quality"] = {**_versus(record["quality"], ranked, spec.feature), **record["quality"]}
+        records.append(record)
+    with atlas.page_lock(runtime.redis_client(), request.atlas_id):
+        progress = atlas_pages.publish(store, request.atlas_id, layer.layer, records)
+    return {"atlas_id": request.atlas_id, "layer": layer.layer, "features": [spec.feature for spec in specs],
+            "computed": len(missing), "done": progress["done"], "total": progress["total"]}
+
+
+@app.task(bind=True, name="featurevis.atlas_finish")
+def atlas_finish(self, batches: list | None = None, atlas_id: str = "") -> dict:
+    """The chord's callback: `batches` are the batches' results, which progress.json already holds."""
+    store = ResultStore.from_env()
+    with atlas.page_lock(runtime.redis_client(), atlas_id):
+        progress = atlas_pages.read_progress(store, atlas_id)
+        progress["state"] = "done" if progress["done"] == progress["total"] else "incomplete"
+        progress["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        atlas_pages.publish_progress(store, progress)
+    gallery.try_rebuild(store)
+    return {"atlas_id": atlas_id, "state": progress["state"], "done": progress["done"], "total": progress["total"],
+            "page": f"{atlas.key(atlas_id)}/{atlas_pages.INDEX}", "progress": f"{atlas.key(atlas_id)}/{atlas.PROGRESS}"}
+
+
+def _examples(store: ResultStore, request: atlas.Atlas, layer: str) -> tuple[dict | None, str | None]:
+    """The layer's dataset ranking and where its pictures are, computed here if no worker has yet; (None, None)
+    for a model without a dataset. A lock per ranking: the workers sharing a layer's batches rank it once."""
+    models = registry.Registry.from_env()
+    info = models.get(request.model, request.model_sha256)
+    dataset = datasets.for_model(models, info)
+    if dataset is None:
+        return None, None
+    ranked = examples.read(store, info, dataset, layer)
+    if ranked is None:
+        with runtime.job_lock(f"examples:{examples.key(info, dataset)}/{layer}"):
+            ranked = examples.read(store, info, dataset, layer)
+            if ranked is None:
+                ranked = examples.compute(store, runtime.factory().model(info.name, info.sha256), dataset, layer)
+    return ranked, examples.key(info, dataset)
+
+
+def _versus(quality: dict, ranked: dict, feature: int) -> dict:
+    return examples.versus(quality["objective"], examples.unit(ranked, feature)["best"])
