@@ -100,7 +100,13 @@ def _models_parser(models: argparse.ArgumentParser) -> None:
     register.add_argument("--scale", type=_numbers, default=None, help="instead of --preprocess: per-channel scale")
     register.add_argument("--offset", type=_numbers, default=None, help="with --scale: per-channel offset")
     register.add_argument("--class-names", default=None, help="a JSON list, or a text file of one class name a line")
+    register.add_argument("--dataset", default=None,
+                          help="a .npz of images or a folder of PNG/JPEG files, for atlases' dataset examples")
     register.add_argument("--no-wait", action="store_true", help="queue the registration and return")
+    dataset = actions.add_parser("dataset", help="store a dataset beside a registered model (atlas examples)")
+    dataset.add_argument("name")
+    dataset.add_argument("path", help="a .npz (its 'images' array, or its only one) or a folder of PNG/JPEG files")
+    dataset.add_argument("--version", default=None, help="a registered sha256 (default: the current one)")
     actions.add_parser("list", help="the registered models, one a line")
     show = actions.add_parser("show", help="a model's input, classes and layers (conv_ids, channels)")
     show.add_argument("name")
@@ -180,6 +186,8 @@ def _models(producer: Producer, args: argparse.Namespace) -> int:
     if args.action == "list":
         for info in producer.models():
             print(_summary_line(info))
+    elif args.action == "dataset":
+        _dataset_added(producer.add_dataset(args.name, args.path, args.version), args.name)
     elif args.action == "show":
         info = producer.model(args.name, args.version)
         print(json.dumps(info.description, indent=1) if args.json else _details(info))
@@ -196,7 +204,13 @@ def _models(producer: Producer, args: argparse.Namespace) -> int:
         elif verdict["registered"]:
             print(f"registered {args.name}: input {verdict['input_shape']}, {verdict['layers']} layers "
                   f"({verdict['conv_layers']} Conv2D), {verdict['classes']} classes", file=sys.stderr)
+        if args.dataset and verdict["registered"]:
+            _dataset_added(producer.add_dataset(args.name, args.dataset, verdict["sha256"]), args.name)
     return 0
+
+
+def _dataset_added(described: dict, name: str) -> None:
+    print(f"dataset of {described['size']} images stored beside {name} ({described['sha256'][:12]})", file=sys.stderr)
 
 
 def _class_names(path: str | None) -> list[str] | None:

@@ -130,6 +130,13 @@ class Producer:
             raise ModelRefused(_one_line(error)) from None
         return {**verdict, "registered": True, "already": False}
 
+    def add_dataset(self, name: str, path: str | os.PathLike, version: str | None = None) -> dict:
+        """Store a dataset (.npz, or a folder of PNG/JPEG files) beside a registered model, for its atlases'
+        dataset examples; ModelRefused (one line) when it does not fit the model. Needs no worker."""
+        from featurevis import datasets
+
+        return datasets.put(self.registry, self.model(name, version), path)
+
     def models(self) -> list[registry.ModelInfo]:
         """Every registered model at its current version. Reads the store only."""
         return [self.registry.get(name) for name in self.registry.names()]
