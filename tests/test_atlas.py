@@ -5,8 +5,9 @@ Iterations are few and batches large: shapes_cnn's 176 Conv2D units take seconds
 """
 from __future__ import annotations
 
-import ast
+import gc
 import json
+import re
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ def fleet(tmp_path_factory):
                     redis_dir=base / "redis") as running:
         running.events = EventLog(running.redis_url)
         yield running
+        gc.collect()  # producers' results unsubscribe when collected: while Redis is still there to answer
 
 
 def _cli(fleet, *args: str) -> subprocess.CompletedProcess:
@@ -45,14 +47,18 @@ def _cli(fleet, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+# An atlas batch's result as the task-succeeded event carries it (its repr).
+_BATCH = re.compile(r"'atlas_id': '(?P<atlas_id>[0-9a-f]{24})'.*'computed': (?P<computed>\d+)")
+
+
 def _batch_results(fleet, ids=None) -> dict[str, list[dict]]:
     """Each succeeded atlas batch's results by task id (a task succeeding twice shows two)."""
     found: dict[str, list[dict]] = {}
     for event in list(fleet.events.events):
-        if event.get("type") == "task-succeeded" and "'computed':" in str(event.get("result")):
-            result = ast.literal_eval(event["result"])
-            if ids is None or result["atlas_id"] in ids:
-                found.setdefault(event["uuid"], []).append(result)
+        match = _BATCH.search(str(event.get("result"))) if event.get("type") == "task-succeeded" else None
+        if match and (ids is None or match["atlas_id"] in ids):
+            found.setdefault(event["uuid"], []).append({"atlas_id": match["atlas_id"],
+                                                        "computed": int(match["computed"])})
     return found
 
 
