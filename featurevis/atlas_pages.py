@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from typing import Callable
 from urllib.parse import quote
 
 from featurevis import atlas as atlases
@@ -67,6 +68,26 @@ def publish_progress(store: ResultStore, progress: dict) -> None:
     key = atlases.key(progress["atlas_id"])
     store.put(key, atlases.PROGRESS, json.dumps(progress, indent=1).encode(), content_type="application/json")
     store.put(key, INDEX, atlas_page(progress).encode(), content_type="text/html; charset=utf-8")
+
+
+def begin(store: ResultStore, atlas: atlases.Atlas, in_flight: Callable[[], bool]) -> dict[str, list[int]]:
+    """Start a run of an atlas: publish its progress.json and page, return the units to queue by layer.
+
+    Units an earlier run recorded are kept and not queued again, so a finished atlas queues nothing;
+    nothing either while `in_flight()` says an earlier run's batches are still out. The caller holds
+    the atlas's lock.
+    """
+    previous = read_progress(store, atlas.atlas_id)
+    if previous is not None and previous["state"] == "running" and in_flight():
+        return {}
+    recorded = {entry["layer"]: set(entry["done"]) for entry in previous["layers"]} if previous else {}
+    wanted = {layer.layer: [feature for feature in layer.features if feature not in recorded.get(layer.layer, ())]
+              for layer in atlas.layers}
+    progress = atlases.initial_progress(atlas, {layer: sorted(done) for layer, done in recorded.items()})
+    if not any(wanted.values()):
+        progress.update(state="done", finished_at=(previous or {}).get("finished_at"))
+    publish_progress(store, progress)
+    return {layer: features for layer, features in wanted.items() if features}
 
 
 def publish(store: ResultStore, atlas_id: str, layer: str, records: list[dict]) -> dict:

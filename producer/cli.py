@@ -173,12 +173,7 @@ def _atlas(producer: Producer, args: argparse.Namespace) -> int:
     else:
         print(f"queued {job.queued} of {job.atlas.total} units", file=sys.stderr)
     if args.wait:
-        with tqdm(total=job.atlas.total, desc=job.id[:12], unit="unit", file=sys.stderr, dynamic_ncols=True) as bar:
-            def show(progress: dict) -> None:
-                bar.update(progress["done"] - bar.n)
-
-            job.wait(on_progress=show)
-        print(_located(job.page))
+        print(follow_atlas(job))
     return 0
 
 
@@ -266,6 +261,13 @@ def follow(job: Job) -> str:
         print("note: untrained weights (fixed-seed random init); the picture shows the architecture, not ImageNet",
               file=sys.stderr)
     return _located(result.get("contact_sheet") or result["image"])
+
+
+def follow_atlas(job) -> str:
+    """Follow an atlas with one progress bar over all its units (done / total, rate, ETA); where its page is."""
+    with tqdm(total=job.atlas.total, desc=job.id[:12], unit="unit", file=sys.stderr, dynamic_ncols=True) as bar:
+        job.wait(on_progress=lambda progress: bar.update(progress["done"] - bar.n))
+    return _located(job.page)
 
 
 def _located(key: str) -> str:

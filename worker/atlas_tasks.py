@@ -1,4 +1,10 @@
-"""The atlas's tasks: a batch of one layer's units, and the chord callback that finishes the atlas.
+"""The atlas's tasks: starting an atlas, a batch of one layer's units, and the chord callback that finishes it.
+
+`featurevis.atlas` takes an atlas request (JSON keyword arguments, as every
+task: any system can send it by name), publishes its progress.json and page,
+and sends what the atlas lacks as one chord: a group of batches and the callback,
+whose task id is the atlas id. Sent from a worker, the chord's hundreds of
+tasks cost the producer one message and leave it no result subscriptions.
 
 `featurevis.atlas_batch` runs up to `batch` units of one layer through the path
 every job takes (tasks._render_safely: one batched pass, each unit an ordinary
@@ -17,10 +23,28 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from celery import chord, group, states
+
 from featurevis import atlas, atlas_pages, datasets, examples, gallery, registry
 from featurevis.store import ResultStore
 from worker import runtime, tasks
 from worker.app import app
+
+
+@app.task(bind=True, name="featurevis.atlas")
+def atlas_start(self, **fields) -> dict:
+    request = atlas.normalize(fields)
+    store = ResultStore.from_env()
+    callback = app.AsyncResult(request.atlas_id)
+    with atlas.page_lock(runtime.redis_client(), request.atlas_id):
+        wanted = atlas_pages.begin(store, request, lambda: callback.state not in states.READY_STATES)
+    if wanted:
+        if callback.state in states.READY_STATES:
+            callback.forget()  # an earlier run's answer: this run's callback will give the new one
+        batches = group(atlas_batch.s(**kwargs) for kwargs in request.batches(wanted))
+        chord(batches)(atlas_finish.s(atlas_id=request.atlas_id).set(task_id=request.atlas_id))
+    return {"atlas_id": request.atlas_id, "queued": sum(map(len, wanted.values())), "total": request.total,
+            "page": f"{request.key}/{atlas_pages.INDEX}", "progress": f"{request.key}/{atlas.PROGRESS}"}
 
 
 @app.task(bind=True, name="featurevis.atlas_batch")
