@@ -14,7 +14,9 @@ units.json and page, progress.json and the atlas page. So a page update costs
 the size of one layer, never a scan of the store; the gallery's index.html is
 rebuilt once, when the atlas finishes. The caller holds the atlas's lock
 (featurevis.atlas.page_lock) around `publish`: each update reads what the last
-one wrote.
+one wrote. These files are not synced to disk one by one (the results are): a
+crash can cost a page or a recorded unit, which the next batch or a resubmission
+rewrites from the results.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from featurevis.gallery import CSS, _e, _text
 from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore
 
 INDEX, UNITS = "index.html", "units.json"
+HTML = "text/html; charset=utf-8"
 UP_FROM_ATLAS, UP_FROM_LAYER = "../../", "../../../"  # from atlases/<id>/ and atlases/<id>/<layer>/ to the root
 SHOWN_ON_LAYER = 3  # top examples beside each unit's picture on the layer page
 
@@ -66,8 +69,9 @@ def publish_progress(store: ResultStore, progress: dict) -> None:
     """progress.json and the atlas page, which shows it."""
     progress["updated_at"] = _now()
     key = atlases.key(progress["atlas_id"])
-    store.put(key, atlases.PROGRESS, json.dumps(progress, indent=1).encode(), content_type="application/json")
-    store.put(key, INDEX, atlas_page(progress).encode(), content_type="text/html; charset=utf-8")
+    store.put(key, atlases.PROGRESS, json.dumps(progress, indent=1).encode(), content_type="application/json",
+              durable=False)
+    store.put(key, INDEX, atlas_page(progress).encode(), content_type=HTML, durable=False)
 
 
 def begin(store: ResultStore, atlas: atlases.Atlas, in_flight: Callable[[], bool]) -> dict[str, list[int]]:
@@ -108,10 +112,11 @@ def publish(store: ResultStore, atlas_id: str, layer: str, records: list[dict]) 
             store.put(folder, unit_page_name(record["feature"]),
                       unit_page(progress, record, ordered[index - 1] if index else None,
                                 ordered[index + 1] if index + 1 < len(ordered) else None).encode(),
-                      content_type="text/html; charset=utf-8")
-    store.put(folder, UNITS, json.dumps({str(feature): record for feature, record in units.items()}).encode())
+                      content_type=HTML, durable=False)
+    store.put(folder, UNITS, json.dumps({str(feature): record for feature, record in units.items()}).encode(),
+              durable=False)
     atlases.record_done(progress, layer, [record["feature"] for record in records])
-    store.put(folder, INDEX, layer_page(progress, entry, ordered).encode(), content_type="text/html; charset=utf-8")
+    store.put(folder, INDEX, layer_page(progress, entry, ordered).encode(), content_type=HTML, durable=False)
     publish_progress(store, progress)
     return progress
 

@@ -19,7 +19,7 @@ from featurevis import atlas as atlases
 from featurevis import atlas_pages
 from featurevis.store import ResultStore
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.25  # as a job's --wait: an atlas of a few units is done in seconds
 
 
 @dataclass
