@@ -158,7 +158,7 @@ def layer_page(progress: dict, entry: dict, units: list[dict]) -> str:
         cells = [("objective", quality.get("objective"))]
         if "activation_vs_dataset" in quality:
             cells.append(("vs dataset", quality["activation_vs_dataset"]))
-        rows = "".join(f"<dt>{name}</dt><dd>{_text(value)}</dd>" for name, value in cells)
+        rows = "".join(f"<dt>{name}</dt><dd>{_shown(value)}</dd>" for name, value in cells)
         cards.append(f'<figure class="unit"><a href="{unit_page_name(record["feature"])}"><img class="pixels" '
                      f'src="{picture}" alt="unit {record["feature"]}" loading="lazy"></a>{strip}'
                      f'<figcaption><a href="{unit_page_name(record["feature"])}">unit {record["feature"]}</a>'
@@ -205,8 +205,13 @@ def unit_page(progress: dict, record: dict, previous: dict | None, following: di
 
 
 def _table(values: dict) -> str:
-    return "<table>" + "".join(f"<tr><th>{_e(str(name))}</th><td>{_text(value)}</td></tr>"
+    return "<table>" + "".join(f"<tr><th>{_e(str(name))}</th><td>{_shown(value)}</td></tr>"
                                for name, value in values.items()) + "</table>"
+
+
+def _shown(value) -> str:
+    """A score as text; none (activation_vs_dataset where no dataset image excites the unit) as n/a."""
+    return "n/a" if value is None else _text(value)
 
 
 def _bar(done: int, total: int) -> str:
