@@ -94,9 +94,13 @@ def begin(store: ResultStore, atlas: atlases.Atlas, in_flight: Callable[[], bool
     return {layer: features for layer, features in wanted.items() if features}
 
 
-def publish(store: ResultStore, atlas_id: str, layer: str, records: list[dict]) -> dict:
-    """A finished batch's pages: its units', its layer's, the atlas's; and progress.json. Returns the progress."""
-    progress = read_progress(store, atlas_id)
+def publish(store: ResultStore, atlas: atlases.Atlas, layer: str, records: list[dict]) -> dict:
+    """A finished batch's pages: its units', its layer's, the atlas's; and progress.json. Returns the progress.
+
+    A batch sent by name without `featurevis.atlas` before it starts the atlas's progress itself.
+    """
+    atlas_id = atlas.atlas_id
+    progress = read_progress(store, atlas_id) or atlases.initial_progress(atlas)
     entry = next(entry for entry in progress["layers"] if entry["layer"] == layer)
     folder = f"{atlases.key(atlas_id)}/{layer}"
     try:

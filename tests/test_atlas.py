@@ -124,6 +124,20 @@ def test_resubmitting_a_finished_atlas_queues_nothing(fleet, finished):
     assert [run["computed"] for runs in results.values() for run in runs] == [0, 0]
 
 
+def test_atlas_tasks_sent_by_name_refuse_bad_fields_in_one_line(fleet):
+    app = Producer(fleet.redis_url, fleet.results_dir).app
+    for task, kwargs, message in (
+            ("featurevis.atlas", {"model": "shapes_cnn", "layers": [9]},
+             "conv_id: must be in 0..3 for shapes_cnn (or null for the class logits), got 9"),
+            ("featurevis.atlas_batch", {"atlas_id": "0" * 24, "layer": "conv1", "features": [0],
+                                        "request": {"model": "shapes_cnn", "seed": 1}},
+             "atlas_id: \"000000000000000000000000\" is not the id of this request"),
+            ("featurevis.atlas_finish", {"atlas_id": "../../etc"}, "atlas_id: must be an atlas id, 24 hex digits")):
+        with pytest.raises(Exception) as caught:
+            app.send_task(task, kwargs=kwargs).get(timeout=120)
+        assert str(caught.value).startswith(message) and "\n" not in str(caught.value), str(caught.value)
+
+
 def test_killing_a_pool_child_mid_atlas_still_completes_every_unit_once(fleet):
     producer = Producer(fleet.redis_url, fleet.results_dir)
     seen = len(fleet.events.events)
@@ -253,13 +267,13 @@ def test_a_batch_rewrites_only_its_layer_and_the_atlas_page(tmp_path, monkeypatc
         return [atlas_pages.unit_record(spec, {"spec": spec.model_dump(), "quality": {"objective": 1.5}}, None, None)
                 for spec in specs]
 
-    atlas_pages.publish(store, request.atlas_id, "conv2", records("conv2", [0, 1]))
+    atlas_pages.publish(store, request, "conv2", records("conv2", [0, 1]))
     conv2 = Path(store.path(request.key, "conv2/index.html"))
     before = conv2.stat().st_mtime_ns
-    progress = atlas_pages.publish(store, request.atlas_id, "conv3", records("conv3", [2, 3]))
+    progress = atlas_pages.publish(store, request, "conv3", records("conv3", [2, 3]))
     assert conv2.stat().st_mtime_ns == before and not Path(store.path(request.key, "conv1")).exists()
     assert progress["done"] == 4 and [entry["done"] for entry in progress["layers"]] == [[], [0, 1], [2, 3], []]
-    progress = atlas_pages.publish(store, request.atlas_id, "conv3", records("conv3", [3, 0]))  # redelivered: once
+    progress = atlas_pages.publish(store, request, "conv3", records("conv3", [3, 0]))  # redelivered: once
     assert [entry["done"] for entry in progress["layers"]][2] == [0, 2, 3] and progress["done"] == 5
     unit_0 = Path(store.path(request.key, "conv3/unit_0000.html")).read_text()
     assert "unit_0002.html" in unit_0 and "no dataset" in unit_0  # its next neighbour, and no examples

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from celery import chord, group, states
 
 from featurevis import atlas, atlas_pages, datasets, examples, gallery, registry
+from featurevis.contract import JobError
 from featurevis.store import ResultStore
 from worker import runtime, tasks
 from worker.app import app
@@ -69,7 +70,7 @@ def atlas_batch(self, **fields) -> dict:
             record["quality"] = {**_versus(record["quality"], ranked, spec.feature), **record["quality"]}
         records.append(record)
     with atlas.page_lock(runtime.redis_client(), request.atlas_id):
-        progress = atlas_pages.publish(store, request.atlas_id, layer.layer, records)
+        progress = atlas_pages.publish(store, request, layer.layer, records)
     return {"atlas_id": request.atlas_id, "layer": layer.layer, "features": [spec.feature for spec in specs],
             "computed": len(missing), "done": progress["done"], "total": progress["total"]}
 
@@ -78,8 +79,12 @@ def atlas_batch(self, **fields) -> dict:
 def atlas_finish(self, batches: list | None = None, atlas_id: str = "") -> dict:
     """The chord's callback: `batches` are the batches' results, which progress.json already holds."""
     store = ResultStore.from_env()
+    if not isinstance(atlas_id, str) or not atlas.ID.fullmatch(atlas_id):
+        raise JobError("atlas_id", f"must be an atlas id, 24 hex digits, got {str(atlas_id)[:40]!r}")
     with atlas.page_lock(runtime.redis_client(), atlas_id):
         progress = atlas_pages.read_progress(store, atlas_id)
+        if progress is None:
+            raise JobError("atlas_id", f"no atlas {atlas_id} in {store.locate('')}")
         progress["state"] = "done" if progress["done"] == progress["total"] else "incomplete"
         progress["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atlas_pages.publish_progress(store, progress)
