@@ -115,13 +115,17 @@ def test_resubmitting_a_finished_atlas_queues_nothing(fleet, finished):
     assert "atlas complete; nothing queued" in again.stderr
     assert redis.Redis.from_url(fleet.redis_url).llen("celery") == 0
     assert fleet.events.count("task-sent") == sent_before
-    # Fewer units of the same layers is another atlas, but its units are the same jobs: nothing to compute.
+    # Fewer units of the same layers is another atlas, but its units are the same jobs: nothing to compute
+    # there; the class logits are new units, ranked by their logit over the dataset.
     smaller = Producer(fleet.redis_url, fleet.results_dir).atlas(
-        {"model": "shapes_cnn", "iterations": 4, "seed": 11, "units": 3, "layers": ["conv1", 3]})
-    assert smaller.id != again.stdout.split()[0] and smaller.queued == 6
-    smaller.wait(timeout=120)
+        {"model": "shapes_cnn", "iterations": 4, "seed": 11, "units": 3, "layers": ["conv1", 3, "logits"]})
+    assert smaller.id != again.stdout.split()[0] and smaller.queued == 9
+    assert smaller.wait(timeout=120)["done"] == 9
+    wait_until(lambda: len(_batch_results(fleet, {smaller.id})) == 3, 30, "batch events missing")
     results = _batch_results(fleet, {smaller.id})
-    assert [run["computed"] for runs in results.values() for run in runs] == [0, 0]
+    assert sorted(run["computed"] for runs in results.values() for run in runs) == [0, 0, 3]
+    circle = (fleet.results_dir / smaller.atlas.key / "logits" / "unit_0000.html").read_text()
+    assert circle.count('class="example"') == 18 and "activation_vs_dataset" in circle
 
 
 def test_atlas_tasks_sent_by_name_refuse_bad_fields_in_one_line(fleet):
