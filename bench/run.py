@@ -4,7 +4,7 @@ Measures, in one run on inception_v3_untrained at 299x299, and writes bench/resu
 1. the tutorial's way (bench/tutorial.py) against a warm worker reached through Redis, per job of
    30 iterations, for conv_id 5, 50, 93 and the logits: `speedup_vs_tutorial`;
 2. per-iteration time inside the worker against a bare loop doing the same math in this process
-   (featurevis.optvis.render.ascend, predictions included): `service_over_bare`;
+   (featurevis.optvis.render.run, predictions included): `service_over_bare`;
 3. enqueue to the start of the first iteration on a warm worker, p50 and p95 over 20 jobs;
 4. six features of one layer as one batched sweep against six separate jobs: `batched_6_speedup`;
 5. the worker process's RSS after 50 jobs over 10 layers, against after the first job on each;
@@ -39,7 +39,7 @@ import tensorflow as tf  # noqa: E402
 from featurevis import registry  # noqa: E402
 from featurevis.atlas import DEFAULT_BATCH  # noqa: E402
 from featurevis.factory import ModelFactory, device_name  # noqa: E402
-from featurevis.optvis import objectives, param, render  # noqa: E402
+from featurevis.optvis import objectives, render  # noqa: E402
 from featurevis.stack import LocalStack  # noqa: E402
 from featurevis.store import ResultStore  # noqa: E402
 from producer import Producer  # noqa: E402
@@ -93,13 +93,12 @@ def tutorial_jobs(conv_id, repeats: int) -> list[float]:
 
 def bare_seconds_per_iteration(factory: ModelFactory, conv_id, repeats: int) -> float:
     acquired = factory.acquire(MODEL, conv_id)
-    start = param.batch((299, 299, 3), [1])
-    weights = objectives.weights_matrix([{1: 1.0}], acquired.model.info.features_of(conv_id))
-    render.ascend(acquired.step, start, weights, 2, classify=acquired.model.classify)  # warm
+    weights = objectives.weights_matrix([{1: 1.0}], acquired.model.info.feature_count(conv_id))
+    render.run(acquired.step, [1], weights, 2, classify=acquired.model.classify)  # warm
     runs = []
     for _ in range(repeats):
         began = time.perf_counter()
-        render.ascend(acquired.step, start, weights, ITERATIONS, classify=acquired.model.classify)
+        render.run(acquired.step, [1], weights, ITERATIONS, classify=acquired.model.classify)
         runs.append((time.perf_counter() - began) / ITERATIONS)
     return statistics.median(runs)
 
@@ -195,21 +194,15 @@ def bare_loop_seconds(factory: ModelFactory, model: str, target, method: str, it
     """Seconds for `iterations` calls of the job's compiled step and nothing else: the limit a job can reach."""
     acquired = factory.acquire(model, target, method)
     info = acquired.model.info
-    weights = tf.constant(objectives.weights_matrix([{feature: 1.0}], info.features_of(target)))
+    weights = tf.constant(objectives.weights_matrix([{feature: 1.0}], info.feature_count(target)))
     seeds = [1]
+    arguments = (weights, tf.constant(seeds, tf.int64), tf.constant(0.0))
 
     def loop() -> None:
-        if method == "robust":
-            state = render.RobustState.start(param.fft_spectrum_init(info.input_shape, seeds))
-            arguments = (weights, tf.constant(seeds, tf.int64), tf.constant(0.0))
-            for _ in range(iterations):
-                state, _ = acquired.step.fn(state, *arguments)
-            acquired.step.pixels(state.spectrum).numpy()
-        else:
-            images = tf.constant(param.batch(info.input_shape, seeds))
-            for _ in range(iterations):
-                images, _ = acquired.step.fn(images, weights)
-            images.numpy()
+        state = acquired.step.start(seeds)
+        for _ in range(iterations):
+            state, _ = acquired.step.advance(state, *arguments)
+        acquired.step.pixels(state).numpy()
 
     loop()
     runs = []
@@ -274,7 +267,7 @@ def atlas_throughput(service: Service, factory: ModelFactory, repeats: int, iter
     """Units per minute for one layer's units: single jobs, the atlas's batched tasks, a bare batched loop.
 
     The worker's step for the layer is compiled and its dataset ranked beforehand (an atlas of one unit),
-    as in an atlas's steady state. The bare loop is the same math, render.optimize over the units in
+    as in an atlas's steady state. The bare loop is the same math, render.run over the units in
     batches of the atlas's size, and nothing else.
     """
     info = registry.builtin_info(ATLAS_MODEL)
@@ -302,8 +295,7 @@ def atlas_throughput(service: Service, factory: ModelFactory, repeats: int, iter
         began = time.perf_counter()
         for batch in batches:
             weights = objectives.weights_matrix([{unit: 1.0} for unit in batch], layer.channels)
-            render.optimize("gradient_ascent", acquired.step, info.input_shape, [service.seed] * len(batch), weights,
-                            iterations)
+            render.run(acquired.step, [service.seed] * len(batch), weights, iterations)
         bare = time.perf_counter() - began
         runs.append((single, batched, bare))
     single, batched, bare = (statistics.median(run[index] for run in runs) for index in range(3))
@@ -328,11 +320,10 @@ def batching_curve(factory: ModelFactory) -> dict:
         for batch in CURVE_BATCHES:
             features = list(range(batch))
             weights = objectives.weights_matrix([{feature: 1.0} for feature in features],
-                                                acquired.model.info.features_of(conv_id))
-            render.optimize("gradient_ascent", acquired.step, acquired.model.info.input_shape, [1] * batch, weights, 1)
+                                                acquired.model.info.feature_count(conv_id))
+            render.run(acquired.step, [1] * batch, weights, 1)
             began = time.perf_counter()
-            render.optimize("gradient_ascent", acquired.step, acquired.model.info.input_shape, [1] * batch, weights,
-                            CURVE_ITERATIONS)
+            render.run(acquired.step, [1] * batch, weights, CURVE_ITERATIONS)
             curve[name][str(batch)] = (time.perf_counter() - began) / CURVE_ITERATIONS / batch
         print(f"  {name}: ms per unit-iteration at batch " + ", ".join(
             f"{batch}: {seconds * 1000:.1f}" for batch, seconds in curve[name].items()), flush=True)

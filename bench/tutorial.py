@@ -45,7 +45,7 @@ def run_job(model_name: str, conv_id: int | None, feature: int, iterations: int,
                 loss = tf.reduce_mean(activations[..., feature])
         return tf.nn.softmax(logits), tape.gradient(loss, image), loss
 
-    image = param.batch(info.input_shape, [seed])
+    image = param.tutorial_noise(info.input_shape, [seed])
     for _ in range(iterations):
         prediction, grad, _loss = run(tf.constant(image))
         grad = grad.numpy()

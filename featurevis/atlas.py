@@ -25,13 +25,12 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from featurevis import contract, registry
+from featurevis import contract, layout, registry
 from featurevis.contract import JobError, JobSpec
 
 # 1: the first atlas request format; part of every atlas id.
 ATLAS_VERSION = 1
-PREFIX = "atlases"
-PROGRESS = "progress.json"
+PROGRESS = layout.PROGRESS
 MAX_BATCH = 256
 # Units per task: large enough that a task is one efficient batched pass, small enough that a fleet
 # shares a layer and a lost worker loses little (FEATUREVIS_ATLAS_BATCH overrides it per deployment).
@@ -60,7 +59,7 @@ class AtlasFields(BaseModel):
     model_sha256: str | None = Field(default=None, pattern=registry.SHA256.pattern)
     layers: Literal["all"] | list[int | str] = Field(default="all")
     units: int | None = Field(default=None, ge=1)
-    method: Literal[contract.METHODS] = "gradient_ascent"  # type: ignore[valid-type]
+    method: Literal[tuple(contract.METHODS)] = "gradient_ascent"  # type: ignore[valid-type]
     iterations: int = Field(default=30, ge=1, le=contract.MAX_ITERATIONS)
     seed: int | None = Field(default=None, ge=0, le=contract.MAX_SEED)
     batch: int = Field(default=DEFAULT_BATCH, ge=1, le=MAX_BATCH)
@@ -138,7 +137,7 @@ class Atlas(BaseModel):
 
 
 def key(atlas_id: str) -> str:
-    return f"{PREFIX}/{atlas_id}"
+    return layout.atlas_key(atlas_id)
 
 
 def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.Registry | None = None) -> Atlas:
@@ -165,7 +164,7 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         seed = secrets.randbelow(contract.MAX_SEED + 1)
     layers = []
     for conv_id, name in _layers(info, parsed.layers):
-        channels = info.features_of(name)
+        channels = info.feature_count(name)
         features = tuple(range(min(channels, parsed.units or channels)))
         layers.append(AtlasLayer(layer=name, conv_id=conv_id, features=features))
     atlas = Atlas(model=info.name, model_sha256=info.sha256, layers=tuple(layers), units=parsed.units,

@@ -26,11 +26,12 @@ from typing import Callable
 from urllib.parse import quote
 
 from featurevis import atlas as atlases
-from featurevis.examples import png_name
+from featurevis import layout
 from featurevis.gallery import CSS, _e, _text
-from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore
+from featurevis.layout import IMAGE_NPY, IMAGE_PNG, META
+from featurevis.store import ResultStore
 
-INDEX, UNITS = "index.html", "units.json"
+INDEX, UNITS = layout.ATLAS_PAGE, layout.ATLAS_UNITS
 HTML = "text/html; charset=utf-8"
 UP_FROM_ATLAS, UP_FROM_LAYER = "../../", "../../../"  # from atlases/<id>/ and atlases/<id>/<layer>/ to the root
 SHOWN_ON_LAYER = 3  # top examples beside each unit's picture on the layer page
@@ -102,7 +103,7 @@ def publish(store: ResultStore, atlas: atlases.Atlas, layer: str, records: list[
     atlas_id = atlas.atlas_id
     progress = read_progress(store, atlas_id) or atlases.initial_progress(atlas)
     entry = next(entry for entry in progress["layers"] if entry["layer"] == layer)
-    folder = f"{atlases.key(atlas_id)}/{layer}"
+    folder = layout.atlas_key(atlas_id, layer)
     try:
         units = {int(feature): record for feature, record in json.loads(store.read_bytes(folder, UNITS)).items()}
     except FileNotFoundError:
@@ -125,8 +126,7 @@ def publish(store: ResultStore, atlas: atlases.Atlas, layer: str, records: list[
     return progress
 
 
-def unit_page_name(feature: int) -> str:
-    return f"unit_{feature:04d}.html"
+unit_page_name = layout.unit_page
 
 
 def atlas_page(progress: dict) -> str:
@@ -228,7 +228,7 @@ def _href(key: str, name: str) -> str:
 
 
 def _example_href(examples_key: str, index: int) -> str:
-    return _href(UP_FROM_LAYER + examples_key, png_name(index))
+    return _href(UP_FROM_LAYER + examples_key, layout.example_png(index))
 
 
 def _page(title: str, body: list[str]) -> str:

@@ -20,14 +20,16 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from featurevis import celeryconfig, registry
+from featurevis import celeryconfig, layout, registry
 from featurevis.registry import LOGITS
 
 # 2: conv_id in the tutorial's (creation) order, and the model version in every job id.
 CONTRACT_VERSION = 2
 MAX_ITERATIONS = 10_000
 MAX_SEED = 2**32 - 1
-METHODS = ("gradient_ascent", "robust")
+# Each method by name, and whether its step carries the diversity term a set of images needs. The
+# TensorFlow side of each is featurevis/optvis/<name>.py, listed in optvis/methods.py.
+METHODS = {"gradient_ascent": False, "robust": True}
 MAX_TARGETS = 16
 MAX_WEIGHT = 100.0
 MAX_IMAGES = 8
@@ -76,7 +78,7 @@ class JobFields(BaseModel):
     class_: int | str | None = Field(default=None, alias="class")
     iterations: int = Field(default=30, ge=1, le=MAX_ITERATIONS)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    method: Literal[METHODS] = "gradient_ascent"  # type: ignore[valid-type]
+    method: Literal[tuple(METHODS)] = "gradient_ascent"  # type: ignore[valid-type]
     targets: list[Target] | None = Field(default=None, min_length=1, max_length=MAX_TARGETS)
     animate: bool = False
     images: int = Field(default=1, ge=1, le=MAX_IMAGES)
@@ -135,9 +137,7 @@ class JobSpec(BaseModel):
 
     @property
     def key(self) -> str:
-        """Where the result lives in the store: model / layer / feature(s) / job id."""
-        features = "_".join(f"{feature:04d}" for feature in self.weights)
-        return f"{self.model}/{self.layer}/{'features' if self.targets else 'feature'}_{features}/{self.job_id}"
+        return layout.job_key(self.model, self.layer, self.weights, bool(self.targets), self.job_id)
 
 
 # Fields added after version 1: at their defaults they leave the wire format and the job id as they were.
@@ -213,13 +213,14 @@ def _class_feature(info: registry.ModelInfo, parsed: JobFields, fields: dict, la
 
 
 def _diversity(parsed: JobFields) -> float:
-    """The diversity weight: only a set of images can differ, and only the robust step carries the term."""
+    """The diversity weight: only a set of images can differ, and only some methods' steps carry the term."""
     if parsed.images == 1:
         if parsed.diversity:
             raise JobError("diversity", "needs images > 1: it pushes a job's images apart")
         return 0.0
-    if parsed.method != "robust":
-        raise JobError("images", f"more than 1 needs method robust (the diversity term is in its step), "
+    if not METHODS[parsed.method]:
+        sets = " or ".join(name for name, diverse in METHODS.items() if diverse)
+        raise JobError("images", f"more than 1 needs method {sets} (the diversity term is in its step), "
                                  f"got method {parsed.method}")
     return DEFAULT_DIVERSITY if parsed.diversity is None else float(parsed.diversity)
 
@@ -267,7 +268,7 @@ def sweep_id(specs: list[JobSpec]) -> str:
 
 
 def sweep_key(specs: list[JobSpec]) -> str:
-    return f"{specs[0].model}/{specs[0].layer}/sweeps/{sweep_id(specs)}"
+    return layout.sweep_key(specs[0].model, specs[0].layer, sweep_id(specs))
 
 
 def json_schema(task: str = "featurevis.optimize") -> dict:

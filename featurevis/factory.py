@@ -21,8 +21,8 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from featurevis import quality, registry, zoo
-from featurevis.optvis import objectives, render
+from featurevis import layout, registry, scoring, zoo
+from featurevis.optvis import methods, objectives, render
 from featurevis.registry import LOGITS, ModelInfo
 
 DEFAULT_STEP_CACHE = 32
@@ -46,10 +46,10 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class Compiled:
-    """What is compiled once per (model, layer, method): the step, and the probe quality scores read."""
+    """What is compiled once per (model, layer, method): the step, and the probe scores read."""
 
     step: render.CompiledStep
-    probe: quality.Probe
+    probe: scoring.Probe
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Acquired:
 
     model: LoadedModel
     step: render.CompiledStep
-    probe: quality.Probe
+    probe: scoring.Probe
     model_load_s: float
     compile_s: float
 
@@ -134,7 +134,7 @@ class ModelFactory:
                 path = None
             if path is None or not path.is_file():
                 raise registry.ModelRefused(f"file: nothing uploaded at {self._registry().key(name, version)}/"
-                                            f"{registry.MODEL_FILE}; put the file there first")
+                                            f"{layout.MODEL_FILE}; put the file there first")
             if path.stat().st_size > registry.max_model_bytes():
                 raise registry.ModelRefused(f"file: {path.stat().st_size} bytes, over the limit of "
                                             f"{registry.max_model_bytes()} (FEATUREVIS_MODEL_MAX_BYTES)")
@@ -177,11 +177,12 @@ class ModelFactory:
                 del self._steps[step]
 
     @staticmethod
-    def _compile(loaded: LoadedModel, layer: str, method: str) -> Compiled:
-        network, objective = target_network(loaded, layer, with_style=method == "robust")
+    def _compile(loaded: LoadedModel, layer: str, method_name: str) -> Compiled:
+        method = methods.BY_NAME[method_name]
+        network, objective = target_network(loaded, layer, with_style=method.needs_style)
         shape = loaded.info.input_shape
-        return Compiled(render.STEPS[method](network, loaded.preprocess, objective, shape),
-                        quality.feature_probe(network, loaded.preprocess, shape))
+        return Compiled(method.compile_step(network, loaded.preprocess, objective, shape),
+                        scoring.feature_probe(network, loaded.preprocess, shape))
 
 
 def target_network(loaded: LoadedModel, layer: str, with_style: bool = False) -> tuple[keras.Model, Callable]:

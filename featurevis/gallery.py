@@ -28,13 +28,9 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from urllib.parse import quote
 
-from featurevis.store import IMAGE_PNG, META, ResultStore
-
-INDEX = "index.html"
-CONTACT_SHEET = "contact_sheet.png"
-# feature_0002 for one feature, features_0002_0007 for a composed objective
-_RESULT = re.compile(r"^([^/]+)/([^/]+)/features?_(\d+(?:_\d+)*)/([^/]+)/" + re.escape(META) + "$")
-_SWEEP = re.compile(r"^([^/]+)/([^/]+)/sweeps/([^/]+)/" + re.escape(META) + "$")
+from featurevis import layout
+from featurevis.layout import CONTACT_SHEET, GALLERY, IMAGE_PNG, META
+from featurevis.store import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +61,8 @@ def rebuild(store: ResultStore) -> str:
     """
     with _local_lock(store):
         results, sweeps = _scan(store)
-        _publish(store, INDEX, render(results, sweeps).encode("utf-8"))
-    return store.locate("", INDEX)
+        _publish(store, GALLERY, page(results, sweeps).encode("utf-8"))
+    return store.locate("", GALLERY)
 
 
 def try_rebuild(store: ResultStore) -> str | None:
@@ -74,54 +70,56 @@ def try_rebuild(store: ResultStore) -> str | None:
     try:
         return rebuild(store)
     except Exception:  # noqa: BLE001 - best effort by design
-        log.warning("could not rebuild the gallery at %s", store.locate("", INDEX), exc_info=True)
+        log.warning("could not rebuild the gallery at %s", store.locate("", GALLERY), exc_info=True)
         return None
 
 
 # What the page shows of each meta.json, by (path, size, modification time): a meta is written once, so a
 # process reads each only once, and a rebuild costs a listing of the store plus the page itself.
-_SHOWN = ("iterations", "seed", "method", "final_loss", "quality", "untrained", "created_at", "jobs")
+_SHOWN = ("iterations", "seed", "method", "final_loss", "quality", "untrained", "created_at", "jobs", "features")
 _seen: dict[tuple, dict] = {}
 
 
-def _shown(meta: dict) -> dict:
-    """The fields a card shows, the last prediction only: a meta's histories are most of its size."""
+def _shown(key: str, meta: dict) -> dict:
+    """Where a meta belongs (model, layer, features or sweep id) and the fields a card shows.
+
+    Only the last prediction is kept: a meta's histories are most of its size.
+    """
     shown = {field: meta[field] for field in _SHOWN if field in meta}
     if isinstance(meta.get("predictions"), list) and meta["predictions"]:
         shown["predictions"] = meta["predictions"][-1:]
+    model, layer = layout.model_and_layer(key)
+    shown.update(key=key, model=str(meta.get("model", model)), layer=str(meta.get("layer_name", meta.get("layer", layer))))
+    if "sweep_id" in meta:
+        shown.update(kind="sweep", id=str(meta["sweep_id"]))
+    elif "job_id" in meta:
+        spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
+        targets = spec.get("targets") or [[meta.get("feature"), 1.0]]
+        shown.update(kind="result", id=str(meta["job_id"]), features=tuple(int(feature) for feature, _ in targets))
     return shown
 
 
-def _scan(store: ResultStore) -> tuple[list[tuple[tuple, dict]], list[tuple[tuple, dict]]]:
-    """(path parts, meta) of every complete result and sweep. Unreadable metas are skipped with a warning."""
+def _scan(store: ResultStore) -> tuple[list[dict], list[dict]]:
+    """What the page shows of every complete result and sweep. Unreadable metas are skipped with a warning."""
     global _seen
     prefix = store.root.rstrip("/") + "/"
-    wanted: dict[str, tuple[str, tuple]] = {}
-    versions = _metas(store)
-    for path in versions:
-        relative = path[len(prefix):] if path.startswith(prefix) else None
-        if relative is None or not relative.endswith(META):
-            continue
-        if match := _RESULT.match(relative):
-            model, layer, feature, job_id = match.groups()
-            features = tuple(int(number) for number in feature.split("_"))
-            wanted[path] = ("result", (model, layer, features, job_id, relative[:-len(META) - 1]))
-        elif match := _SWEEP.match(relative):
-            wanted[path] = ("sweep", (*match.groups(), relative[:-len(META) - 1]))
-    unread = [path for path in wanted if versions[path] not in _seen]
+    versions = {path: version for path, version in _metas(store).items()
+                if path.startswith(prefix) and path.endswith("/" + META)}
+    unread = [path for path in versions if versions[path] not in _seen]
     contents = store.fs.cat(unread, on_error="omit") if unread else {}
-    seen, results, sweeps = {}, [], []
-    for path, (kind, parts) in wanted.items():
+    seen, shown = {}, {"result": [], "sweep": []}
+    for path, version in versions.items():
         try:
-            meta = _seen[versions[path]] if path not in contents and versions[path] in _seen else \
-                _shown(_json_object(contents[path]))
-        except (KeyError, ValueError) as error:  # deleted meanwhile, or not JSON
+            meta = _seen[version] if path not in contents and version in _seen else \
+                _shown(path[len(prefix):-len(META) - 1], _json_object(contents[path]))
+        except (KeyError, ValueError, TypeError) as error:  # deleted meanwhile, not JSON, or not a result's
             log.warning("gallery skips %s: %s", path, error)
             continue
-        seen[versions[path]] = meta
-        (results if kind == "result" else sweeps).append((parts, meta))
+        seen[version] = meta
+        if meta.get("kind") in shown:
+            shown[meta["kind"]].append(meta)
     _seen = seen  # what is gone from the store is forgotten
-    return results, sweeps
+    return shown["result"], shown["sweep"]
 
 
 def _metas(store: ResultStore) -> dict[str, tuple]:
@@ -135,7 +133,7 @@ def _metas(store: ResultStore) -> dict[str, tuple]:
         return {path: (path, info.get("size"), str(info.get("LastModified") or info.get("mtime")))
                 for path, info in listing.items() if path.endswith("/" + META)}
     found = {}
-    for path in glob.glob(os.path.join(glob.escape(store.root), *"****", META)):
+    for path in glob.glob(os.path.join(glob.escape(store.root), *"*" * layout.RECORD_DEPTH, META)):
         try:
             stat = os.stat(path)
         except FileNotFoundError:  # deleted meanwhile
@@ -151,14 +149,13 @@ def _json_object(raw: bytes) -> dict:
     return meta
 
 
-def render(results: list[tuple[tuple, dict]], sweeps: list[tuple[tuple, dict]]) -> str:
-    """The page, from _scan's ((model, layer, feature, job_id, key), meta) results and
-    ((model, layer, sweep_id, key), meta) sweeps."""
+def page(results: list[dict], sweeps: list[dict]) -> str:
+    """The page, from what _scan shows of each result and sweep."""
     tree: dict = defaultdict(lambda: defaultdict(lambda: {"features": defaultdict(list), "sweeps": []}))
-    for (model, layer, feature, job_id, key), meta in results:
-        tree[model][layer]["features"][feature].append((key, job_id, meta))
-    for (model, layer, sweep_id, key), meta in sweeps:
-        tree[model][layer]["sweeps"].append((key, sweep_id, meta))
+    for meta in results:
+        tree[meta["model"]][meta["layer"]]["features"][meta["features"]].append((meta["key"], meta["id"], meta))
+    for meta in sweeps:
+        tree[meta["model"]][meta["layer"]]["sweeps"].append((meta["key"], meta["id"], meta))
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -211,15 +208,11 @@ def _result_card(key: str, job_id: str, meta: dict) -> str:
 
 
 def _sweep_card(key: str, sweep_id: str, meta: dict) -> str:
-    jobs = meta.get("jobs") if isinstance(meta.get("jobs"), list) else []
-    features = []
-    for job in jobs:
-        match = re.search(r"/feature_(\d+)/", str(job.get("key", ""))) if isinstance(job, dict) else None
-        features.append(str(int(match.group(1))) if match else "?")
+    features = meta.get("features") if isinstance(meta.get("features"), list) else ["?"]
     sheet, meta_link = _href(key, CONTACT_SHEET), _href(key, META)
     return (f'<figure class="sweep"><a href="{sheet}"><img src="{sheet}" alt="{_e(key)}" loading="lazy"></a>'
             f'<figcaption><code>{_e(sweep_id[:12])}</code> <a href="{meta_link}">meta</a>'
-            f"<dl><dt>features</dt><dd>{_e(', '.join(features))}</dd></dl></figcaption></figure>")
+            f"<dl><dt>features</dt><dd>{_e(', '.join(map(str, features)))}</dd></dl></figcaption></figure>")
 
 
 def _href(key: str, name: str) -> str:
@@ -251,7 +244,7 @@ class _local_lock:
     """An exclusive flock on `<root>/.gallery.lock` for a local store; nothing for a remote one."""
 
     def __init__(self, store: ResultStore):
-        self.path = os.path.join(store.root, ".gallery.lock") if store.local else None
+        self.path = os.path.join(store.root, layout.GALLERY_LOCK) if store.local else None
         self.handle = None
 
     def __enter__(self):

@@ -1,11 +1,10 @@
 """The model registry: what every process knows of a served model, without TensorFlow.
 
 A model is registered once and served by every worker that shares the store.
-Its files live in the store, next to the results:
-
-    models/<name>/<version>/model.keras         the user's file (absent for a Keras Application)
-    models/<name>/<version>/description.json    written by the worker that validated it
-    models/<name>/current.json                  {"sha256": <version>}: what a job on <name> gets
+Its files live in the store, next to the results (featurevis/layout.py): the
+user's file (none for a Keras Application) and the description the worker
+that validated it wrote, under models/<name>/<version>/, and
+models/<name>/current.json naming the version a job on <name> gets.
 
 The version is the model file's sha256 (for a Keras Application, the hash of
 its recipe), so re-registering a changed file makes a new version, and new job
@@ -32,11 +31,11 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
+from featurevis import layout
+from featurevis.layout import CURRENT, DESCRIPTION, MODEL_FILE, MODELS
 from featurevis.store import ResultStore
 
-MODELS_DIR = Path(__file__).parent / "models"
-REGISTRY_PREFIX = "models"
-DESCRIPTION, CURRENT, MODEL_FILE = "description.json", "current.json", "model.keras"
+SHIPPED_DIR = Path(__file__).parent / "models"
 LOGITS = "logits"
 NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -63,7 +62,7 @@ BUILTINS = {
     "shapes_cnn_b": {"architecture": "shapes_cnn_b", "weights": "shipped", "description": "shapes_cnn_b"},
 }
 
-# A model whose class visualizations an independently trained model judges (quality.transferability).
+# A model whose class visualizations an independently trained model judges (scoring's judge).
 JUDGES = {"shapes_cnn": "shapes_cnn_b"}
 
 
@@ -139,7 +138,7 @@ class ModelInfo:
             return LOGITS
         return self.conv_layers[target].name if isinstance(target, int) else target
 
-    def features_of(self, target: str | int | None) -> int:
+    def feature_count(self, target: str | int | None) -> int:
         """How many features a target has: its layer's channels, or the classes for the logits."""
         layer = self.target_layer(target)
         return self.classes if layer == LOGITS else self.layer(layer).channels
@@ -173,8 +172,8 @@ def version_of_recipe(recipe: dict) -> str:
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name == REGISTRY_PREFIX:
-        raise ModelRefused(f"name: must match [a-z0-9_-]{{1,64}} (and not be '{REGISTRY_PREFIX}'), got "
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name == MODELS:
+        raise ModelRefused(f"name: must match [a-z0-9_-]{{1,64}} (and not be '{MODELS}'), got "
                            f"{json.dumps(name, default=repr)[:70]}")
     return name
 
@@ -186,7 +185,7 @@ def model_cache_dir() -> Path:
 
 def shipped_weights_file(architecture: str) -> Path:
     """Where scripts/train_shapes.py writes an architecture's trained weights."""
-    return MODELS_DIR / f"{architecture}.weights.h5"
+    return SHIPPED_DIR / f"{architecture}.weights.h5"
 
 
 def max_model_bytes() -> int:
@@ -260,7 +259,7 @@ class Registry:
 
     def names(self) -> list[str]:
         """Every registered name, built-ins included."""
-        root = self.store.path(REGISTRY_PREFIX)
+        root = self.store.path(MODELS)
         found = set()
         if self.store.fs.isdir(root):
             found = {path.rstrip("/").rsplit("/", 1)[-1] for path in self.store.fs.ls(root, detail=False)}
@@ -284,7 +283,7 @@ class Registry:
                 self.publish(description)
 
     def key(self, name: str, version: str = "") -> str:
-        return "/".join(part for part in (REGISTRY_PREFIX, name, version) if part)
+        return layout.model_key(name, version)
 
     def model_file(self, name: str, version: str) -> Path:
         """A local path to a registered model's file: the store's own where it is local, else a cached copy.
@@ -357,10 +356,10 @@ def _registry_for(results_dir: str) -> Registry:
 def builtin_description(name: str) -> dict:
     """A built-in model's description: the shipped architecture description, named and versioned."""
     recipe = {key: value for key, value in BUILTINS[name].items() if key != "description"}
-    shipped = json.loads((MODELS_DIR / f"{BUILTINS[name]['description']}.json").read_text())
+    shipped = json.loads((SHIPPED_DIR / f"{BUILTINS[name]['description']}.json").read_text())
     if recipe["weights"] == "shipped":  # a retrained file is a new version
         recipe["weights_sha256"] = version_of_file(shipped_weights_file(recipe["architecture"]))
-    class_names = json.loads((MODELS_DIR / shipped.pop("class_names")).read_text())["names"]
+    class_names = json.loads((SHIPPED_DIR / shipped.pop("class_names")).read_text())["names"]
     return {**shipped, "name": name, "sha256": version_of_recipe(recipe), "source": {**recipe, "builtin": True},
             "class_names": class_names}
 

@@ -24,9 +24,8 @@ import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-META = "meta.json"
-IMAGE_PNG = "image.png"
-IMAGE_NPY = "image.npy"
+from featurevis.layout import IMAGE_NPY, IMAGE_PNG, META
+
 DEFAULT_ROOT = "./results"
 
 

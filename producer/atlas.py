@@ -29,6 +29,7 @@ class AtlasJob:
     queued: int  # units this submission sends to workers: 0 when the atlas is complete or already running
     store: ResultStore
     result: AsyncResult  # the chord callback's, by the atlas id
+    start: AsyncResult | None = None  # the featurevis.atlas task this submission sent
 
     @property
     def page(self) -> str:
@@ -50,6 +51,8 @@ class AtlasJob:
                 on_progress(progress)
             if self.result.ready() or progress["state"] == "done":
                 break
+            if self.start is not None and self.start.failed():  # refused by the worker: no chord was sent
+                raise JobFailed(_one_line(self.start.result))
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"atlas {self.id} not done after {timeout} s ({progress['done']} of "
                                    f"{progress['total']} units)")
@@ -75,5 +78,5 @@ def submit(producer, fields: dict[str, Any]) -> AtlasJob:
     if result.state in states.READY_STATES:
         result.forget()  # an earlier run's answer must not end this run's wait
     recorded = sum(len(entry["done"]) for entry in previous["layers"]) if previous else 0
-    producer.app.send_task("featurevis.atlas", kwargs=atlas.request())
-    return AtlasJob(atlas.atlas_id, atlas, atlas.total - recorded, store, result)
+    start = producer.app.send_task("featurevis.atlas", kwargs=atlas.request())
+    return AtlasJob(atlas.atlas_id, atlas, atlas.total - recorded, store, result, start)

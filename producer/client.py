@@ -22,7 +22,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from kombu.utils.url import maybe_sanitize_url
 
-from featurevis import atlas, atlas_pages, contract, registry
+from featurevis import atlas, atlas_pages, contract, layout, registry
 from featurevis.registry import ModelRefused
 from featurevis.store import ResultStore
 
@@ -116,7 +116,7 @@ class Producer:
                 return {"name": name, "sha256": version, "registered": True, "already": True}
         self._check_broker()
         if file is not None and described is None:
-            models.store.put(models.key(name, version), registry.MODEL_FILE, Path(file).read_bytes())
+            models.store.put(models.key(name, version), layout.MODEL_FILE, Path(file).read_bytes())
         result = self.app.send_task("featurevis.register_model", kwargs=request)
         if not wait:
             return {"name": name, "sha256": version, "registered": None, "task_id": result.id}
@@ -165,7 +165,7 @@ class Producer:
             size, limit = path.stat().st_size, registry.max_model_bytes()
             if size > limit:
                 raise ModelRefused(f"file: {size} bytes, over the limit of {limit} (FEATUREVIS_MODEL_MAX_BYTES)")
-            source, version = {"file": registry.MODEL_FILE}, registry.version_of_file(path)
+            source, version = {"file": layout.MODEL_FILE}, registry.version_of_file(path)
         return registry.registration_request({"name": name, "sha256": version, "source": source,
                                               "preprocess": preprocess, "class_names": class_names})
 

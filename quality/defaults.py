@@ -22,18 +22,18 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from featurevis import quality, registry  # noqa: E402
+from featurevis import registry, scoring  # noqa: E402
 from featurevis.factory import ModelFactory, target_network  # noqa: E402
-from featurevis.optvis import objectives, render, transform  # noqa: E402
+from featurevis.optvis import objectives, render, robust, transform  # noqa: E402
 
 SEEDS = (100, 101, 102, 103, 104)  # make quality uses 0-4
 SHAPES_ITERATIONS = 100
 INCEPTION_ITERATIONS = 30
-LEARNING_RATES = (0.02, render.LEARNING_RATE, 0.1)
+LEARNING_RATES = (0.02, robust.LEARNING_RATE, 0.1)
 MOVES = {  # name -> how far the transforms move an image of that size
-    "none": lambda size: transform.Robustness(pad=0.0, jitter=0.0, scale=(1.0, 1.0), degrees=0.0, jitter_after=0.0),
-    "lucid": transform.Robustness.lucid,
-    "2x lucid": lambda size: transform.Robustness(
+    "none": lambda size: transform.Moves(pad=0.0, jitter=0.0, scale=(1.0, 1.0), degrees=0.0, jitter_after=0.0),
+    "lucid": transform.Moves.lucid,
+    "2x lucid": lambda size: transform.Moves(
         pad=24 * size / 224, jitter=16 * size / 224, scale=(0.8, 1.2), degrees=20.0, jitter_after=8 * size / 224),
 }
 
@@ -44,11 +44,11 @@ def scored(factory: ModelFactory, model: str, conv_id: int | None, learning_rate
     loaded = factory.model(model)
     network, objective = target_network(loaded, loaded.info.target_layer(conv_id), with_style=True)
     shape = loaded.info.input_shape
-    step = render.robust_step(network, loaded.preprocess, objective, shape, learning_rate, MOVES[moves](max(shape)))
-    weights = objectives.weights_matrix([{feature: 1.0} for feature in features], loaded.info.features_of(conv_id))
-    ascent = render.optimize("robust", step, shape, seeds, weights, iterations, classify=loaded.classify)
-    probe = quality.feature_probe(network, loaded.preprocess, shape)
-    return quality.scores(probe, ascent.images, weights, ascent.predictions[-1].probabilities, conv_id is None,
+    step = robust.compile_step(network, loaded.preprocess, objective, shape, learning_rate, MOVES[moves](max(shape)))
+    weights = objectives.weights_matrix([{feature: 1.0} for feature in features], loaded.info.feature_count(conv_id))
+    ascent = render.run(step, seeds, weights, iterations, classify=loaded.classify)
+    probe = scoring.feature_probe(network, loaded.preprocess, shape)
+    return scoring.scores(probe, ascent.images, weights, ascent.predictions[-1].probabilities, conv_id is None,
                           factory.judge(model))
 
 
@@ -81,7 +81,7 @@ def main() -> int:
                   f"{row['shapes_robustness']:13.3f} {row['conv50_robustness']:13.3f} "
                   f"{row['conv50_specificity_z']:8.2f}", flush=True)
     results = {"date": time.strftime("%Y-%m-%d"), "seeds": list(SEEDS), "settings": rows,
-               "defaults": {"learning_rate": render.LEARNING_RATE, "moves": "lucid"},
+               "defaults": {"learning_rate": robust.LEARNING_RATE, "moves": "lucid"},
                "seconds": time.perf_counter() - began}
     (ROOT / "quality" / "defaults.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote quality/defaults.json in {results['seconds']:.0f} s")

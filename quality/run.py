@@ -2,11 +2,11 @@
 
 1. shapes_cnn, 10 classes x 5 seeds, each method: does the independently trained
    shapes_cnn_b classify the visualization as the target class (transferability)?
-2. held-out transform robustness (featurevis.quality) of both methods on shapes_cnn
+2. held-out transform robustness (featurevis.scoring) of both methods on shapes_cnn
    (logits) and on inception_v3_untrained at conv_id 5, 50 and 93;
 3. quality/results.json, and quality/contact_sheet.png: one row per class, one column per method.
 
-It runs the worker's own functions (render.optimize, quality.scores) in this process.
+It runs the worker's own functions (render.run, scoring.scores) in this process.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from featurevis import images, quality, registry  # noqa: E402
+from featurevis import images, registry, scoring  # noqa: E402
 from featurevis.factory import ModelFactory  # noqa: E402
 from featurevis.optvis import objectives, render  # noqa: E402
 
@@ -35,10 +35,9 @@ def run(factory: ModelFactory, model: str, conv_id, method: str, features: list[
     """One batch, exactly as a worker would run it; the pictures and their quality scores."""
     acquired = factory.acquire(model, conv_id, method)
     info = acquired.model.info
-    weights = objectives.weights_matrix([{feature: 1.0} for feature in features], info.features_of(conv_id))
-    ascent = render.optimize(method, acquired.step, info.input_shape, seeds, weights, iterations,
-                             classify=acquired.model.classify)
-    return ascent.images, quality.scores(acquired.probe, ascent.images, weights, ascent.predictions[-1].probabilities,
+    weights = objectives.weights_matrix([{feature: 1.0} for feature in features], info.feature_count(conv_id))
+    ascent = render.run(acquired.step, seeds, weights, iterations, classify=acquired.model.classify)
+    return ascent.images, scoring.scores(acquired.probe, ascent.images, weights, ascent.predictions[-1].probabilities,
                                          conv_id is None, factory.judge(model))
 
 

@@ -37,7 +37,7 @@ def build(architecture: str):
 
 
 def write(architecture: str, described: dict) -> None:
-    path = registry.MODELS_DIR / f"{architecture}.json"
+    path = registry.SHIPPED_DIR / f"{architecture}.json"
     existing = json.loads(path.read_text()) if path.exists() else {}
     kept = {key: value for key, value in existing.items() if key not in described}
     path.write_text(json.dumps({**described, **kept}, indent=1) + "\n")

@@ -122,7 +122,7 @@ def write_json(path: Path, content: dict) -> None:
 
 def main() -> None:
     tf.config.experimental.enable_op_determinism()
-    write_json(registry.MODELS_DIR / "shapes_classes.json", {
+    write_json(registry.SHIPPED_DIR / "shapes_classes.json", {
         "source": "featurevis/shapes.py CLASS_NAMES, in label order: a synthetic data set of shapes and textures",
         "names": list(shapes.CLASS_NAMES),
     })
@@ -135,7 +135,7 @@ def main() -> None:
         weights = registry.shipped_weights_file(architecture)
         model.save_weights(weights)
         print(f"wrote {weights} ({weights.stat().st_size / 1e6:.2f} MB)")
-        write_json(registry.MODELS_DIR / f"{architecture}.json", {
+        write_json(registry.SHIPPED_DIR / f"{architecture}.json", {
             **shipped_description(architecture, model), "accuracy": score, "trained_by": "scripts/train_shapes.py",
             "adversarial_epsilon": EPSILON,
         })

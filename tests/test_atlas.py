@@ -24,7 +24,8 @@ from featurevis import atlas, atlas_pages, contract, datasets, examples, registr
 from featurevis.contract import JobError
 from featurevis.stack import REPO_ROOT, LocalStack, wait_until
 from featurevis.store import ResultStore
-from producer import Producer
+from producer import JobFailed, Producer
+from producer.atlas import AtlasJob
 from tests.events import EventLog
 
 SHAPES_UNITS = {"conv1": 16, "conv2": 32, "conv3": 64, "conv4": 64}
@@ -140,6 +141,12 @@ def test_atlas_tasks_sent_by_name_refuse_bad_fields_in_one_line(fleet):
         with pytest.raises(Exception) as caught:
             app.send_task(task, kwargs=kwargs).get(timeout=120)
         assert str(caught.value).startswith(message) and "\n" not in str(caught.value), str(caught.value)
+    # A start the worker refuses (here a request no producer would send) ends the wait, in one line.
+    wanted = atlas.normalize({"model": "shapes_cnn", "seed": 5, "units": 1})
+    refused = app.send_task("featurevis.atlas", kwargs={**wanted.request(), "layers": [9]})
+    job = AtlasJob(wanted.atlas_id, wanted, 4, ResultStore(fleet.results_dir), app.AsyncResult(wanted.atlas_id), refused)
+    with pytest.raises(JobFailed, match=r"^conv_id: must be in 0\.\.3 for shapes_cnn"):
+        job.wait(timeout=60)
 
 
 def test_killing_a_pool_child_mid_atlas_still_completes_every_unit_once(fleet):

@@ -10,7 +10,7 @@ import redis
 from PIL import Image
 
 from featurevis.contract import DEFAULT_DIVERSITY, normalize
-from featurevis.optvis import objectives, param, render
+from featurevis.optvis import objectives, render
 from featurevis.redis_server import free_port
 from tests.conftest import UNTRAINED
 
@@ -85,7 +85,7 @@ def test_the_worker_computes_what_the_bare_math_computes(stack, producer_api, fa
     fields = {"model": UNTRAINED, "conv_id": 5, "feature": 6, "iterations": 5, "seed": 42}
     result = producer_api.enqueue(fields).wait(timeout=240)
     weights = objectives.weights_matrix([{6: 1.0}], 64)
-    local = render.ascend(factory.acquire(UNTRAINED, 5).step, param.batch((299, 299, 3), [42]), weights, 5).images
+    local = render.run(factory.acquire(UNTRAINED, 5).step, [42], weights, 5).images
     np.testing.assert_allclose(np.load(stack.results_dir / result["array"]), local[0], atol=0.05)
 
 

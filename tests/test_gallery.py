@@ -63,7 +63,7 @@ def _fill(store: ResultStore) -> None:
         store.write_image_result(key, image, images.png_bytes(image), _meta(key, **extra))
     jobs = [{"key": f"tiny_cnn/conv2d_2/feature_{feature:04d}/x{feature}"} for feature in (3, 4, 5)]
     store.write(SWEEP, {"contact_sheet.png": images.contact_sheet([_solid(YELLOW)] * 3)},
-                {"sweep_id": "eeee5555", "jobs": jobs})
+                {"sweep_id": "eeee5555", "model": "tiny_cnn", "layer": "conv2d_2", "features": [3, 4, 5], "jobs": jobs})
 
 
 def test_rebuild_lists_results_by_model_layer_feature_with_their_parameters(store):

@@ -20,7 +20,7 @@ def conv5(factory):
 
 
 def test_step_is_the_tutorials_formula(conv5):
-    image = param.batch(SHAPE, [3])
+    image = param.tutorial_noise(SHAPE, [3])
     network = tf.keras.Model(conv5.model.network.inputs[0], conv5.model.layer_output("conv2d_5"))
 
     @tf.function  # graph mode like the step: eager gradients differ by float error amplified ~1e5
@@ -36,7 +36,7 @@ def test_step_is_the_tutorials_formula(conv5):
     step_size = 1.0 / (grad.std() + 1e-8)
     expected = np.clip(image + step_size * grad, 0.0, 255.0)
 
-    updated, stats = conv5.step.fn(x, tf.constant(one_hot([2])))
+    updated, stats = conv5.step.advance(x, tf.constant(one_hot([2])), None, None)
     assert stats.loss.numpy()[0] == pytest.approx(float(loss), rel=1e-4)
     assert stats.step_size.numpy()[0] == pytest.approx(step_size, rel=1e-3)
     assert stats.grad_min.numpy()[0] == pytest.approx(grad.min(), rel=1e-3)
@@ -47,14 +47,14 @@ def test_step_is_the_tutorials_formula(conv5):
 def test_pixels_are_clipped_to_0_255(conv5):
     rng = np.random.default_rng(0)
     near_edges = np.where(rng.random((1, *SHAPE)) < 0.5, 0.5, 254.5).astype(np.float32)
-    updated, _ = conv5.step.fn(tf.constant(near_edges), tf.constant(one_hot([2])))
+    updated, _ = conv5.step.advance(tf.constant(near_edges), tf.constant(one_hot([2])), None, None)
     pixels = updated.numpy()
     assert pixels.min() == 0.0 and pixels.max() == 255.0  # the step (~1/std) overshoots both ends
     assert (pixels > 0).any() and (pixels < 255).any()
 
 
 def test_loss_rises_over_iterations_for_a_fixed_seed(conv5):
-    history = render.ascend(conv5.step, param.batch(SHAPE, [11]), one_hot([2]), 12).history
+    history = render.run(conv5.step, [11], one_hot([2]), 12).history
     losses = [float(stats.loss[0]) for stats in history]
     climbs = np.diff(losses[1:])  # the first step may overshoot from the flat start image
     assert (climbs > 0).mean() >= 0.9
@@ -63,7 +63,7 @@ def test_loss_rises_over_iterations_for_a_fixed_seed(conv5):
 
 def test_class_logit_rises(factory):
     logits = factory.acquire(MODEL, None)
-    history = render.ascend(logits.step, param.batch(SHAPE, [5]), one_hot([278], 1000), 4).history
+    history = render.run(logits.step, [5], one_hot([278], 1000), 4).history
     losses = [float(stats.loss[0]) for stats in history]
     assert losses[-1] > losses[1]
 
@@ -78,33 +78,33 @@ def test_batching_never_changes_a_jobs_image(conv5):
     whose gradient is spread thin (the tutorial's conv_id 5, mixed/conv, more than
     conv2d_8 did). The climb itself must agree.
     """
-    start = param.batch(SHAPE, [21])
-    alone = render.ascend(conv5.step, start, one_hot([2]), 3).images[0] - start[0]
-    batched = render.ascend(conv5.step, param.batch(SHAPE, [20, 21]), one_hot([1, 2]), 3).images[1] - start[0]
+    start = param.tutorial_noise(SHAPE, [21])
+    alone = render.run(conv5.step, [21], one_hot([2]), 3).images[0] - start[0]
+    batched = render.run(conv5.step, [20, 21], one_hot([1, 2]), 3).images[1] - start[0]
     assert np.corrcoef(alone.ravel(), batched.ravel())[0, 1] > 0.999
     assert np.abs(batched - alone).mean() < 0.01 * np.abs(alone).mean()
 
 
 def test_weighted_targets_climb_their_sum(conv5):
     mix = objectives.weights_matrix([{2: 1.0, 7: -0.5}], CONV5_CHANNELS)
-    history = render.ascend(conv5.step, param.batch(SHAPE, [13]), mix, 8).history
+    history = render.run(conv5.step, [13], mix, 8).history
     assert history[-1].loss[0] > history[1].loss[0]
 
 
 def test_frames_for_an_animation(conv5):
-    ascent = render.ascend(conv5.step, param.batch(SHAPE, [1]), one_hot([2]), 7, frame_every=3)
+    ascent = render.run(conv5.step, [1], one_hot([2]), 7, frame_every=3)
     assert len(ascent.frames) == 3 and ascent.frames[-1].shape == (1, *SHAPE)
     np.testing.assert_array_equal(ascent.frames[-1], ascent.images)
 
 
 def test_predictions_come_when_the_cadence_says_and_always_at_the_end(conv5):
     every_ten = render.Cadence(predict_every=10)
-    ascent = render.ascend(conv5.step, param.batch(SHAPE, [1, 2]), one_hot([1, 2]), 23, classify=conv5.model.classify,
+    ascent = render.run(conv5.step, [1, 2], one_hot([1, 2]), 23, classify=conv5.model.classify,
                            cadence=every_ten)
     assert [p.iteration for p in ascent.predictions] == [10, 20, 23]
     assert ascent.predictions[-1].probabilities.shape == (2, 1000)
     np.testing.assert_allclose(ascent.predictions[-1].probabilities.sum(axis=1), 1.0, rtol=1e-4)
-    none_on_the_way = render.ascend(conv5.step, param.batch(SHAPE, [1]), one_hot([1]), 12,
+    none_on_the_way = render.run(conv5.step, [1], one_hot([1]), 12,
                                     classify=conv5.model.classify, cadence=render.Cadence(budget=0.0))
     assert [p.iteration for p in none_on_the_way.predictions] == [12]
     assert conv5.model.classify.cost_s > 0
@@ -112,7 +112,7 @@ def test_predictions_come_when_the_cadence_says_and_always_at_the_end(conv5):
 
 def test_progress_gets_the_figures_of_its_iteration_and_the_history_all_of_them(conv5):
     seen = []
-    ascent = render.ascend(conv5.step, param.batch(SHAPE, [4]), one_hot([3]), 6, on_progress=lambda *call: seen.append(call),
+    ascent = render.run(conv5.step, [4], one_hot([3]), 6, on_progress=lambda *call: seen.append(call),
                            cadence=render.Cadence(progress_s=0.0))
     assert [done for done, _, _ in seen] == [1, 2, 3, 4, 5, 6]
     assert [float(stats.loss[0]) for _, stats, _ in seen] == [float(stats.loss[0]) for stats in ascent.history]
@@ -121,11 +121,11 @@ def test_progress_gets_the_figures_of_its_iteration_and_the_history_all_of_them(
 def test_a_second_job_on_a_layer_builds_nothing(factory, conv5):
     builds = dict(factory.builds)
     again = factory.acquire(MODEL, 5)
-    render.ascend(again.step, param.batch(SHAPE, [1, 2, 3]), one_hot([7, 8, 9]), 1)  # new features, new batch size
+    render.run(again.step, [1, 2, 3], one_hot([7, 8, 9]), 1)  # new features, new batch size
     assert again.step is conv5.step
     assert (again.model_load_s, again.compile_s) == (0.0, 0.0)
     assert dict(factory.builds) == builds
-    assert conv5.step.traces[0] == 1  # no retrace for new features or batch sizes
+    assert conv5.step.traces == 1  # no retrace for new features or batch sizes
 
 
 def test_the_step_cache_is_a_bounded_lru():
@@ -138,3 +138,11 @@ def test_the_step_cache_is_a_bounded_lru():
     assert small.cached_steps() == [(MODEL, version, "conv2d", "gradient_ascent"),
                                     (MODEL, version, "conv2d_2", "gradient_ascent")]
     assert small.builds == {"model": 1, "step": 3}
+
+
+def test_every_method_the_contract_names_has_a_step():
+    from featurevis import contract
+    from featurevis.optvis import methods
+
+    assert list(methods.BY_NAME) == list(contract.METHODS)
+    assert {name: method.needs_style for name, method in methods.BY_NAME.items()} == contract.METHODS

@@ -1,8 +1,8 @@
 """Speed never changes a picture: fixed jobs give the pixels they gave before the loop was made faster.
 
 tests/data/pinned_pictures.json holds every n-th pixel (and the loss of every iteration) of two
-jobs as the render loop computed them before the speed work (see its `made_by`); the loop of
-today must give the same within float tolerance.
+jobs as the render loop computed them before the speed work, per CPU vendor (see its `made_by`);
+the loop of today must give the same within float tolerance.
 """
 import json
 from pathlib import Path
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from featurevis.optvis import objectives, render
+from tests.cpu import pinned
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_pictures.json").read_text())
 CASES = [name for name in PINNED if name != "made_by"]
@@ -20,9 +21,9 @@ CASES = [name for name in PINNED if name != "made_by"]
 def test_a_fixed_job_gives_the_pinned_picture(factory, name):
     case = PINNED[name]
     acquired = factory.acquire(case["model"], case["target"], case["method"])
-    weights = objectives.weights_matrix([{case["feature"]: 1.0}], acquired.model.info.features_of(case["target"]))
-    ascent = render.optimize(case["method"], acquired.step, acquired.model.info.input_shape, [case["seed"]], weights,
-                             case["iterations"], classify=acquired.model.classify, on_progress=lambda *_: None)
-    every = case["every"]
-    np.testing.assert_allclose(ascent.images[0][::every, ::every], np.array(case["pixels"]), atol=0.02)
-    np.testing.assert_allclose([float(stats.loss[0]) for stats in ascent.history], case["loss"], rtol=1e-4, atol=1e-6)
+    weights = objectives.weights_matrix([{case["feature"]: 1.0}], acquired.model.info.feature_count(case["target"]))
+    ascent = render.run(acquired.step, [case["seed"]], weights, case["iterations"], classify=acquired.model.classify,
+                        on_progress=lambda *_: None)
+    every, pin = case["every"], pinned(case["pins"])
+    np.testing.assert_allclose(ascent.images[0][::every, ::every], np.array(pin["pixels"]), atol=0.02)
+    np.testing.assert_allclose([float(stats.loss[0]) for stats in ascent.history], pin["loss"], rtol=1e-4, atol=1e-6)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from featurevis.optvis import objectives, param, render, transform
+from featurevis.optvis import objectives, param, render, robust, transform
 
 SHAPE = (64, 64, 3)
 CHANNELS, CLASSES = 16, 5
@@ -27,7 +27,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def channel_step(tiny):
-    return render.robust_step(tiny[0], preprocess, objectives.weighted_channels, SHAPE)
+    return robust.compile_step(tiny[0], preprocess, objectives.weighted_channels, SHAPE)
 
 
 def pixels_of(spectrum):
@@ -54,9 +54,9 @@ def test_fft_images_are_deterministic_per_seed_and_batching_changes_none():
     assert np.abs(batched[0] - batched[1]).max() > 0.1
 
 
-def moved(images, seeds, step=0, robustness=None):
+def moved(images, seeds, step=0, moves=None):
     return transform.standard(tf.constant(images), tf.constant(seeds, tf.int64), tf.constant(step, tf.int64),
-                              robustness).numpy()
+                              moves).numpy()
 
 
 def test_transforms_keep_shape_and_range_and_follow_the_seed():
@@ -73,13 +73,13 @@ def test_transforms_keep_shape_and_range_and_follow_the_seed():
 
 def test_transforms_without_movement_are_the_identity():
     images = np.random.default_rng(1).uniform(0, 255, (2, *SHAPE)).astype(np.float32)
-    still = transform.Robustness(pad=0, jitter=0, scale=(1.0, 1.0), degrees=0, jitter_after=0)
-    np.testing.assert_allclose(moved(images, [1, 2], robustness=still), images, atol=1e-3)
+    still = transform.Moves(pad=0, jitter=0, scale=(1.0, 1.0), degrees=0, jitter_after=0)
+    np.testing.assert_allclose(moved(images, [1, 2], moves=still), images, atol=1e-3)
 
 
 def test_lucids_pixel_amounts_scale_with_the_image():
-    assert transform.Robustness.lucid(224) == transform.Robustness(12, 8, (0.9, 1.1), 10.0, 4)
-    assert transform.Robustness.lucid(448).pad == 24
+    assert transform.Moves.lucid(224) == transform.Moves(12, 8, (0.9, 1.1), 10.0, 4)
+    assert transform.Moves.lucid(448).pad == 24
 
 
 def test_weighted_objectives_are_linear_and_one_hot_is_the_tutorials_loss():
@@ -109,17 +109,17 @@ def test_diversity_is_lower_for_different_images(tiny):
 def test_a_class_target_is_diversified_on_its_conv_layer_not_its_logits(tiny):
     """The logits network's second output is where the diversity term compares the set's Gram matrices."""
     network = keras.Model(tiny[1].input, [tiny[1].output, tiny[0].output])
-    step = render.robust_step(network, preprocess, objectives.weighted_logits, SHAPE)
+    step = robust.compile_step(network, preprocess, objectives.weighted_logits, SHAPE)
     weights, seeds = one_hot_rows([2] * 3, CLASSES), [4, 5, 6]
     spectrum = param.fft_spectrum_init(SHAPE, seeds)
-    first = render.ascend_robust(step, spectrum, weights, 1, seeds, diversity=3.0).history[0].loss
+    first = render.run(step, seeds, weights, 1, diversity=3.0).history[0].loss
     seen = transform.standard(tf.constant(pixels_of(spectrum)), tf.constant(seeds, tf.int64), tf.constant(0))
     logits = objectives.weighted_logits(tiny[1](preprocess(seen)), weights).numpy()
     on = lambda layer: logits - 3.0 * np.abs(logits) * objectives.diversity(layer(preprocess(seen))).numpy()
     np.testing.assert_allclose(first, on(tiny[0]), rtol=1e-4, atol=1e-6)
     assert not np.allclose(first, on(tiny[1]), rtol=1e-3)
-    apart = render.ascend_robust(step, spectrum, weights, 30, seeds, diversity=3.0).images
-    alike = render.ascend_robust(step, spectrum, weights, 30, seeds, diversity=0.0).images
+    apart = render.run(step, seeds, weights, 30, diversity=3.0).images
+    alike = render.run(step, seeds, weights, 30, diversity=0.0).images
     style = lambda images: float(objectives.diversity(tiny[0](preprocess(images))).numpy().mean())
     assert style(apart) < style(alike)
 
@@ -128,10 +128,10 @@ def test_adam_climbs_like_keras_adam_minimizing_the_negative():
     grads = [tf.constant(np.random.default_rng(seed).normal(size=(2, 3)), tf.float32) for seed in range(3)]
     variable = tf.Variable(tf.ones([2, 3]))
     optimizer = keras.optimizers.Adam(learning_rate=0.05)
-    state = render.RobustState.start(np.ones([2, 3], np.float32))
+    state = robust.RobustState.start(np.ones([2, 3], np.float32))
     for grad in grads:
         optimizer.apply_gradients([(-grad, variable)])
-        state = render._adam_ascent(state, grad, 0.05)
+        state = robust.adam_ascent(state, grad, 0.05)
     np.testing.assert_allclose(state.spectrum, variable.numpy(), rtol=1e-5)
     assert int(state.updates) == 3
 
@@ -139,10 +139,10 @@ def test_adam_climbs_like_keras_adam_minimizing_the_negative():
 @pytest.mark.parametrize("objective, target", [(objectives.weighted_channels, 0), (objectives.weighted_logits, 1)])
 def test_twenty_robust_steps_raise_the_target_on_the_plain_image(tiny, objective, target):
     network = tiny[target]
-    step = render.robust_step(network, preprocess, objective, SHAPE)
+    step = robust.compile_step(network, preprocess, objective, SHAPE)
     weights = one_hot_rows([3], network.output.shape[-1])
     start = param.fft_spectrum_init(SHAPE, [5])
-    ascent = render.ascend_robust(step, start, weights, 20, [5])
+    ascent = render.run(step, [5], weights, 20)
     score = lambda images: float(objective(network(preprocess(images)), weights)[0])
     assert score(ascent.images) > score(pixels_of(start)) + 0.01  # from ~0: a tiny random net moves slowly
     assert ascent.images.shape == (1, *SHAPE) and ascent.images.dtype == np.float32
@@ -151,27 +151,25 @@ def test_twenty_robust_steps_raise_the_target_on_the_plain_image(tiny, objective
 
 def test_one_compiled_step_serves_any_weights_and_batch(channel_step):
     seeds = [1, 2, 3]
-    render.ascend_robust(channel_step, param.fft_spectrum_init(SHAPE, seeds[:1]), one_hot_rows([3], CHANNELS), 2,
-                         seeds[:1])
+    render.run(channel_step, seeds[:1], one_hot_rows([3], CHANNELS), 2)
     mixed = np.random.default_rng(4).normal(size=(3, CHANNELS)).astype(np.float32)
-    render.ascend_robust(channel_step, param.fft_spectrum_init(SHAPE, seeds), mixed, 2, seeds, diversity=10.0)
-    assert channel_step.traces[0] == 1
+    render.run(channel_step, seeds, mixed, 2, diversity=10.0)
+    assert channel_step.traces == 1
     assert channel_step.pixels.experimental_get_tracing_count() == 1
 
 
 def test_batching_never_changes_a_robust_image(channel_step):
     weights = one_hot_rows([2, 6], CHANNELS)
-    alone = render.ascend_robust(channel_step, param.fft_spectrum_init(SHAPE, [9]), weights[1:], 3, [9]).images
-    batched = render.ascend_robust(channel_step, param.fft_spectrum_init(SHAPE, [8, 9]), weights, 3, [8, 9]).images
+    alone = render.run(channel_step, [9], weights[1:], 3).images
+    batched = render.run(channel_step, [8, 9], weights, 3).images
     np.testing.assert_allclose(batched[1], alone[0], atol=0.05)
 
 
 def test_robust_predictions_come_when_the_cadence_says_and_at_the_end(tiny, channel_step):
     classify = render.classifier(tiny[1], preprocess, SHAPE)
     seen = []
-    ascent = render.ascend_robust(channel_step, param.fft_spectrum_init(SHAPE, [1]), one_hot_rows([1], CHANNELS),
-                                  12, [1], classify=classify, cadence=render.Cadence(predict_every=10),
-                                  on_progress=lambda done, stats, predicted: seen.append((done, predicted)))
+    ascent = render.run(channel_step, [1], one_hot_rows([1], CHANNELS), 12, classify=classify,
+                        cadence=render.Cadence(predict_every=10), on_progress=lambda done, stats, predicted: seen.append((done, predicted)))
     assert [p.iteration for p in ascent.predictions] == [10, 12]
     assert [done for done, predicted in seen if predicted is not None] == [10, 12] and seen[-1][0] == 12
     np.testing.assert_allclose(ascent.predictions[-1].probabilities.sum(axis=1), 1.0, rtol=1e-5)
@@ -182,7 +180,8 @@ def test_a_diversity_weight_drives_one_features_images_apart(tiny, channel_step)
     weights = one_hot_rows([4, 4], CHANNELS)
 
     def similarity(weight):
-        images = render.ascend_robust(channel_step, start, weights, 10, [1, 2], diversity=weight).images
+        images = render.run(channel_step, [1, 2], weights, 10, diversity=weight,
+                            state=robust.RobustState.start(start)).images
         return float(objectives.diversity(tiny[0](preprocess(images))).numpy().sum())
 
     assert similarity(100.0) < 0.5 * similarity(0.0)  # lucid's weight; here about 0.09 against 1.0

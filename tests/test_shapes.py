@@ -4,7 +4,7 @@ import pytest
 
 from featurevis import registry, shapes, zoo
 from featurevis.registry import WeightsUnavailable
-from featurevis.optvis import objectives, param, render
+from featurevis.optvis import objectives, render
 
 SHIPPED = ["shapes_cnn", "shapes_cnn_b"]
 SHAPE = (64, 64, 3)
@@ -69,7 +69,7 @@ def test_missing_weights_are_one_line_naming_the_file(monkeypatch, tmp_path):
 def test_class_logit_rises(factory):
     acquired = factory.acquire("shapes_cnn", None)
     rings = objectives.weights_matrix([{shapes.CLASS_NAMES.index("rings"): 1.0}], 10)
-    history = render.ascend(acquired.step, param.batch(SHAPE, [7]), rings, 20).history
+    history = render.run(acquired.step, [7], rings, 20).history
     losses = [float(stats.loss[0]) for stats in history]
     assert (np.diff(losses[1:]) > 0).mean() >= 0.9
     assert losses[-1] > losses[1] + 1.0

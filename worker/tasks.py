@@ -18,15 +18,16 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
 import featurevis
-from featurevis import contract, gallery, images, registry
+from featurevis import contract, gallery, images, layout, registry
 from featurevis.contract import JobSpec
 from featurevis.registry import LOGITS, ModelRefused, WeightsUnavailable
-from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore
+from featurevis.layout import ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, META
+from featurevis.store import ResultStore
 from worker import runtime
 from worker.app import app
 from worker.progress import ProgressPublisher
 
-ANIMATION, ANIMATION_FRAMES = "animation.webp", 30
+ANIMATION_FRAMES = 30
 SET_COLUMNS = 4  # a diverse set's image.png: up to 4 pictures a row
 
 
@@ -58,9 +59,11 @@ def sweep(self, **fields) -> dict:
     key = contract.sweep_key(specs)
     sheet = images.contact_sheet([store.read_image(spec.key) for spec in specs])
     jobs = [_summary(spec, metas[spec.job_id], cached=spec not in missing) for spec in specs]
-    store.write(key, {"contact_sheet.png": sheet}, {"sweep_id": contract.sweep_id(specs), "jobs": jobs})
+    store.write(key, {CONTACT_SHEET: sheet}, {"sweep_id": contract.sweep_id(specs), "model": specs[0].model,
+                                              "layer": specs[0].layer, "features": [spec.feature for spec in specs],
+                                              "jobs": jobs})
     gallery.try_rebuild(store)
-    return {"sweep_id": contract.sweep_id(specs), "key": key, "contact_sheet": f"{key}/contact_sheet.png",
+    return {"sweep_id": contract.sweep_id(specs), "key": key, "contact_sheet": f"{key}/{CONTACT_SHEET}",
             "meta": f"{key}/{META}", "jobs": jobs}
 
 
@@ -143,7 +146,7 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec],
     `annotate(spec, meta)` adds to a meta before it is published (an atlas adds its dataset comparison),
     so meta.json is still written once, whole.
     """
-    from featurevis import quality  # TensorFlow side: imported in pool children only
+    from featurevis import scoring  # TensorFlow side: imported in pool children only
     from featurevis.optvis import objectives, render
 
     factory = runtime.factory()
@@ -153,7 +156,7 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec],
     # One row per image: a plain job or a sweep's feature is one image, a diverse set is `images` of them.
     seeds = [seed for spec in specs for seed in spec.seeds]
     weights = objectives.weights_matrix([spec.weights for spec in specs for _ in spec.seeds],
-                                        info.features_of(first.layer))
+                                        info.feature_count(first.layer))
     class_names = info.class_names
     publisher = ProgressPublisher(task)
     latest: dict | None = None
@@ -171,14 +174,12 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec],
         }, final=done == first.iterations)
 
     frame_every = max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0
-    diverse = {"diversity": first.diversity} if first.images > 1 else {}  # only a set has images to push apart
-    ascent = render.optimize(first.method, acquired.step, info.input_shape, seeds, weights, first.iterations,
-                             classify=acquired.model.classify, on_progress=on_progress, frame_every=frame_every,
-                             **diverse)
+    ascent = render.run(acquired.step, seeds, weights, first.iterations, first.diversity,
+                        classify=acquired.model.classify, on_progress=on_progress, frame_every=frame_every)
     timings = {"model_load_s": acquired.model_load_s, "compile_s": acquired.compile_s,
                "optimize_s": time.perf_counter() - started, "started_at": started_at}
     final = ascent.predictions[-1].probabilities if ascent.predictions else None
-    scores = quality.scores(acquired.probe, ascent.images, weights, final, first.layer == LOGITS,
+    scores = scoring.scores(acquired.probe, ascent.images, weights, final, first.layer == LOGITS,
                             factory.judge(first.model))
     metas, first_row = [], 0
     for spec in specs:
@@ -190,10 +191,10 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec],
         meta = _meta(task, spec, info, steps, predictions, timings, len(specs))
         meta["quality"] = scores[rows.start]
         meta["factory"] = {"models_built": factory.builds["model"], "steps_built": factory.builds["step"],
-                           "step_traces": acquired.step.traces[0]}
+                           "step_traces": acquired.step.traces}
         raw, png, extra = _artefacts(spec, ascent.images[rows], [frame[rows] for frame in ascent.frames])
         if spec.images > 1:
-            meta["set"] = _set_meta(spec, scores[rows], quality.gram_similarity(acquired.probe, ascent.images[rows]))
+            meta["set"] = _set_meta(spec, scores[rows], scoring.gram_similarity(acquired.probe, ascent.images[rows]))
         if annotate is not None:
             annotate(spec, meta)
         store.write_image_result(spec.key, raw, png, meta, extra)
@@ -210,12 +211,8 @@ def _artefacts(spec: JobSpec, pictures: np.ndarray, frames: list[np.ndarray]) ->
         return pictures[0], images.png_bytes(pictures[0]), animation
     if spec.animate:
         animation = {ANIMATION: images.animation_bytes([images.tile(list(frame), SET_COLUMNS) for frame in frames])}
-    each = {_set_png(index): images.png_bytes(picture) for index, picture in enumerate(pictures)}
+    each = {layout.set_png(index): images.png_bytes(picture) for index, picture in enumerate(pictures)}
     return pictures, images.contact_sheet(list(pictures), SET_COLUMNS), {**each, **animation}
-
-
-def _set_png(index: int) -> str:
-    return f"image_{index}.png"
 
 
 def _set_meta(spec: JobSpec, scores: list[dict], similarity: float) -> dict:
@@ -224,7 +221,7 @@ def _set_meta(spec: JobSpec, scores: list[dict], similarity: float) -> dict:
     The job's own `quality` is its first image's, as image.png's first tile.
     """
     return {"images": spec.images, "diversity": spec.diversity, "gram_similarity": similarity,
-            "members": [{"png": _set_png(index), "seed": seed, "quality": row}
+            "members": [{"png": layout.set_png(index), "seed": seed, "quality": row}
                         for index, (seed, row) in enumerate(zip(spec.seeds, scores))]}
 
 
@@ -269,5 +266,5 @@ def _summary(spec: JobSpec, meta: dict, cached: bool) -> dict:
                "array": f"{spec.key}/{IMAGE_NPY}", "meta": f"{spec.key}/{META}",
                "final_loss": meta["final_loss"], "untrained": meta["untrained"], "cached": cached}
     if spec.images > 1:
-        summary["set"] = [f"{spec.key}/{_set_png(index)}" for index in range(spec.images)]
+        summary["set"] = [f"{spec.key}/{layout.set_png(index)}" for index in range(spec.images)]
     return summary

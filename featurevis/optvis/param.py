@@ -3,14 +3,10 @@ import numpy as np
 import tensorflow as tf
 
 
-def tutorial_noise(shape: tuple[int, int, int], seed: int) -> np.ndarray:
-    """uniform[0,1) + 128: a nearly flat mid-grey, as in the tutorial, drawn from the job's seed."""
-    return (np.random.default_rng(seed).random(shape) + 128.0).astype(np.float32)
-
-
-def batch(shape: tuple[int, int, int], seeds: list[int]) -> np.ndarray:
-    """One start image per job, each from its own seed, so batching never changes a job's result."""
-    return np.stack([tutorial_noise(shape, seed) for seed in seeds])
+def tutorial_noise(shape: tuple[int, int, int], seeds: list[int]) -> np.ndarray:
+    """uniform[0,1) + 128, a nearly flat mid-grey as in the tutorial: one start image per seed, each drawn
+    from its own, so batching never changes a job's result."""
+    return np.stack([np.random.default_rng(seed).random(shape) + 128.0 for seed in seeds]).astype(np.float32)
 
 
 # lucid's colour decorrelation: the square root of ImageNet's colour covariance (from its SVD).

@@ -24,7 +24,7 @@ FILL = 127.5  # lucid pads with 0.5 of its 0..1 pixels: mid-grey
 
 
 @dataclass(frozen=True)
-class Robustness:
+class Moves:
     """How far lucid's stages may move an image: pad, jitter, scale, rotate, jitter again (pixels, degrees)."""
 
     pad: float
@@ -34,7 +34,7 @@ class Robustness:
     jitter_after: float
 
     @classmethod
-    def lucid(cls, size: int) -> Robustness:
+    def lucid(cls, size: int) -> Moves:
         """lucid's defaults (pad 12, jitter 8, scale 0.9..1.1, rotate ±10°, jitter 4 at 224 px), with the
         pixel amounts scaled by size/224 so they move the picture as far relative to its size: a 299-px
         image gets pad 16, jitter 10.7, jitter 5.3."""
@@ -42,16 +42,16 @@ class Robustness:
         return cls(pad=12 * factor, jitter=8 * factor, scale=(0.9, 1.1), degrees=10.0, jitter_after=4 * factor)
 
 
-def standard(images: tf.Tensor, seeds: tf.Tensor, step: tf.Tensor, robustness: Robustness | None = None) -> tf.Tensor:
+def standard(images: tf.Tensor, seeds: tf.Tensor, step: tf.Tensor, moves: Moves | None = None) -> tf.Tensor:
     """Images (batch, h, w, c) in 0..255, each moved by its own random draw; same shape, same range.
 
     Image b's draw depends only on (seeds[b], step), so a job is reproducible
     from its seed and batching never changes what one image sees. Needs a
-    static h and w; `robustness` defaults to `Robustness.lucid(max(h, w))`.
+    static h and w; `moves` defaults to `Moves.lucid(max(h, w))`.
     """
     step = tf.cast(step, tf.int64)
     draws = tf.map_fn(lambda seed: draw(seed, step), tf.cast(seeds, tf.int64), fn_output_signature=tf.float32)
-    return move(images, draws, robustness)
+    return move(images, draws, moves)
 
 
 def draw(seed: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
@@ -59,16 +59,16 @@ def draw(seed: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
     return tf.random.stateless_uniform([6], tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)]))
 
 
-def move(images: tf.Tensor, draws: tf.Tensor, robustness: Robustness | None = None) -> tf.Tensor:
+def move(images: tf.Tensor, draws: tf.Tensor, moves: Moves | None = None) -> tf.Tensor:
     """Images moved by their (batch, 6) draws (see `draw`); `standard` when each image draws from its own seed."""
     h, w = images.shape[1:3]
-    robustness = robustness or Robustness.lucid(max(h, w))
+    moves = moves or Moves.lucid(max(h, w))
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=_sampling_map(draws, h, w, robustness), output_shape=[h, w],
+        images=images, transforms=_sampling_map(draws, h, w, moves), output_shape=[h, w],
         fill_value=FILL, interpolation="BILINEAR", fill_mode="CONSTANT")
 
 
-def _sampling_map(draws: tf.Tensor, h: int, w: int, r: Robustness) -> tf.Tensor:
+def _sampling_map(draws: tf.Tensor, h: int, w: int, r: Moves) -> tf.Tensor:
     """The input point each output pixel samples, as the op's 8 projective parameters per image.
 
     Lucid's stages undone from the last: the picture lucid would show is

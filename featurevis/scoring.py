@@ -28,8 +28,8 @@ SAMPLES = 2
 HELD_OUT_SEED = 10_007  # not a seed any job's own transforms use: they draw from the job seed
 
 
-def held_out(size: int) -> transform.Robustness:
-    return transform.Robustness(pad=0.0, jitter=size / 16, scale=(0.8, 1.2), degrees=15.0, jitter_after=0.0)
+def held_out(size: int) -> transform.Moves:
+    return transform.Moves(pad=0.0, jitter=size / 16, scale=(0.8, 1.2), degrees=15.0, jitter_after=0.0)
 
 
 class Probe(NamedTuple):

@@ -1,0 +1,104 @@
+"""lucid's robust method: Adam on a decorrelated Fourier parameterization, seen through random moves."""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from featurevis.optvis import objectives, param, transform
+from featurevis.optvis.render import CompiledStep, Method, Objective, StepStats
+
+LEARNING_RATE = 0.05  # lucid's Adam rate for the FFT parameterization
+
+
+class RobustState(NamedTuple):
+    """Spectra and their Adam moments, passed into and out of the robust step.
+
+    Keeping them as tensors rather than variables (a Keras optimizer's slots
+    are variables) leaves the step pure, so it takes any batch size.
+    """
+
+    spectrum: tf.Tensor
+    m: tf.Tensor
+    v: tf.Tensor
+    updates: tf.Tensor  # int64 scalar: Adam steps taken, also the transforms' step number
+
+    @classmethod
+    def start(cls, spectrum: np.ndarray) -> RobustState:
+        spectrum = tf.convert_to_tensor(spectrum, tf.float32)
+        return cls(spectrum, tf.zeros_like(spectrum), tf.zeros_like(spectrum), tf.constant(0, tf.int64))
+
+
+def compile_step(network: keras.Model, preprocess: Callable, objective: Objective, image_shape: tuple[int, int, int],
+                 learning_rate: float = LEARNING_RATE, moves: transform.Moves | None = None) -> CompiledStep:
+    """lucid's render step, compiled once: one Adam update of FFT spectra, the loss seen through random moves.
+
+    pixels = fft_to_pixels(spectrum), moved by transform.standard, then
+    preprocess and `network` (ending at the target layer); the loss per image is
+    objective - diversity * |objective| * objectives.diversity(style), where the
+    style layer is the target itself or, for class logits, a second output of
+    `network` (objectives.target_and_style), and Adam climbs it (the same as
+    minimizing its negative). lucid subtracts a fixed multiple of the diversity,
+    but the objective's size differs a hundredfold between models and layers,
+    and Adam only sees the gradients' ratio: a fixed weight either does nothing
+    or drowns the objective. Scaled by the objective (held constant for the
+    gradient), one weight means the same everywhere. `objective` takes dense
+    (batch, channels) weights (objectives.weighted_channels or weighted_logits),
+    so with any batch, weights and seeds as tensor arguments nothing retraces.
+    The stats' gradient figures are of the spectra, which is what Adam moves;
+    their step size is the learning rate.
+    """
+    spectrum_spec = tf.TensorSpec([None, *param.fft_spectrum_shape(image_shape)], tf.float32)
+    state_spec = RobustState(spectrum_spec, spectrum_spec, spectrum_spec, tf.TensorSpec([], tf.int64))
+
+    @tf.function(input_signature=[state_spec])
+    def pixels(state):
+        return param.fft_to_pixels(state.spectrum, image_shape)
+
+    compiled = CompiledStep(advance=None, pixels=pixels,
+                            start=lambda seeds: RobustState.start(param.fft_spectrum_init(image_shape, seeds)))
+
+    @tf.function(input_signature=[
+        state_spec,
+        tf.TensorSpec([None, None], tf.float32),  # weights: image x channel (or class)
+        tf.TensorSpec([None], tf.int64),  # seeds: one per image, for its transforms
+        tf.TensorSpec([], tf.float32),  # diversity weight
+    ])
+    def step(state, weights, seeds, diversity):
+        compiled.traces += 1  # runs at trace time only
+        with tf.GradientTape() as tape:
+            tape.watch(state.spectrum)
+            moved = transform.standard(param.fft_to_pixels(state.spectrum, image_shape), seeds, state.updates, moves)
+            activations, style = objectives.target_and_style(network(preprocess(moved), training=False))
+            target = objective(activations, weights)
+            loss = target - diversity * tf.stop_gradient(tf.abs(target)) * objectives.diversity(style)
+            total = tf.reduce_sum(loss)
+        grads = tape.gradient(total, state.spectrum)
+        axes = [1, 2, 3, 4]
+        stats = StepStats(loss, tf.reduce_min(grads, axis=axes), tf.reduce_max(grads, axis=axes),
+                          tf.fill(tf.shape(loss), learning_rate))
+        return adam_ascent(state, grads, learning_rate), stats
+
+    compiled.advance = step
+    start = RobustState.start(np.zeros([1, *spectrum_spec.shape[1:]], np.float32))
+    # Trace and run once, as gradient_ascent.compile_step does.
+    step(start, tf.zeros([1, network.outputs[0].shape[-1]]), tf.zeros([1], tf.int64), tf.constant(0.0))
+    pixels(start)
+    return compiled
+
+
+def adam_ascent(state: RobustState, grads: tf.Tensor, learning_rate: float,
+                beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8) -> RobustState:
+    """One Adam step up the gradient, with Kingma & Ba's (and lucid's) defaults."""
+    updates = state.updates + 1
+    m = beta_1 * state.m + (1 - beta_1) * grads
+    v = beta_2 * state.v + (1 - beta_2) * tf.square(grads)
+    t = tf.cast(updates, tf.float32)
+    m_hat, v_hat = m / (1 - tf.pow(beta_1, t)), v / (1 - tf.pow(beta_2, t))
+    return RobustState(state.spectrum + learning_rate * m_hat / (tf.sqrt(v_hat) + epsilon), m, v, updates)
+
+
+# Its step needs a style layer beside a class target, for the diversity term between a set's images.
+METHOD = Method("robust", compile_step, needs_style=True)
