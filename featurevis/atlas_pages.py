@@ -75,20 +75,23 @@ def publish_progress(store: ResultStore, progress: dict) -> None:
     store.put(key, INDEX, atlas_page(progress).encode(), content_type=HTML, durable=False)
 
 
-def begin(store: ResultStore, atlas: atlases.Atlas, in_flight: Callable[[], bool]) -> dict[str, list[int]]:
+def begin(store: ResultStore, atlas: atlases.Atlas, in_flight: Callable[[], bool], run: str) -> dict[str, list[int]]:
     """Start a run of an atlas: publish its progress.json and page, return the units to queue by layer.
 
     Units an earlier run recorded are kept and not queued again, so a finished atlas queues nothing;
-    nothing either while `in_flight()` says an earlier run's batches are still out. The caller holds
+    nothing either while `in_flight()` says an earlier run's batches are still out, unless that run is
+    `run` itself, delivered again because its worker died before it could send them. The caller holds
     the atlas's lock.
     """
     previous = read_progress(store, atlas.atlas_id)
-    if previous is not None and previous["state"] == "running" and in_flight():
+    if (previous is not None and previous["state"] == "running" and previous.get("started_by") != run
+            and in_flight()):
         return {}
     recorded = {entry["layer"]: set(entry["done"]) for entry in previous["layers"]} if previous else {}
     wanted = {layer.layer: [feature for feature in layer.features if feature not in recorded.get(layer.layer, ())]
               for layer in atlas.layers}
     progress = atlases.initial_progress(atlas, {layer: sorted(done) for layer, done in recorded.items()})
+    progress["started_by"] = run
     if not any(wanted.values()):
         progress.update(state="done", finished_at=(previous or {}).get("finished_at"))
     publish_progress(store, progress)

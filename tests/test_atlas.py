@@ -312,3 +312,19 @@ def test_a_dataset_is_stored_beside_a_model_from_a_folder_or_refused_in_one_line
     shapes = datasets.for_model(models, registry.builtin_info("shapes_cnn"))
     assert shapes.images.shape == (datasets.SHAPES_SIZE, 64, 64, 3)
     assert np.array_equal(shapes.images, datasets.shapes_dataset().images)  # drawn, the same every time
+
+
+def test_a_run_queues_what_the_atlas_lacks_once_and_a_redelivered_start_still_queues(tmp_path):
+    store = ResultStore(tmp_path)
+    request = atlas.normalize({"model": "shapes_cnn", "seed": 1, "units": 2, "layers": ["conv1", "conv2"]})
+    assert atlas_pages.begin(store, request, lambda: True, run="first") == {"conv1": [0, 1], "conv2": [0, 1]}
+    assert atlas_pages.read_progress(store, request.atlas_id)["state"] == "running"
+    assert atlas_pages.begin(store, request, lambda: True, run="second") == {}  # the first run's batches are out
+    assert atlas_pages.begin(store, request, lambda: True, run="first") != {}  # the first, delivered again
+    progress = atlas_pages.read_progress(store, request.atlas_id)
+    atlas_pages.publish_progress(store, atlas.record_done(progress, "conv1", [0, 1]))
+    assert atlas_pages.begin(store, request, lambda: False, run="third") == {"conv2": [0, 1]}  # the first failed
+    progress = atlas_pages.read_progress(store, request.atlas_id)
+    atlas_pages.publish_progress(store, atlas.record_done(progress, "conv2", [1, 0]))
+    assert atlas_pages.begin(store, request, lambda: False, run="fourth") == {}
+    assert atlas_pages.read_progress(store, request.atlas_id)["state"] == "done"
