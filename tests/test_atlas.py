@@ -100,6 +100,8 @@ def test_a_full_shapes_cnn_atlas_on_two_workers_computes_every_unit_once(fleet, 
     results = _batch_results(fleet, {wanted.atlas_id})
     assert sum(run["computed"] for runs in results.values() for run in runs) == 176  # nothing computed twice
     assert set(fleet.events.hostnames("task-succeeded")) >= {"w1", "w2"}  # the fleet shared it
+    progressed = {e["uuid"] for e in list(fleet.events.events) if e.get("type") == "task-progress"}
+    assert set(results) <= progressed  # Flower saw each batch's progress, as it sees a job's
     store = ResultStore(fleet.results_dir)
     for layer in SHAPES_UNITS:  # ranked once per layer, beside the model
         info = registry.builtin_info("shapes_cnn")
@@ -328,3 +330,22 @@ def test_a_run_queues_what_the_atlas_lacks_once_and_a_redelivered_start_still_qu
     atlas_pages.publish_progress(store, atlas.record_done(progress, "conv2", [1, 0]))
     assert atlas_pages.begin(store, request, lambda: False, run="fourth") == {}
     assert atlas_pages.read_progress(store, request.atlas_id)["state"] == "done"
+
+
+def test_models_dataset_stores_a_folder_beside_a_model_and_refuses_a_bad_one_in_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RESULTS_DIR": str(tmp_path / "results")}
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for index in range(3):
+        Image.new("RGB", (64, 64), (80 * index, 0, 0)).save(folder / f"{index}.jpg")
+    (folder / "notes.txt").write_text("not a picture: skipped")
+    stored = subprocess.run([sys.executable, "-m", "producer", "models", "dataset", "inception_v3_untrained",
+                             str(folder)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert stored.returncode == 0 and "dataset of 3 images stored beside inception_v3_untrained" in stored.stderr
+    models = registry.Registry(ResultStore(tmp_path / "results"))
+    assert datasets.for_model(models, models.get("inception_v3_untrained")).images.shape == (3, 299, 299, 3)
+    refused = subprocess.run([sys.executable, "-m", "producer", "models", "dataset", "inception_v3_untrained",
+                              str(tmp_path / "nothing.csv")], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 2 and refused.stderr.strip().startswith(
+        "error: dataset: must be a .npz file or a folder of PNG/JPEG files, got ")
