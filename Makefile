@@ -13,9 +13,12 @@ STAMP := $(VENV)/.setup-$(subst ],,$(subst [,-,$(subst ==,-,$(TF_PACKAGE))))
 
 setup: $(STAMP) browser
 
-$(STAMP): requirements.txt
+# The project itself, editable (a change to the code takes effect without reinstalling), with the `test` extra
+# (which brings `dev`, the local stack's, and `s3`); pyproject.toml declares every dependency but TensorFlow.
+# featurevis/__init__.py holds the version, which the installed metadata copies.
+$(STAMP): pyproject.toml featurevis/__init__.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt "$(TF_PACKAGE)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]" "$(TF_PACKAGE)"
 	touch $@
 
 # Headless Chromium renders Flower in the browser test; Debian's package, installed where we may.
@@ -25,17 +28,18 @@ browser:
 	  echo "note: install Debian's chromium for the Flower browser test"
 
 demo: setup
-	$(PY) -m featurevis.demo
+	$(PY) -m devstack.demo
 
 test: setup
 	$(PY) -m pytest
 
-# Speed against the tutorial's way and a bare loop; prints a table, writes bench/results.json.
+# Speed against the tutorial's way and a bare loop; prints a table, writes bench/results.json. A module, not a
+# script: it starts devstack's local stack, which is not installed and imports from the repository root.
 bench: setup
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 bench-quick: setup
-	$(PY) bench/run.py --quick
+	$(PY) -m bench.run --quick
 
 # The robust method against the tutorial's, scored; writes quality/results.json and quality/contact_sheet.png.
 quality: setup
@@ -48,10 +52,10 @@ quality-defaults: setup
 # Redis, a worker, Flower (http://127.0.0.1:5555) and the queue metrics (http://127.0.0.1:9808/metrics), left
 # running; `make down` stops them, keeping queued jobs.
 up: setup
-	$(PY) -m featurevis.stack up
+	$(PY) -m devstack.stack up
 
 down:
-	$(PY) -m featurevis.stack down
+	$(PY) -m devstack.stack down
 
 # The environment and caches only: results/ holds finished jobs, which `make clean-results` deletes.
 clean:

@@ -5,15 +5,12 @@
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from featurevis.factory import ModelFactory  # noqa: E402
-from featurevis.optvis import objectives, render  # noqa: E402
+from featurevis.factory import ModelFactory
+from featurevis.optvis import objectives, render
 
 if __name__ == "__main__":
     policy, conv_id, iterations, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

@@ -30,19 +30,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import tensorflow as tf
+
+from devstack.stack import LocalStack
+from featurevis import records, registry
+from featurevis.atlas import DEFAULT_BATCH
+from featurevis import records
+from featurevis.factory import ModelFactory, device_name
+from featurevis.optvis import objectives, render
+from featurevis.store import ResultStore
+from producer import Producer
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from featurevis import registry  # noqa: E402
-from featurevis.atlas import DEFAULT_BATCH  # noqa: E402
-from featurevis.factory import ModelFactory, device_name  # noqa: E402
-from featurevis.optvis import objectives, render  # noqa: E402
-from featurevis.stack import LocalStack  # noqa: E402
-from featurevis.store import ResultStore  # noqa: E402
-from producer import Producer  # noqa: E402
 
 MODEL = "inception_v3_untrained"
 ITERATIONS = 30
@@ -72,14 +72,20 @@ class Service:
         self.store = ResultStore(stack.results_dir)
         self.seed = 1000
 
-    def job(self, conv_id, feature, iterations=ITERATIONS, model=MODEL, method="gradient_ascent") -> tuple[float, dict]:
+    def job(self, conv_id, feature, iterations=ITERATIONS, model=MODEL,
+            method="gradient_ascent") -> tuple[float, records.JobMeta]:
         """Wall seconds from enqueue to result, and the job's meta. A fresh seed: never a cached result."""
         self.seed += 1
         began = time.perf_counter()
         job = self.producer.enqueue({"model": model, "conv_id": conv_id, "feature": feature, "method": method,
                                      "iterations": iterations, "seed": self.seed})
-        result = job.result.get(timeout=900)  # pub/sub wake-up, no polling delay
-        return time.perf_counter() - began, self.store.read_meta(result["key"])
+        meta = self.meta(job, timeout=900)
+        return time.perf_counter() - began, meta
+
+    def meta(self, job, timeout: float) -> records.JobMeta:
+        """The finished job's meta.json, read as soon as its answer comes (pub/sub wake-up, no polling delay)."""
+        answer = records.JobSummary.model_validate(job.result.get(timeout=timeout))
+        return records.JobMeta.model_validate(self.store.read_meta(answer.key))
 
 
 def tutorial_jobs(conv_id, repeats: int) -> list[float]:
@@ -110,7 +116,7 @@ def compare_with_tutorial(service: Service, factory: ModelFactory, targets: dict
         service.job(conv_id, 0)  # the layer's first job compiles its step; later ones are what users wait for
         jobs = [service.job(conv_id, 1 + index) for index in range(repeats)]
         service_s = statistics.median(seconds for seconds, _ in jobs)
-        in_worker = statistics.median(meta["timings"]["optimize_s"] / ITERATIONS for _, meta in jobs)
+        in_worker = statistics.median(meta.timings.optimize_s / ITERATIONS for _, meta in jobs)
         bare = bare_seconds_per_iteration(factory, conv_id, repeats)
         rows[name] = {"tutorial_s": tutorial_s, "service_s": service_s, "speedup": tutorial_s / service_s,
                       "worker_s_per_it": in_worker, "bare_s_per_it": bare, "service_over_bare": in_worker / bare}
@@ -127,8 +133,7 @@ def warm_start_latency(service: Service, jobs: int = 20) -> dict:
         sent = time.time()
         job = service.producer.enqueue({"model": MODEL, "conv_id": 5, "feature": index, "iterations": 1,
                                         "seed": service.seed})
-        meta = service.store.read_meta(job.result.get(timeout=120)["key"])
-        latencies.append((meta["timings"]["started_at"] - sent) * 1000)
+        latencies.append((service.meta(job, timeout=120).timings.started_at - sent) * 1000)
     return {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95))}
 
 
@@ -153,7 +158,7 @@ def batching(service: Service, iterations: int) -> dict:
 def memory(service: Service, iterations: int) -> dict:
     layers = list(range(0, 91, 10))  # 10 layers
     firsts = [service.job(conv_id, 0, iterations)[1] for conv_id in layers]
-    pid = firsts[-1]["worker"]["pid"]
+    pid = firsts[-1].worker.pid
     after_first = _rss_mb(pid)
     for round_ in range(1, 5):
         for conv_id in layers:
@@ -226,7 +231,7 @@ def job_efficiency(service: Service, factory: ModelFactory, repeats: int) -> dic
                   *service.job(target, feature, iterations, model, method)) for _ in range(repeats)]
         bare_s = statistics.median(bare for bare, _, _ in pairs)
         job_s = statistics.median(seconds for _, seconds, _ in pairs)
-        optimize_s = statistics.median(meta["timings"]["optimize_s"] for _, _, meta in pairs)
+        optimize_s = statistics.median(meta.timings.optimize_s for _, _, meta in pairs)
         efficiency = statistics.median(bare / seconds for bare, seconds, _ in pairs)
         rows[name] = {"bare_s": bare_s, "job_s": job_s, "optimize_s": optimize_s, "efficiency": efficiency,
                       "outside_optimize_s": job_s - optimize_s}
@@ -250,16 +255,16 @@ def cold_start(stack: LocalStack, service: Service) -> dict:
         began = time.perf_counter()
         stack.preload = preload
         stack.start_worker("cold")
-        meta = service.store.read_meta(job.result.get(timeout=600)["key"])
+        meta = service.meta(job, timeout=600)
         seconds = time.perf_counter() - began
         stack.stop_process("cold")
-        timings = meta["timings"]
+        timings = meta.timings
         rows["preload" if preload else "no_preload"] = {
-            "first_result_s": seconds, "model_load_s": timings["model_load_s"], "compile_s": timings["compile_s"],
-            "optimize_s": timings["optimize_s"]}
+            "first_result_s": seconds, "model_load_s": timings.model_load_s, "compile_s": timings.compile_s,
+            "optimize_s": timings.optimize_s}
         print(f"  {'--preload' if preload else 'no preload':11s} first result after {seconds:5.1f} s (model build "
-              f"{timings['model_load_s']:.1f} s, first trace {timings['compile_s']:.1f} s, "
-              f"job {timings['optimize_s']:.1f} s)", flush=True)
+              f"{timings.model_load_s:.1f} s, first trace {timings.compile_s:.1f} s, "
+              f"job {timings.optimize_s:.1f} s)", flush=True)
     return rows
 
 

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from featurevis import registry, zoo  # noqa: E402
-from featurevis.optvis import param  # noqa: E402
+from featurevis import registry, zoo
+from featurevis.optvis import param
 
 
 def run_job(model_name: str, conv_id: int | None, feature: int, iterations: int, seed: int) -> float:

@@ -34,9 +34,9 @@ MAX_TARGETS = 16
 MAX_WEIGHT = 100.0
 MAX_IMAGES = 8
 MAX_DIVERSITY = 100.0
-# In units of the objective's own size (render.robust_step), so one default serves every model and layer.
-# Measured on six features of shapes_cnn and inception_v3_untrained: at 3 the set's Gram similarity fell
-# from ~1.0 to 0.19-0.81 on five while the objective kept 48-83% of its undiversified value; at 10, 9-40%.
+# In units of the objective's own size (optvis/robust.py), so one default serves every model and layer:
+# the weight that pulled a set's images apart while keeping most of the objective (bench/RESULTS.md,
+# "Measurements behind defaults").
 DEFAULT_DIVERSITY = 3.0
 DEFAULT_MODEL = "inception_v3"
 # No device we serve on does one step faster than this (an H200-class GPU on a small layer), so a

@@ -102,9 +102,10 @@ def versus(objective: float, best: float) -> dict:
     """A unit's picture against its dataset: the objective at the picture over the best example's.
 
     Above 1 the picture excites the unit more than any dataset image; below, it does not beat
-    natural images (the pages warn). Undefined, None, when no dataset image excites the unit at all.
+    natural images (the pages warn). Left out when no dataset image excites the unit at all (best <= 0).
     """
-    return {"activation_vs_dataset": float(objective / best) if best > 0 else None, "dataset_best": float(best)}
+    ratio = {"activation_vs_dataset": float(objective / best)} if best > 0 else {}
+    return {**ratio, "dataset_best": float(best)}
 
 
 def _png(image: np.ndarray) -> bytes:

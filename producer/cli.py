@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from tqdm import tqdm
 
+from featurevis import records
 from featurevis.contract import JobError
 from featurevis.registry import ModelInfo, ModelRefused
 from featurevis.store import ResultStore
@@ -249,18 +250,19 @@ def follow(job: Job) -> str:
     """Follow the job with a progress bar; where its picture is (RESULTS_URL: its address on a web server)."""
     total = job.specs[0].iterations
     with tqdm(total=total, desc=job.id[:12], unit="it", file=sys.stderr, dynamic_ncols=True) as bar:
-        def show(progress: dict) -> None:
-            bar.n = progress["iteration"]
-            prediction = progress.get("prediction") or {}
-            bar.set_postfix(loss=f"{progress['loss']:.4g}", top=prediction.get("class_name", "-"), refresh=True)
+        def show(progress: records.Progress) -> None:
+            bar.n = progress.iteration
+            top = progress.prediction.class_name if progress.prediction else "-"
+            bar.set_postfix(loss=f"{progress.loss:.4g}", top=top, refresh=True)
 
         result = job.wait(on_progress=show)
         bar.n = total
         bar.refresh()
-    if result.get("untrained") or any(j.get("untrained") for j in result.get("jobs", [])):
+    jobs = result.jobs if isinstance(result, records.SweepSummary) else [result]
+    if any(one.untrained for one in jobs):
         print("note: untrained weights (fixed-seed random init); the picture shows the architecture, not ImageNet",
               file=sys.stderr)
-    return _located(result.get("contact_sheet") or result["image"])
+    return _located(result.contact_sheet if isinstance(result, records.SweepSummary) else result.image)
 
 
 def follow_atlas(job) -> str:

@@ -22,7 +22,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from kombu.utils.url import maybe_sanitize_url
 
-from featurevis import atlas, atlas_pages, contract, layout, registry
+from featurevis import atlas, atlas_pages, contract, layout, records, registry
 from featurevis.registry import ModelRefused
 from featurevis.store import ResultStore
 
@@ -48,12 +48,14 @@ class Job:
     def state(self) -> str:
         return self.result.state
 
-    def progress(self) -> dict | None:
+    def progress(self) -> records.Progress | None:
         info = self.result.info
-        return info if self.result.state == "PROGRESS" and isinstance(info, dict) else None
+        return records.Progress.model_validate(info) if self.result.state == "PROGRESS" and isinstance(info, dict) \
+            else None
 
-    def wait(self, on_progress: Callable[[dict], None] | None = None, timeout: float | None = None) -> dict:
-        """Block until the job is done; its result dict, or JobFailed with the worker's reason."""
+    def wait(self, on_progress: Callable[[records.Progress], None] | None = None,
+             timeout: float | None = None) -> records.JobSummary | records.SweepSummary:
+        """Block until the job is done; the task's answer, or JobFailed with the worker's reason."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.result.ready():
             progress = self.progress()
@@ -64,7 +66,11 @@ class Job:
             time.sleep(POLL_SECONDS)
         if self.result.state != states.SUCCESS:
             raise JobFailed(_one_line(self.result.result)) from self.result.result
-        return self.result.result
+        return ANSWERS[self.task].model_validate(self.result.result)
+
+
+# What each task answers: Celery sends it as JSON, the producer reads it typed again.
+ANSWERS = {"featurevis.optimize": records.JobSummary, "featurevis.sweep": records.SweepSummary}
 
 
 class Producer:

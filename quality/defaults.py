@@ -17,14 +17,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
+from featurevis import registry, scoring
+from featurevis.factory import ModelFactory, target_network
+from featurevis.optvis import objectives, render, robust, transform
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from featurevis import registry, scoring  # noqa: E402
-from featurevis.factory import ModelFactory, target_network  # noqa: E402
-from featurevis.optvis import objectives, render, robust, transform  # noqa: E402
 
 SEEDS = (100, 101, 102, 103, 104)  # make quality uses 0-4
 SHAPES_ITERATIONS = 100

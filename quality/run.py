@@ -15,14 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from featurevis import images, registry, scoring
+from featurevis.factory import ModelFactory
+from featurevis.optvis import objectives, render
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from featurevis import images, registry, scoring  # noqa: E402
-from featurevis.factory import ModelFactory  # noqa: E402
-from featurevis.optvis import objectives, render  # noqa: E402
 
 METHODS = ("gradient_ascent", "robust")
 SEEDS = (0, 1, 2, 3, 4)

@@ -6,12 +6,8 @@ live model cannot give (a shipped model's `accuracy` and `trained_by`, written
 by `scripts/train_shapes.py`) are kept as they are.
 """
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from featurevis import registry, zoo  # noqa: E402
+from featurevis import registry, zoo
 
 # What registry.builtin_description adds per served name, and so leaves out of the shipped file.
 PER_NAME = ("name", "sha256", "source", "keras_version")

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi -L
 make setup
-exec .venv/bin/python scripts/gpu_check.py
+# As a module from the repository root, so that devstack/ (not installed: it stays in the checkout) imports.
+exec .venv/bin/python -m scripts.gpu_check

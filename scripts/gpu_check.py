@@ -1,6 +1,7 @@
 """Two GPU-pinned workers, a few jobs, and what each job ran on and how fast (scripts/gpu-check.sh).
 
-Starts an embedded Redis and `python -m worker --gpus 0,1` (GPUS overrides the list), queues
+Run as `python -m scripts.gpu_check` from the repository root (devstack is not installed). Starts an
+embedded Redis and `python -m worker --gpus 0,1` (GPUS overrides the list), queues
 jobs on conv_id 5, 50 and the logits, and prints per job: the node, the device from meta.json
 and the seconds per iteration.
 """
@@ -10,13 +11,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from devstack.redis_server import RedisServer
+from devstack.stack import LocalStack, pongs, wait_until
+from featurevis import records
+from featurevis.store import ResultStore
+from producer import Producer
 
-from featurevis.redis_server import RedisServer  # noqa: E402
-from featurevis.stack import LocalStack, pongs, wait_until  # noqa: E402
-from featurevis.store import ResultStore  # noqa: E402
-from producer import Producer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MODEL = os.environ.get("MODEL", "inception_v3_untrained")
 GPUS = os.environ.get("GPUS", "0,1")
@@ -37,10 +38,10 @@ def main() -> int:
             store = ResultStore(Path(folder) / "results")
             print(f"{'node':24s} {'target':8s} {'s/iteration':>11s}  device")
             for job in jobs:
-                meta = store.read_meta(job.result.get(timeout=900)["key"])
-                per_iteration = meta["timings"]["optimize_s"] / meta["iterations"]
-                print(f"{meta['worker']['hostname']:24s} {meta['layer_name']:8s} {per_iteration:11.4f}  "
-                      f"{meta['worker']['device']}  (compile {meta['timings']['compile_s']:.2f} s)", flush=True)
+                meta = records.JobMeta.model_validate(store.read_meta(job.wait(timeout=900).key))
+                per_iteration = meta.timings.optimize_s / meta.iterations
+                print(f"{meta.worker.hostname:24s} {meta.layer_name:8s} {per_iteration:11.4f}  "
+                      f"{meta.worker.device}  (compile {meta.timings.compile_s:.2f} s)", flush=True)
         finally:
             workers.terminate()
             workers.wait(timeout=120)

@@ -34,10 +34,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from featurevis import registry, shapes, zoo
 
-from featurevis import registry, shapes, zoo  # noqa: E402
-from scripts.describe_models import shipped_description  # noqa: E402
+# Its sibling: run as a script, this file's folder is sys.path[0].
+from describe_models import shipped_description
 
 # The shapes models see pixels / 255 (registry.PREPROCESS['unit']).
 PREPROCESS = zoo.preprocessor(registry.preprocess_from(zoo.SHAPES_PREPROCESS, 3))

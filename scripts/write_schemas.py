@@ -1,12 +1,10 @@
 """Writes schema/<task>.schema.json from the contract; tests/test_schema.py holds them equal."""
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from featurevis import contract
 
-from featurevis import contract  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TASKS = ("featurevis.optimize", "featurevis.sweep")
 

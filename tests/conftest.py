@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from featurevis.redis_server import free_port
-from featurevis.stack import REPO_ROOT, LocalStack
+from devstack.redis_server import free_port
+from devstack.stack import REPO_ROOT, LocalStack
 
 UNTRAINED = "inception_v3_untrained"
 FLOWER_AUTH = "operator:s3cret-for-tests"

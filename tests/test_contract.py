@@ -165,6 +165,7 @@ def test_every_built_in_model_has_a_description_and_class_names():
     for name in registry.BUILTINS:
         info = registry.builtin_info(name)
         assert len(info.class_names) == info.classes and info.sha256 == registry.builtin_description(name)["sha256"]
-    assert registry.builtin_info("inception_v3_untrained").untrained
+    assert {name: registry.builtin_info(name).untrained for name in registry.BUILTINS} == \
+        {name: name == "inception_v3_untrained" for name in registry.BUILTINS}
     assert len(registry.builtin_info("inception_v3").conv_layers) == 94
     assert registry.builtin_info("inception_v3").sha256 != registry.builtin_info("inception_v3_untrained").sha256

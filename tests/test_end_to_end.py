@@ -9,9 +9,10 @@ import pytest
 import redis
 from PIL import Image
 
+from devstack.redis_server import free_port
+from featurevis import registry
 from featurevis.contract import DEFAULT_DIVERSITY, normalize
 from featurevis.optvis import objectives, render
-from featurevis.redis_server import free_port
 from tests.conftest import UNTRAINED
 
 META_FIELDS = {"job_id", "spec", "model_sha256", "layer_name", "tutorial_layer_name", "conv_id", "feature", "iterations", "seed", "method", "loss",
@@ -53,32 +54,39 @@ def test_progress_is_visible_while_a_job_runs(producer_api):
     seen = []
     result = job.wait(on_progress=seen.append, timeout=240)
     assert seen, "no PROGRESS state was observed"
-    assert {"iteration", "iterations", "loss", "grad_min", "grad_max", "step_size"} <= set(seen[-1])
-    assert seen[-1]["iterations"] == 40 and 1 <= seen[0]["iteration"] <= seen[-1]["iteration"] <= 40
-    assert result["job_id"] == job.id and result["cached"] is False
+    assert seen[-1].job_ids == [job.id] and seen[-1].iterations == 40
+    assert 1 <= seen[0].iteration <= seen[-1].iteration <= 40 and seen[-1].grad_min <= seen[-1].grad_max
+    assert result.job_id == job.id and result.cached is False
 
 
 def test_a_second_job_on_the_same_layer_builds_nothing(stack, producer_api):
-    # mixed7 (a Concatenate, not a Conv2D) is a layer no other test uses, so its first job compiles.
-    first = producer_api.enqueue({"model": UNTRAINED, "layer": "mixed7", "feature": 1, "iterations": 2, "seed": 1}).wait(timeout=240)
-    second = producer_api.enqueue({"model": UNTRAINED, "layer": "mixed7", "feature": 2, "iterations": 2, "seed": 1}).wait(timeout=240)
-    before, after = _meta(stack, first["key"]), _meta(stack, second["key"])
-    assert before["timings"]["compile_s"] > 0 and before["layer_type"] == "Concatenate"
+    # mixed7 is a Concatenate, not a Conv2D. Whether its first job here compiles depends on what ran before
+    # (another test, or an eviction from the step LRU), so that is read from the factory's count against a job
+    # just before it, never assumed; the second job must build nothing either way.
+    jobs = [{"model": UNTRAINED, "conv_id": 5, "feature": 0, "iterations": 1, "seed": 61_551},
+            {"model": UNTRAINED, "layer": "mixed7", "feature": 1, "iterations": 2, "seed": 61_551},
+            {"model": UNTRAINED, "layer": "mixed7", "feature": 2, "iterations": 2, "seed": 61_551}]
+    results = [producer_api.enqueue(job).wait(timeout=240) for job in jobs]
+    assert [result.cached for result in results] == [False] * 3  # a stored result would carry an old count
+    earlier, before, after = (_meta(stack, result.key) for result in results)
+    assert earlier["worker"]["pid"] == before["worker"]["pid"] == after["worker"]["pid"]  # one factory's counts
+    built = before["factory"]["steps_built"] - earlier["factory"]["steps_built"]
+    assert built in (0, 1) and before["layer_type"] == "Concatenate"
+    assert (before["timings"]["compile_s"] > 0) == (built == 1)
     assert after["timings"]["compile_s"] == 0 and after["timings"]["model_load_s"] == 0
     assert after["factory"]["steps_built"] == before["factory"]["steps_built"]
     assert after["factory"]["models_built"] == before["factory"]["models_built"]
     assert after["factory"]["step_traces"] == 1
-    assert after["worker"]["pid"] == before["worker"]["pid"]
 
 
 def test_the_same_job_twice_is_one_result(stack, producer_api):
     fields = {"model": UNTRAINED, "conv_id": 3, "feature": 4, "iterations": 3, "seed": 8}
     first = producer_api.enqueue(fields).wait(timeout=240)
-    created = _meta(stack, first["key"])["created_at"]
+    created = _meta(stack, first.key)["created_at"]
     second = producer_api.enqueue(fields).wait(timeout=240)
-    assert (first["cached"], second["cached"]) == (False, True)
-    assert second["key"] == first["key"] and second["final_loss"] == first["final_loss"]
-    assert _meta(stack, first["key"])["created_at"] == created
+    assert (first.cached, second.cached) == (False, True)
+    assert second.key == first.key and second.final_loss == first.final_loss
+    assert _meta(stack, first.key)["created_at"] == created
 
 
 def test_the_worker_computes_what_the_bare_math_computes(stack, producer_api, factory):
@@ -86,7 +94,7 @@ def test_the_worker_computes_what_the_bare_math_computes(stack, producer_api, fa
     result = producer_api.enqueue(fields).wait(timeout=240)
     weights = objectives.weights_matrix([{6: 1.0}], 64)
     local = render.run(factory.acquire(UNTRAINED, 5).step, [42], weights, 5).images
-    np.testing.assert_allclose(np.load(stack.results_dir / result["array"]), local[0], atol=0.05)
+    np.testing.assert_allclose(np.load(stack.results_dir / result.array), local[0], atol=0.05)
 
 
 def test_sweep_is_one_batched_job_with_a_contact_sheet(stack, run_cli):
@@ -103,9 +111,12 @@ def test_sweep_is_one_batched_job_with_a_contact_sheet(stack, run_cli):
 
 def test_class_logit_job(stack, producer_api):
     result = producer_api.enqueue({"model": UNTRAINED, "feature": 278, "iterations": 2, "seed": 4}).wait(timeout=240)
-    meta = _meta(stack, result["key"])
-    assert result["key"].startswith(f"{UNTRAINED}/logits/feature_0278/")
-    assert meta["conv_id"] is None and meta["predictions"][-1]["class_name"]
+    meta = _meta(stack, result.key)
+    assert result.key.startswith(f"{UNTRAINED}/logits/feature_0278/")
+    assert meta["conv_id"] is None and (meta["layer_name"], meta["feature"]) == ("logits", 278)
+    last = meta["predictions"][-1]
+    assert last["iteration"] == 2 and 0 < last["score"] <= 1
+    assert last["class_name"] == registry.builtin_info(UNTRAINED).class_names[last["class_id"]]  # the id's own name
 
 
 def test_invalid_input_is_refused_before_anything_is_queued(stack, run_cli):
@@ -144,7 +155,7 @@ def test_a_bad_job_sent_by_name_fails_with_the_contract_error_and_the_worker_car
         bad.get(timeout=120)
     assert str(caught.value) == "conv_id: must be in 0..93 for inception_v3_untrained (or null for the class logits), got 999"
     good = producer_api.enqueue({"model": UNTRAINED, "conv_id": 5, "feature": 0, "iterations": 1, "seed": 1})
-    assert good.wait(timeout=240)["job_id"] == good.id
+    assert good.wait(timeout=240).job_id == good.id
 
 
 def test_status_command(producer_api, run_cli):
@@ -179,15 +190,15 @@ def test_robust_composed_and_animated_jobs_run_on_the_same_worker_path(stack, pr
     robust = producer_api.enqueue({"model": UNTRAINED, "conv_id": 8, "method": "robust", "iterations": 6, "seed": 1,
                                    "targets": [{"feature": 2}, {"feature": 7, "weight": -0.5}], "animate": True})
     result = robust.wait(timeout=240)
-    assert result["key"].startswith(f"{UNTRAINED}/conv2d_8/features_0002_0007/")
-    meta = _meta(stack, result["key"])
+    assert result.key.startswith(f"{UNTRAINED}/conv2d_8/features_0002_0007/")
+    meta = _meta(stack, result.key)
     assert meta["method"] == "robust" and meta["spec"]["targets"] == [[2, 1.0], [7, -0.5]]
     assert meta["loss"][-1] > meta["loss"][0]
     assert {"objective", "robustness", "specificity_z"} <= set(meta["quality"])
-    animation = Image.open(stack.results_dir / result["key"] / "animation.webp")
+    animation = Image.open(stack.results_dir / result.key / "animation.webp")
     assert animation.n_frames >= 2
     plain = producer_api.enqueue({"model": UNTRAINED, "feature": 3, "iterations": 2, "seed": 1}).wait(timeout=240)
-    quality = _meta(stack, plain["key"])["quality"]
+    quality = _meta(stack, plain.key)["quality"]
     assert {"robustness", "target_probability", "target_rank"} <= set(quality) and quality["target_rank"] >= 1
 
 
@@ -204,8 +215,8 @@ def test_a_diverse_set_comes_out_less_alike_than_the_same_set_without_diversity(
     independent = producer_api.enqueue({**job, "diversity": 0.0}).wait(timeout=240)
     meta = _meta(stack, spec.key)
     assert meta["set"]["diversity"] == DEFAULT_DIVERSITY and [m["seed"] for m in meta["set"]["members"]] == [3, 4, 5]
-    assert meta["set"]["gram_similarity"] < _meta(stack, independent["key"])["set"]["gram_similarity"]
-    assert diverse["cached"] and diverse["set"] == [f"{spec.key}/image_{index}.png" for index in range(3)]
+    assert meta["set"]["gram_similarity"] < _meta(stack, independent.key)["set"]["gram_similarity"]
+    assert diverse.cached and diverse.set == [f"{spec.key}/image_{index}.png" for index in range(3)]
     folder = stack.results_dir / spec.key
     assert np.load(folder / "image.npy").shape == (3, 64, 64, 3)
     assert [Image.open(folder / f"image_{index}.png").size for index in range(3)] == [(64, 64)] * 3
@@ -217,7 +228,15 @@ def test_a_diverse_set_comes_out_less_alike_than_the_same_set_without_diversity(
 
 
 def test_the_gallery_lists_finished_results(stack, producer_api):
-    result = producer_api.enqueue({"model": UNTRAINED, "conv_id": 6, "feature": 1, "iterations": 1, "seed": 1}).wait(timeout=240)
+    untrained = producer_api.enqueue({"model": UNTRAINED, "conv_id": 6, "feature": 1, "iterations": 1, "seed": 1}).wait(timeout=240)
+    trained = producer_api.enqueue({"model": "shapes_cnn", "conv_id": 1, "feature": 1, "iterations": 1, "seed": 1}).wait(timeout=240)
     page = (stack.results_dir / "index.html").read_text()  # rebuilt before the answer: no waiting
-    assert f'{result["key"]}/image.png' in page
-    assert '<span class="untrained">untrained</span>' in page  # its card's badge, not the stylesheet's rule
+    assert f'{untrained.key}/image.png' in page and f'{trained.key}/image.png' in page
+
+    def card(result):
+        image = page.index(f'{result.key}/image.png')
+        return page[page.rindex("<figure", 0, image):page.index("</figure>", image)]
+
+    badge = '<span class="untrained">untrained</span>'  # the card's badge, not the stylesheet's .untrained rule
+    assert badge in card(untrained)
+    assert badge not in card(trained)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
+from devstack.redis_server import free_port
 from featurevis import gallery, images
-from featurevis.redis_server import free_port
 from featurevis.store import ResultStore
 
 NASTY = "<script>alert('x')</script>"

@@ -11,9 +11,9 @@ import time
 import pytest
 import redis
 
-from featurevis import stack as stack_module
-from featurevis.redis_server import RedisServer, free_port
-from featurevis.stack import REPO_ROOT, LocalStack
+from devstack import stack as stack_module
+from devstack.redis_server import RedisServer, free_port
+from devstack.stack import REPO_ROOT, LocalStack
 from featurevis.store import ResultStore
 from producer import Producer
 from tests.conftest import FLOWER_AUTH, UNTRAINED
@@ -41,11 +41,11 @@ def _chromium(url: str, *flags: str) -> str:
     return done.stdout
 
 
-def _wait_for_progress(job, at_least: int = 3) -> dict:
+def _wait_for_progress(job, at_least: int = 3):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         progress = job.progress()
-        if progress and progress["iteration"] >= at_least:
+        if progress and progress.iteration >= at_least:
             return progress
         time.sleep(0.1)
     raise AssertionError(f"job {job.id} showed no progress (state {job.state()})")
@@ -66,7 +66,7 @@ def test_flower_shows_live_progress_in_a_browser(stack, producer_api, tmp_path):
     assert int(later.split("PROGRESS ")[1].split("/150")[0]) > iteration
     result = job.wait(timeout=240)
     info = json.loads(_curl("-u", FLOWER_AUTH, f"{_flower(stack)}/api/task/info/{job.id}").stdout)
-    assert info["state"] == "SUCCESS" and result["key"] in info["result"]
+    assert info["state"] == "SUCCESS" and result.key in info["result"]
 
 
 def test_a_queued_job_shows_in_flower_before_a_worker_takes_it(stack, producer_api):
@@ -143,7 +143,7 @@ def test_two_cpu_workers_share_eight_jobs_each_run_once(tmp_path):
             assert {job.id for job in jobs} == set(started) == set(succeeded)
             assert set(started.values()) == {1} and set(succeeded.values()) == {1}
             assert set(events.hostnames("task-started")) == {"cpu1", "cpu2"}
-            assert all(not result["cached"] for result in results)
+            assert all(not result.cached for result in results)
             events.close()
         finally:
             fleet.terminate()
@@ -167,7 +167,7 @@ def test_make_down_keeps_queued_jobs_for_the_next_up(tmp_path, monkeypatch):
             assert ResultStore(tmp_path / "results").read_meta(job.specs[0].key) is None
         again = stack_module.up(state_dir=tmp_path / "state", flower_port=free_port(), metrics_port=free_port())
         assert again["redis_url"] == state["redis_url"]
-        assert [job.wait(timeout=300)["job_id"] for job in queued] == [job.id for job in queued]
+        assert [job.wait(timeout=300).job_id for job in queued] == [job.id for job in queued]
     finally:
         stack_module.down(state_dir=tmp_path / "state")
 
@@ -273,7 +273,7 @@ def test_meta_json_records_the_featurevis_version(producer_api, stack):
 
     result = producer_api.enqueue({"model": UNTRAINED, "conv_id": 0, "feature": 30, "iterations": 1, "seed": 3}).wait(
         timeout=240)
-    assert ResultStore(stack.results_dir).read_meta(result["key"])["versions"]["featurevis"] == featurevis.__version__
+    assert ResultStore(stack.results_dir).read_meta(result.key)["versions"]["featurevis"] == featurevis.__version__
 
 
 def test_fetch_weights_builds_each_model_once_and_names_what_is_missing(tmp_path):

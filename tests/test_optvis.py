@@ -19,6 +19,14 @@ def conv5(factory):
     return factory.acquire(MODEL, 5)
 
 
+@pytest.fixture(scope="module")
+def channel_means(conv5):
+    """Each channel's mean over conv2d_5's map, computed here, not by the step: (batch, 64)."""
+    network = tf.keras.Model(conv5.model.network.inputs[0], conv5.model.layer_output("conv2d_5"))
+    means = tf.function(lambda x: tf.reduce_mean(network(x / 127.5 - 1.0, training=False), axis=[1, 2]))
+    return lambda images: means(tf.constant(images, tf.float32)).numpy()
+
+
 def test_step_is_the_tutorials_formula(conv5):
     image = param.tutorial_noise(SHAPE, [3])
     network = tf.keras.Model(conv5.model.network.inputs[0], conv5.model.layer_output("conv2d_5"))
@@ -85,10 +93,21 @@ def test_batching_never_changes_a_jobs_image(conv5):
     assert np.abs(batched - alone).mean() < 0.01 * np.abs(alone).mean()
 
 
-def test_weighted_targets_climb_their_sum(conv5):
+def test_weighted_targets_climb_their_sum(conv5, channel_means):
+    """2 - 0.5 x 7: the loss is the weighted sum of the single losses, and feature 7 is pushed down, not ignored."""
+    start = param.tutorial_noise(SHAPE, [13])
     mix = objectives.weights_matrix([{2: 1.0, 7: -0.5}], CONV5_CHANNELS)
-    history = render.run(conv5.step, [13], mix, 8).history
-    assert history[-1].loss[0] > history[1].loss[0]
+    loss_of = lambda weights: float(conv5.step.advance(tf.constant(start), tf.constant(weights), None, None)[1].loss[0])
+    alone = {feature: loss_of(one_hot([feature])) for feature in (2, 7)}
+    assert abs(alone[7]) > 0.05 * abs(alone[2])  # feature 7's share is large enough to be missed
+    assert loss_of(mix) == pytest.approx(alone[2] - 0.5 * alone[7], rel=1e-4, abs=1e-8)
+    climbed = render.run(conv5.step, [13], mix, 8)
+    assert climbed.history[-1].loss[0] > climbed.history[1].loss[0]
+    # From the same start, climbing feature 2 alone raises feature 7 too; the mix must push it below its start.
+    plain = render.run(conv5.step, [13], one_hot([2]), 8).images
+    started, mixed, only_2 = (channel_means(images)[0] for images in (start, climbed.images, plain))
+    assert mixed[7] < started[7] < only_2[7]
+    assert mixed[2] - 0.5 * mixed[7] > only_2[2] - 0.5 * only_2[7]  # the mix's own objective: higher by its climb
 
 
 def test_frames_for_an_animation(conv5):

@@ -37,10 +37,10 @@ def test_a_pinned_sweep_keeps_its_ids_and_key():
 @pytest.mark.parametrize("name", JOBS)
 def test_a_pinned_job_gives_the_same_picture(stack, producer_api, name):
     result = producer_api.enqueue(PINNED[name]["fields"]).wait(timeout=300)
-    assert result["job_id"] == PINNED[name]["job_id"]
-    assert _png_sha256(stack, result["image"]) == pinned(PINNED[name]["png_sha256"])
+    assert result.job_id == PINNED[name]["job_id"]
+    assert _png_sha256(stack, result.image) == pinned(PINNED[name]["png_sha256"])
 
 
 def test_a_pinned_sweep_gives_the_same_pictures(stack, producer_api):
     result = producer_api.sweep(PINNED["sweep"]["fields"]).wait(timeout=300)
-    assert [_png_sha256(stack, job["image"]) for job in result["jobs"]] == pinned(PINNED["sweep"]["png_sha256"])
+    assert [_png_sha256(stack, job.image) for job in result.jobs] == pinned(PINNED["sweep"]["png_sha256"])

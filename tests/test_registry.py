@@ -101,7 +101,7 @@ def test_both_methods_climb_a_conv2d_channel_another_layer_and_a_class(stack, pr
     for target, fields in jobs.items():
         result = producer_api.enqueue({"model": name, "method": method, "iterations": 16, "seed": 5, **fields}) \
             .wait(timeout=240)
-        meta = json.loads((stack.results_dir / result["meta"]).read_text())
+        meta = json.loads((stack.results_dir / result.meta).read_text())
         assert meta["model_sha256"] == registered[name] == info.sha256
         assert meta["loss"][-1] > meta["loss"][1], (target, meta["loss"])
         if target == "class":
@@ -114,9 +114,9 @@ def test_both_methods_climb_a_conv2d_channel_another_layer_and_a_class(stack, pr
             expected = EXPECTED[name][0 if target == "conv" else 1]
             assert (meta["conv_id"], meta["layer_type"]) == expected
             assert meta["layer_name"] == (conv if target == "conv" else other)
-        pixels = np.load(stack.results_dir / result["array"])
+        pixels = np.load(stack.results_dir / result.array)
         assert pixels.shape == info.input_shape and 0 <= pixels.min() <= pixels.max() <= 255
-        picture = Image.open(stack.results_dir / result["image"])
+        picture = Image.open(stack.results_dir / result.image)
         assert picture.size == info.input_shape[1::-1]
         assert picture.mode == ("L" if info.input_shape[-1] == 1 else "RGB")
 
@@ -124,9 +124,9 @@ def test_both_methods_climb_a_conv2d_channel_another_layer_and_a_class(stack, pr
 def test_a_class_of_the_softmax_model_climbs_its_logit_not_its_probability(stack, producer_api, registered, saved):
     """The Sequential model ends in softmax; the objective is the last Dense layer's value before it."""
     result = producer_api.enqueue({"model": "gray28", "class": 7, "iterations": 12, "seed": 1}).wait(timeout=240)
-    meta = json.loads((stack.results_dir / result["meta"]).read_text())
+    meta = json.loads((stack.results_dir / result.meta).read_text())
     model = keras.saving.load_model(saved["gray28"])
-    pixels = np.load(stack.results_dir / result["array"])[None] / 255.0  # the registry's default preprocess, unit
+    pixels = np.load(stack.results_dir / result.array)[None] / 255.0  # the registry's default preprocess, unit
     head = model.get_layer("classes")
     before_softmax = keras.Model(model.inputs[0], head.input)(pixels).numpy() @ head.kernel.numpy() + head.bias.numpy()
     assert meta["quality"]["objective"] == pytest.approx(float(before_softmax[0, 7]), rel=1e-4, abs=1e-5)
@@ -175,14 +175,14 @@ def test_a_changed_model_gets_new_job_ids_and_old_results_stay(stack, producer_a
     version = changed.stdout.split()[1]
     assert version != registered["fn-cnn"]
     after = producer_api.enqueue(job).wait(timeout=240)
-    assert after["job_id"] != before["job_id"] and after["cached"] is False
-    assert (stack.results_dir / before["meta"]).is_file()  # the old version's result is left alone
+    assert after.job_id != before.job_id and after.cached is False
+    assert (stack.results_dir / before.meta).is_file()  # the old version's result is left alone
     # A job pinned to the old version is the old job, and a new one pinned to it runs on the old file.
     pinned = normalize({**job, "model_sha256": registered["fn-cnn"]}, models=producer_api.registry)
-    assert pinned.job_id == before["job_id"]
+    assert pinned.job_id == before.job_id
     old = producer_api.enqueue({**job, "seed": 3, "model_sha256": registered["fn-cnn"]}).wait(timeout=240)
     new = producer_api.enqueue({**job, "seed": 3}).wait(timeout=240)
-    old_meta, new_meta = (json.loads((stack.results_dir / r["meta"]).read_text()) for r in (old, new))
+    old_meta, new_meta = (json.loads((stack.results_dir / r.meta).read_text()) for r in (old, new))
     assert (old_meta["model_sha256"], new_meta["model_sha256"]) == (registered["fn-cnn"], version)
     assert old_meta["loss"][0] != new_meta["loss"][0]  # other weights, another climb from the same start
     restored = run_cli("models", "register", "fn-cnn", "--file", str(saved["fn-cnn"]))
@@ -318,5 +318,5 @@ def test_a_model_without_a_dense_layer_serves_its_layers_and_has_no_classes(stac
         producer_api.enqueue({"model": "maps-only"})
     result = producer_api.enqueue({"model": "maps-only", "layer": "maps", "feature": 3, "iterations": 5,
                                    "method": "robust", "seed": 1}).wait(timeout=240)
-    meta = json.loads((stack.results_dir / result["meta"]).read_text())
+    meta = json.loads((stack.results_dir / result.meta).read_text())
     assert meta["predictions"] == [] and meta["conv_id"] == 0 and "robustness" in meta["quality"]

@@ -6,6 +6,7 @@ within the suite's time budget. Figures are printed (pytest -s shows them).
 """
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import threading
@@ -15,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from featurevis.stack import LocalStack, wait_until
+from devstack.redis_server import RedisServer
+from devstack.stack import LocalStack, wait_until
 from featurevis.store import ResultStore
-from featurevis.redis_server import RedisServer
 from producer import BrokerUnavailable, JobFailed, Producer
 from tests.conftest import UNTRAINED
 from tests.events import EventLog
@@ -35,7 +36,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def _wait_for_iteration(job, iteration: int, timeout: float = 120) -> None:
-    wait_until(lambda: (job.progress() or {}).get("iteration", 0) >= iteration, timeout,
+    wait_until(lambda: getattr(job.progress(), "iteration", 0) >= iteration, timeout,
                f"job {job.id} never reached iteration {iteration}")
 
 
@@ -59,7 +60,7 @@ def test_killing_the_pool_child_mid_job_requeues_it_at_once(short_stack):
     [child] = _children(short_stack.processes["w1"].pid)
     os.kill(child, signal.SIGKILL)
     result = job.wait(timeout=120)
-    assert result["cached"] is False
+    assert result.cached is False
     assert short_stack.events.settle("task-succeeded", [job.id])[job.id] == 1
     assert ResultStore(short_stack.results_dir).read_meta(job.specs[0].key)["worker"]["pid"] != child
 
@@ -72,7 +73,7 @@ def test_a_job_over_its_time_limit_fails_clearly_and_the_worker_goes_on(short_st
         slow.wait(timeout=120)
     assert ResultStore(short_stack.results_dir).read_meta(slow.specs[0].key) is None
     after = producer.enqueue({"model": UNTRAINED, "conv_id": 1, "feature": 4, "iterations": 2, "seed": 1})
-    assert after.wait(timeout=120)["cached"] is False
+    assert after.wait(timeout=120).cached is False
     assert short_stack.processes["w1"].pid == worker_pid and short_stack.processes["w1"].poll() is None
 
 
@@ -88,7 +89,7 @@ def test_sigkill_of_a_whole_worker_mid_job_redelivers_it_once(short_stack):
     result = job.wait(timeout=180)
     print(f"\nwhole-worker SIGKILL: job redelivered and done {time.monotonic() - started:.1f} s later "
           f"(visibility timeout {SHORT_LIMITS['FEATUREVIS_VISIBILITY_TIMEOUT']} s)")
-    assert result["cached"] is False
+    assert result.cached is False
     assert short_stack.events.settle("task-succeeded", [job.id])[job.id] == 1
     folder = short_stack.results_dir / job.specs[0].key
     assert sorted(p.name for p in folder.iterdir()) == ["image.npy", "image.png", "meta.json"]
@@ -157,11 +158,14 @@ def test_the_same_job_submitted_concurrently_is_computed_once(tmp_path):
         [thread.join() for thread in threads]
         assert jobs[0].id == jobs[1].id
         wait_until(lambda: sum(events.count("task-succeeded").values()) >= 2, 120, "both deliveries not done")
-        outcomes = [e["result"] for e in events.events if e.get("type") == "task-succeeded"]
-        assert sorted("'cached': True" in r for r in outcomes) == [False, True]  # one computed, one read it
+        # An event carries repr(the task's return value): read it back as the dict, not searched as text.
+        outcomes = [ast.literal_eval(e["result"]) for e in events.events if e.get("type") == "task-succeeded"]
+        assert sorted(outcome["cached"] for outcome in outcomes) == [False, True]  # one computed, one read it
+        computed, read = sorted(outcomes, key=lambda outcome: outcome["cached"])
+        assert computed["job_id"] == jobs[0].id and read == {**computed, "cached": True}  # and read that result
         assert len(list((stack.results_dir / jobs[0].specs[0].key).parent.iterdir())) == 1
         again = Producer(stack.redis_url).enqueue(fields).wait(timeout=60)
-        assert again["cached"] is True
+        assert again.cached is True
 
 
 def test_redis_restart_with_twenty_jobs_waiting_loses_none(tmp_path):
@@ -177,7 +181,7 @@ def test_redis_restart_with_twenty_jobs_waiting_loses_none(tmp_path):
         time.sleep(2)
         stack.redis.start()
         done = [job.wait(timeout=240) for job in [running, *waiting]]
-        assert [result["job_id"] for result in done] == [job.id for job in [running, *waiting]]
+        assert [result.job_id for result in done] == [job.id for job in [running, *waiting]]
         assert stack.processes["w1"].pid == worker_pid and stack.processes["w1"].poll() is None
 
 
@@ -195,16 +199,16 @@ def test_two_hundred_jobs_over_twenty_layers_none_lost_none_twice_rss_bounded(tm
             return [job.wait(timeout=600) for job in jobs]
 
         first = run(range(cache))  # each worker's cache is now full
-        pids = {store.read_meta(r["key"])["worker"]["pid"] for r in first}
+        pids = {store.read_meta(r.key)["worker"]["pid"] for r in first}
         baseline = {pid: _rss_mb(pid) for pid in pids}
         rest = run(range(cache, 20))
         final = {pid: _rss_mb(pid) for pid in pids}
         results = first + rest
         print(f"\n200 jobs over 20 layers, step cache {cache}: RSS MB per worker process "
               + ", ".join(f"{baseline[p]:.0f} -> {final[p]:.0f}" for p in pids))
-        succeeded = events.settle("task-succeeded", [r["job_id"] for r in results])
+        succeeded = events.settle("task-succeeded", [r.job_id for r in results])
         started = events.count("task-started")
-        assert len(results) == 200 and len({r["job_id"] for r in results}) == 200
+        assert len(results) == 200 and len({r.job_id for r in results}) == 200
         assert set(succeeded.values()) == {1} and set(started.values()) == {1} and len(succeeded) == 200
         assert set(events.hostnames("task-succeeded")) == {"w1", "w2"}
         # Evicted layers' steps are freed: 16 more layers (and 160 more jobs) cost at most a quarter over a

@@ -158,6 +158,20 @@ def test_one_compiled_step_serves_any_weights_and_batch(channel_step):
     assert channel_step.pixels.experimental_get_tracing_count() == 1
 
 
+def test_a_negative_weight_is_climbed_down_by_the_robust_step(tiny, channel_step):
+    """3 - 1: the step's loss is the weighted sum on the moved image, and feature 1 ends below its start."""
+    seeds, spectrum = [5], param.fft_spectrum_init(SHAPE, [5])
+    mix = objectives.weights_matrix([{3: 1.0, 1: -1.0}], CHANNELS)
+    means = lambda images: tf.reduce_mean(tiny[0](preprocess(tf.constant(images))), axis=[1, 2]).numpy()[0]
+    seen = transform.standard(tf.constant(pixels_of(spectrum)), tf.constant(seeds, tf.int64), tf.constant(0, tf.int64))
+    first = render.run(channel_step, seeds, mix, 1).history[0].loss
+    np.testing.assert_allclose(first, [means(seen)[3] - means(seen)[1]], rtol=1e-4, atol=1e-7)
+    started = means(pixels_of(spectrum))
+    mixed = means(render.run(channel_step, seeds, mix, 20).images)
+    only_3 = means(render.run(channel_step, seeds, one_hot_rows([3], CHANNELS), 20).images)
+    assert mixed[1] < started[1] < only_3[1]  # feature 3 alone drags feature 1 up; the mix pushes it down
+
+
 def test_batching_never_changes_a_robust_image(channel_step):
     weights = one_hot_rows([2, 6], CHANNELS)
     alone = render.run(channel_step, [9], weights[1:], 3).images

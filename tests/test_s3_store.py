@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from featurevis.redis_server import free_port
-from featurevis.stack import REPO_ROOT, LocalStack, wait_until
+from devstack.redis_server import free_port
+from devstack.stack import REPO_ROOT, LocalStack, wait_until
 from featurevis.store import ResultStore
 from producer import Producer
 from tests.conftest import UNTRAINED
@@ -61,7 +61,7 @@ def test_a_worker_publishes_results_to_s3(s3, tmp_path):
         assert store.read_bytes(key, "image.png").startswith(b"\x89PNG")
         assert "testing" not in json.dumps(meta)
         again = Producer(stack.redis_url).enqueue({"model": UNTRAINED, "conv_id": 1, "iterations": 2, "seed": 3})
-        assert again.wait(timeout=120)["cached"] is True  # the cache check reads S3 too
+        assert again.wait(timeout=120).cached is True  # the cache check reads S3 too
     assert not (tmp_path / "unused").exists()
 
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from featurevis.redis_server import RedisServer, free_port
-from featurevis.stack import LocalStack
+from devstack.redis_server import RedisServer, free_port
+from devstack.stack import LocalStack
 from producer import BrokerUnavailable, Producer
 from tests.conftest import UNTRAINED
 
@@ -39,7 +39,7 @@ def test_a_password_protected_redis_works_and_the_password_leaks_nowhere(tmp_pat
         logs = "".join(path.read_text(errors="replace") for path in (tmp_path / "logs").iterdir())
         assert "redis://:**@127.0.0.1" in logs  # the broker URL is printed, masked
         assert SECRET not in logs
-        assert SECRET not in (tmp_path / "results" / result["meta"]).read_text()
+        assert SECRET not in (tmp_path / "results" / result.meta).read_text()
     with RedisServer(data_dir=tmp_path / "redis2", password=SECRET) as again:
         with pytest.raises(BrokerUnavailable) as caught:
             Producer(again.url.replace(SECRET, "a-wrong-password")).enqueue({"model": UNTRAINED})
@@ -60,7 +60,7 @@ def test_redis_over_tls_with_a_verified_certificate(tmp_path):
         with LocalStack(results_dir=tmp_path / "results", redis_url=url, preload=UNTRAINED,
                         log_dir=tmp_path / "logs") as stack:
             result = Producer(url).enqueue({"model": UNTRAINED, "conv_id": 0, "feature": 1, "iterations": 2}).wait(timeout=120)
-            assert result["cached"] is False
+            assert result.cached is False
             assert stack.processes["w1"].poll() is None
         logs = "".join(path.read_text(errors="replace") for path in (tmp_path / "logs").iterdir())
         assert SECRET not in logs

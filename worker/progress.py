@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import time
 
+from featurevis import records
+
 log = logging.getLogger(__name__)
 
 BACKEND_INTERVAL = 0.25
@@ -28,17 +30,17 @@ class ProgressPublisher:
         self.intervals = {"backend": backend_interval, "event": event_interval}
         self.last = {"backend": float("-inf"), "event": float("-inf")}
 
-    def publish(self, progress: dict, final: bool = False) -> None:
+    def publish(self, progress: records.Progress) -> None:
         """Send progress on every channel whose interval has passed (always on the final iteration).
 
         Best effort: a broker hiccup must cost a progress update, never the job.
         """
-        now = time.monotonic()
+        now, final = time.monotonic(), progress.iteration == progress.iterations
         try:
             if self._due("backend", now, final):
-                self.task.update_state(state="PROGRESS", meta=progress)
+                self.task.update_state(state="PROGRESS", meta=progress.model_dump(mode="json"))
             if self._due("event", now, final) and self.task.request.id:
-                self.task.send_event("task-progress", result=describe(progress), progress=progress)
+                self.task.send_event("task-progress", result=progress.line(), progress=progress.model_dump(mode="json"))
         except Exception as error:
             log.warning("progress of %s not published: %s", self.task.request.id, error)
 
@@ -48,11 +50,3 @@ class ProgressPublisher:
             return True
         return False
 
-
-def describe(progress: dict) -> str:
-    """One line for Flower's Result column, e.g. 'PROGRESS 12/30 loss=0.5312 top=syringe (22.6%)'."""
-    text = f"PROGRESS {progress['iteration']}/{progress['iterations']} loss={progress['loss']:.4g}"
-    prediction = progress.get("prediction")
-    if prediction:
-        text += f" top={prediction['class_name']} ({prediction['score']:.1%})"
-    return text

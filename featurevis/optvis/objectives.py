@@ -38,7 +38,7 @@ def target_and_style(outputs) -> tuple[tf.Tensor, tf.Tensor]:
     One output serves as both. A class target's network has a second output,
     a conv layer: a (batch, classes) logit vector has no positions to take a
     Gram matrix over, and pushing logit vectors apart pushes the pictures
-    towards other classes (measured: shapes_cnn_b then recognized 5 of 12).
+    towards other classes (bench/RESULTS.md, "Measurements behind defaults").
     """
     return tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs, outputs)
 

@@ -41,8 +41,8 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     style layer is the target itself or, for class logits, a second output of
     `network` (objectives.target_and_style), and Adam climbs it (the same as
     minimizing its negative). lucid subtracts a fixed multiple of the diversity,
-    but the objective's size differs a hundredfold between models and layers,
-    and Adam only sees the gradients' ratio: a fixed weight either does nothing
+    but the objective's size differs a hundredfold between models and layers
+    (bench/RESULTS.md), and Adam only sees the gradients' ratio: a fixed weight either does nothing
     or drowns the objective. Scaled by the objective (held constant for the
     gradient), one weight means the same everywhere. `objective` takes dense
     (batch, channels) weights (objectives.weighted_channels or weighted_logits),

@@ -20,8 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devstack.stack import REPO_ROOT, LocalStack
 from featurevis.registry import WeightsUnavailable
-from featurevis.stack import REPO_ROOT, LocalStack
 from producer import Producer
 from producer.cli import follow, follow_atlas
 from producer.client import JobFailed
@@ -82,8 +82,8 @@ def register_example(producer: Producer, state: Path) -> str:
     saved = state / "my_cnn.keras"
     if not saved.exists():
         state.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(EXAMPLE), str(saved)], check=True, env={**os.environ,
-                       "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}, stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, str(EXAMPLE), str(saved)], check=True,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, stderr=subprocess.DEVNULL)
     classes = (REPO_ROOT / "examples" / "shapes.txt").read_text().split()
     verdict = producer.register_model("my-cnn", file=saved, preprocess="none", class_names=classes)
     say(f"registered my-cnn at {verdict['sha256'][:12]}: `python -m producer models show my-cnn` lists its layers")

@@ -4,9 +4,9 @@ Used by `make demo`, `make up`/`make down` and the tests, so all of them run
 what production runs: `python -m worker` processes and `celery flower`,
 talking over Redis.
 
-    python -m featurevis.stack up     start and leave running (state in .featurevis/)
-    python -m featurevis.stack down   warm-stop workers (running jobs finish), Flower, then Redis;
-                                      queued jobs stay in Redis' append-only file for the next `up`
+    python -m devstack.stack up     start and leave running (state in .featurevis/)
+    python -m devstack.stack down   warm-stop workers (running jobs finish), Flower, then Redis;
+                                    queued jobs stay in Redis' append-only file for the next `up`
 
 `up` records each process's identity (PID, start time, command line); `down` signals a process
 only while all three still match, so a PID reused after a reboot or a crash is left alone.
@@ -29,8 +29,8 @@ import psutil
 import redis
 from celery import Celery
 
+from devstack.redis_server import RedisServer, free_port
 from featurevis.metrics import DEFAULT_PORT as METRICS_PORT
-from featurevis.redis_server import RedisServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO_ROOT / ".featurevis"
@@ -56,8 +56,7 @@ class LocalStack:
 
     def env(self) -> dict[str, str]:
         """The environment every process of the stack (and a producer talking to it) uses."""
-        return {**os.environ, "REDIS_URL": self.redis_url, "RESULTS_DIR": str(self.results_dir),
-                "PYTHONPATH": str(REPO_ROOT), **self.extra_env}
+        return {**os.environ, "REDIS_URL": self.redis_url, "RESULTS_DIR": str(self.results_dir), **self.extra_env}
 
     def start(self, timeout: float = 120) -> "LocalStack":
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +273,7 @@ def _port_free(port: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m featurevis.stack")
+    parser = argparse.ArgumentParser(prog="python -m devstack.stack")
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", 1)))
     args = parser.parse_args(argv)

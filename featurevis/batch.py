@@ -1,0 +1,104 @@
+"""One batched pass: jobs of one layer and method, climbed together and scored, each job's share cut out.
+
+The factory gives the compiled step, render.run climbs, scoring scores; no
+Celery and no store here (worker/tasks.py publishes what comes out). One row
+per image: a plain job or a sweep's feature is one image, a diverse set is
+`images` of them, each from its own seed, so batching never changes a picture.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from featurevis import records, scoring
+from featurevis.contract import JobSpec
+from featurevis.factory import Acquired, ModelFactory
+from featurevis.optvis import objectives, render
+from featurevis.registry import LOGITS
+
+ANIMATION_FRAMES = 30
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One job's share of a batch: its pictures (and animation frames), figures, predictions and scores."""
+
+    spec: JobSpec
+    pictures: np.ndarray  # (images, h, w, c) in 0..255
+    frames: list[np.ndarray]  # the pictures every few iterations, where the job asked for an animation
+    steps: dict[str, list[float]]  # each StepStats figure per iteration, averaged over the job's images
+    predictions: list[records.Prediction]
+    scores: list[records.Scores]  # one block per image
+    gram_similarity: float | None  # how alike a diverse set's images came out
+
+
+@dataclass(frozen=True)
+class Batch:
+    acquired: Acquired
+    timings: records.Timings
+    jobs: list[Rendered]
+
+
+def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[records.Progress], None]) -> Batch:
+    """Climb every image of `specs` (one model version, layer, method, iteration count) in one pass."""
+    first = specs[0]
+    acquired = factory.acquire(first.model, first.layer, first.method, first.model_sha256)
+    info = acquired.model.info
+    seeds = [seed for spec in specs for seed in spec.seeds]
+    weights = objectives.weights_matrix([spec.weights for spec in specs for _ in spec.seeds],
+                                        info.feature_count(first.layer))
+    started, started_at = time.perf_counter(), time.time()
+    ascent = render.run(acquired.step, seeds, weights, first.iterations, first.diversity,
+                        classify=acquired.model.classify,
+                        on_progress=_progress(specs, info.class_names, on_progress),
+                        frame_every=max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0)
+    timings = records.Timings(model_load_s=acquired.model_load_s, compile_s=acquired.compile_s,
+                              optimize_s=time.perf_counter() - started, started_at=started_at, batch_size=len(specs))
+    final = ascent.predictions[-1].probabilities if ascent.predictions else None
+    scores = scoring.scores(acquired.probe, ascent.images, weights, final, first.layer == LOGITS,
+                            factory.judge(first.model))
+    return Batch(acquired, timings, [_share(spec, rows, ascent, scores, acquired, info.class_names)
+                                     for spec, rows in zip(specs, _rows(specs))])
+
+
+def _rows(specs: list[JobSpec]) -> list[slice]:
+    ends = np.cumsum([spec.images for spec in specs])
+    return [slice(int(end) - spec.images, int(end)) for spec, end in zip(specs, ends)]
+
+
+def _share(spec: JobSpec, rows: slice, ascent: render.Ascent, scores: list[records.Scores], acquired: Acquired,
+           class_names: list[str]) -> Rendered:
+    pictures = ascent.images[rows]
+    steps = {name: [float(np.mean(getattr(stats, name)[rows])) for stats in ascent.history]
+             for name in render.StepStats._fields}
+    similarity = scoring.gram_similarity(acquired.probe, pictures) if spec.images > 1 else None
+    return Rendered(spec, pictures, [frame[rows] for frame in ascent.frames], steps,
+                    [_top_class(predicted, rows.start, class_names) for predicted in ascent.predictions],
+                    scores[rows], similarity)
+
+
+def _progress(specs: list[JobSpec], class_names: list[str],
+              publish: Callable[[records.Progress], None]) -> render.ProgressCallback:
+    """The render loop's figures as the batch's Progress record (the first image's latest prediction)."""
+    latest: records.Prediction | None = None
+
+    def on_progress(done: int, stats: render.StepStats, predicted: render.Prediction | None) -> None:
+        nonlocal latest
+        if predicted is not None:
+            latest = _top_class(predicted, 0, class_names)
+        publish(records.Progress(
+            job_ids=[spec.job_id for spec in specs], iteration=done, iterations=specs[0].iterations,
+            loss=float(np.mean(stats.loss)), grad_min=float(np.min(stats.grad_min)),
+            grad_max=float(np.max(stats.grad_max)), step_size=float(np.mean(stats.step_size)), prediction=latest))
+
+    return on_progress
+
+
+def _top_class(predicted: render.Prediction, index: int, class_names: list[str]) -> records.Prediction:
+    row = predicted.probabilities[index]
+    top = int(row.argmax())
+    return records.Prediction(iteration=predicted.iteration, class_id=top, class_name=class_names[top],
+                              score=float(row[top]))

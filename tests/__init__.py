@@ -1,0 +1,1 @@
+"""The test suite: a package, so pytest imports it as `tests.*` from the repository root (see pyproject.toml)."""
