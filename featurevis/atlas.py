@@ -36,7 +36,7 @@ MAX_BATCH = 256
 # shares a layer and a lost worker loses little (FEATUREVIS_ATLAS_BATCH overrides it per deployment).
 DEFAULT_BATCH = int(os.environ.get("FEATUREVIS_ATLAS_BATCH", "32"))
 ID = re.compile(r"^[0-9a-f]{24}$")  # an atlas id, as a job id: 24 hex digits of a sha256
-LOCK_SECONDS = 120  # a page update takes well under a second; a dead holder's lock frees itself after this
+LOCK_SECONDS = 120  # far above a page update; a dead holder's lock frees itself after this
 
 FIELD_RANGES = {
     "model": contract.FIELD_RANGES["model"],

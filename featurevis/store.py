@@ -83,7 +83,8 @@ class ResultStore:
         """One file, whole or not at all: a temporary name and a rename locally, one upload on S3.
 
         `durable`: synced to disk before the rename, so a crash never leaves a renamed empty file. Files
-        rebuilt from others (an atlas's pages) skip the sync: at 4 ms a file it was a third of a batch's time.
+        rebuilt from others (an atlas's pages) skip the sync, which cost more than writing them
+        (bench/RESULTS.md, Atlas).
         """
         target = self.path(key, name)
         if not self.local:

@@ -248,7 +248,7 @@ def test_an_atlas_request_normalizes_to_one_id_and_bad_fields_get_one_line():
 
 
 def test_the_bad_atlas_is_refused_by_the_cli_before_anything_is_queued(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RESULTS_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    env = {**os.environ, "RESULTS_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0"}
     done = subprocess.run([sys.executable, "-m", "producer", "atlas", "--model", "shapes_cnn", "--layers", "conv1,9"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stdout == ""
@@ -334,7 +334,7 @@ def test_a_run_queues_what_the_atlas_lacks_once_and_a_redelivered_start_still_qu
 
 
 def test_models_dataset_stores_a_folder_beside_a_model_and_refuses_a_bad_one_in_one_line(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RESULTS_DIR": str(tmp_path / "results")}
+    env = {**os.environ, "RESULTS_DIR": str(tmp_path / "results")}
     folder = tmp_path / "pictures"
     folder.mkdir()
     for index in range(3):

@@ -34,7 +34,7 @@ from worker import runtime, tasks
 from worker.app import app
 from worker.progress import ProgressPublisher
 
-PUBLISHERS = 8  # threads writing a batch's results: the syncs overlap
+PUBLISHERS = 8  # threads writing a batch's results, so their disk syncs overlap
 
 
 @app.task(bind=True, name="featurevis.atlas")
@@ -98,7 +98,8 @@ def atlas_finish(self, batches: list | None = None, atlas_id: str = "") -> dict:
 def _render(task, store: ResultStore, specs: list, ranked: dict | None) -> list:
     """tasks._render for an atlas's units: one batched pass, each unit's scores compared with its dataset
     examples before its meta.json is written, and the units published side by side: each result is a few
-    synced files, and at 4 ms a sync, one after another they took a fifth of a 32-unit batch."""
+    synced files, and one after another their syncs were the largest cost around the climb
+    (bench/RESULTS.md, Atlas)."""
     from featurevis import batch  # TensorFlow side: imported in pool children only
 
     rendered = batch.run(runtime.factory(), specs, ProgressPublisher(task).publish)
