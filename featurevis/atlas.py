@@ -25,7 +25,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from featurevis import contract, layout, registry
+from featurevis import contract, layout, records, registry
 from featurevis.contract import JobError, JobSpec
 
 # 1: the first atlas request format; part of every atlas id.
@@ -206,24 +206,60 @@ def batch_request(fields: dict[str, Any], models: registry.Registry | None = Non
     return atlas, layer, atlas.specs(layer, features, models=models)
 
 
-def initial_progress(atlas: Atlas, recorded: dict[str, list[int]] | None = None) -> dict[str, Any]:
+class LayerProgress(records.Record):
+    """One layer of an atlas: how many units it has, and which are finished (each once, in order)."""
+
+    layer: str
+    conv_id: int | None
+    total: int
+    done: list[int]
+
+
+class AtlasProgress(records.Record):
+    """An atlas's progress.json: what its pages show, `producer status ATLAS_ID` answers and other systems read.
+
+    `state`: queued (no worker has started it yet: only the producer's view), running, done, or
+    incomplete (its callback ran with units missing). `started_by` names the featurevis.atlas task
+    whose batches are out.
+    """
+
+    atlas_id: str
+    model: str
+    model_sha256: str
+    method: str
+    iterations: int
+    seed: int
+    batch: int
+    request: dict[str, Any]
+    state: Literal["queued", "running", "done", "incomplete"]
+    total: int
+    done: int
+    layers: list[LayerProgress]
+    started_by: str | None = None
+    updated_at: str | None = None
+    finished_at: str | None = None
+
+    def layer(self, name: str) -> LayerProgress:
+        return next(entry for entry in self.layers if entry.layer == name)
+
+
+def initial_progress(atlas: Atlas, recorded: dict[str, list[int]] | None = None) -> AtlasProgress:
     """progress.json of an atlas before any of its batches ran (keeping units an earlier run recorded)."""
     recorded = recorded or {}
-    return {"atlas_id": atlas.atlas_id, "model": atlas.model, "model_sha256": atlas.model_sha256,
-            "method": atlas.method, "iterations": atlas.iterations, "seed": atlas.seed, "batch": atlas.batch,
-            "request": atlas.request(), "state": "running", "total": atlas.total,
-            "done": sum(len(set(recorded.get(layer.layer, []))) for layer in atlas.layers),
-            "layers": [{"layer": layer.layer, "conv_id": layer.conv_id, "total": len(layer.features),
-                        "done": sorted(set(recorded.get(layer.layer, [])) & set(layer.features))}
-                       for layer in atlas.layers]}
+    layers = [LayerProgress(layer=layer.layer, conv_id=layer.conv_id, total=len(layer.features),
+                            done=sorted(set(recorded.get(layer.layer, [])) & set(layer.features)))
+              for layer in atlas.layers]
+    return AtlasProgress(atlas_id=atlas.atlas_id, model=atlas.model, model_sha256=atlas.model_sha256,
+                         method=atlas.method, iterations=atlas.iterations, seed=atlas.seed, batch=atlas.batch,
+                         request=atlas.request(), state="running", total=atlas.total,
+                         done=sum(len(entry.done) for entry in layers), layers=layers)
 
 
-def record_done(progress: dict[str, Any], layer: str, features: list[int]) -> dict[str, Any]:
+def record_done(progress: AtlasProgress, layer: str, features: list[int]) -> AtlasProgress:
     """progress with a layer's units marked done: a set union, so a redelivered batch counts once."""
-    for entry in progress["layers"]:
-        if entry["layer"] == layer:
-            entry["done"] = sorted(set(entry["done"]) | set(features))
-    progress["done"] = sum(len(entry["done"]) for entry in progress["layers"])
+    entry = progress.layer(layer)
+    entry.done = sorted(set(entry.done) | set(features))
+    progress.done = sum(len(entry.done) for entry in progress.layers)
     return progress
 
 

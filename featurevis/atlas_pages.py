@@ -59,18 +59,18 @@ def unit_record(spec, meta: dict, examples: dict | None, examples_key: str | Non
                                                        "bottom": examples["bottom"]}}
 
 
-def read_progress(store: ResultStore, atlas_id: str) -> dict | None:
+def read_progress(store: ResultStore, atlas_id: str) -> atlases.AtlasProgress | None:
     try:
-        return json.loads(store.read_bytes(atlases.key(atlas_id), atlases.PROGRESS))
+        return atlases.AtlasProgress.model_validate_json(store.read_bytes(atlases.key(atlas_id), atlases.PROGRESS))
     except FileNotFoundError:
         return None
 
 
-def publish_progress(store: ResultStore, progress: dict) -> None:
+def publish_progress(store: ResultStore, progress: atlases.AtlasProgress) -> None:
     """progress.json and the atlas page, which shows it."""
-    progress["updated_at"] = _now()
-    key = atlases.key(progress["atlas_id"])
-    store.put(key, atlases.PROGRESS, json.dumps(progress, indent=1).encode(), content_type="application/json",
+    progress.updated_at = _now()
+    key = atlases.key(progress.atlas_id)
+    store.put(key, atlases.PROGRESS, progress.model_dump_json(indent=1).encode(), content_type="application/json",
               durable=False)
     store.put(key, INDEX, atlas_page(progress).encode(), content_type=HTML, durable=False)
 
@@ -84,28 +84,27 @@ def begin(store: ResultStore, atlas: atlases.Atlas, in_flight: Callable[[], bool
     the atlas's lock.
     """
     previous = read_progress(store, atlas.atlas_id)
-    if (previous is not None and previous["state"] == "running" and previous.get("started_by") != run
-            and in_flight()):
+    if previous is not None and previous.state == "running" and previous.started_by != run and in_flight():
         return {}
-    recorded = {entry["layer"]: set(entry["done"]) for entry in previous["layers"]} if previous else {}
+    recorded = {entry.layer: set(entry.done) for entry in previous.layers} if previous else {}
     wanted = {layer.layer: [feature for feature in layer.features if feature not in recorded.get(layer.layer, ())]
               for layer in atlas.layers}
     progress = atlases.initial_progress(atlas, {layer: sorted(done) for layer, done in recorded.items()})
-    progress["started_by"] = run
+    progress.started_by = run
     if not any(wanted.values()):
-        progress.update(state="done", finished_at=(previous or {}).get("finished_at"))
+        progress.state, progress.finished_at = "done", previous.finished_at if previous else None
     publish_progress(store, progress)
     return {layer: features for layer, features in wanted.items() if features}
 
 
-def publish(store: ResultStore, atlas: atlases.Atlas, layer: str, records: list[dict]) -> dict:
+def publish(store: ResultStore, atlas: atlases.Atlas, layer: str, records: list[dict]) -> atlases.AtlasProgress:
     """A finished batch's pages: its units', its layer's, the atlas's; and progress.json. Returns the progress.
 
     A batch sent by name without `featurevis.atlas` before it starts the atlas's progress itself.
     """
     atlas_id = atlas.atlas_id
     progress = read_progress(store, atlas_id) or atlases.initial_progress(atlas)
-    entry = next(entry for entry in progress["layers"] if entry["layer"] == layer)
+    entry = progress.layer(layer)
     folder = layout.atlas_key(atlas_id, layer)
     try:
         units = {int(feature): record for feature, record in json.loads(store.read_bytes(folder, UNITS)).items()}
@@ -132,26 +131,26 @@ def publish(store: ResultStore, atlas: atlases.Atlas, layer: str, records: list[
 unit_page_name = layout.unit_page
 
 
-def atlas_page(progress: dict) -> str:
+def atlas_page(progress: atlases.AtlasProgress) -> str:
     rows = []
-    for entry in progress["layers"]:
-        done, total = len(entry["done"]), entry["total"]
-        conv = "" if entry["conv_id"] is None else entry["conv_id"]
-        name = (f'<a href="{_href(entry["layer"], INDEX)}">{_e(entry["layer"])}</a>' if done else _e(entry["layer"]))
+    for entry in progress.layers:
+        done, total = len(entry.done), entry.total
+        conv = "" if entry.conv_id is None else entry.conv_id
+        name = f'<a href="{_href(entry.layer, INDEX)}">{_e(entry.layer)}</a>' if done else _e(entry.layer)
         rows.append(f"<tr><td>{name}</td><td>{conv}</td><td>{done} / {total}</td><td>{_bar(done, total)}</td></tr>")
-    title = f"atlas of {progress['model']}"
+    title = f"atlas of {progress.model}"
     body = [f"<h1>{_e(title)}</h1>",
-            f'<p class="note">atlas <code>{_e(progress["atlas_id"])}</code>: {progress["done"]} of {progress["total"]} '
-            f"units, {_e(progress['state'])}; method {_e(progress['method'])}, {progress['iterations']} iterations, "
-            f"seed {progress['seed']}, model version <code>{_e(progress['model_sha256'][:12])}</code>. "
-            f'Updated {_e(progress.get("updated_at", ""))}. <a href="{atlases.PROGRESS}">progress.json</a> · '
+            f'<p class="note">atlas <code>{_e(progress.atlas_id)}</code>: {progress.done} of {progress.total} '
+            f"units, {_e(progress.state)}; method {_e(progress.method)}, {progress.iterations} iterations, "
+            f"seed {progress.seed}, model version <code>{_e(progress.model_sha256[:12])}</code>. "
+            f'Updated {_e(progress.updated_at or "")}. <a href="{atlases.PROGRESS}">progress.json</a> · '
             f'<a href="{UP_FROM_ATLAS}index.html">gallery</a></p>',
-            f"<p>{_bar(progress['done'], progress['total'])}</p>",
+            f"<p>{_bar(progress.done, progress.total)}</p>",
             "<table><tr><th>layer</th><th>conv_id</th><th>units done</th><th></th></tr>", *rows, "</table>"]
     return _page(title, body)
 
 
-def layer_page(progress: dict, entry: dict, units: list[dict]) -> str:
+def layer_page(progress: atlases.AtlasProgress, entry: atlases.LayerProgress, units: list[dict]) -> str:
     cards = []
     for record in units:
         picture = _href(UP_FROM_LAYER + record["key"], IMAGE_PNG)
@@ -170,17 +169,17 @@ def layer_page(progress: dict, entry: dict, units: list[dict]) -> str:
                      f'src="{picture}" alt="unit {record["feature"]}" loading="lazy"></a>{strip}'
                      f'<figcaption><a href="{unit_page_name(record["feature"])}">unit {record["feature"]}</a>'
                      f"<dl>{rows}</dl></figcaption></figure>")
-    title = f"{progress['model']} / {entry['layer']}"
-    conv = "" if entry["conv_id"] is None else f" (conv_id {entry['conv_id']})"
+    title = f"{progress.model} / {entry.layer}"
+    conv = "" if entry.conv_id is None else f" (conv_id {entry.conv_id})"
     body = [f"<h1>{_e(title)}{conv}</h1>",
-            f'<p class="note">{len(entry["done"])} of {entry["total"]} units done. '
+            f'<p class="note">{len(entry.done)} of {entry.total} units done. '
             f'<a href="../{INDEX}">atlas</a> · each picture links to its unit; the small images are the dataset '
             f"images that excite the unit most.</p>",
             f'<div class="cards">{"".join(cards)}</div>']
     return _page(title, body)
 
 
-def unit_page(progress: dict, record: dict, previous: dict | None, following: dict | None) -> str:
+def unit_page(progress: atlases.AtlasProgress, record: dict, previous: dict | None, following: dict | None) -> str:
     key = UP_FROM_LAYER + record["key"]
     title = f"{record['model']} / {record['layer']} / unit {record['feature']}"
     nav = [f'<a href="{INDEX}">layer</a>', f'<a href="../{INDEX}">atlas</a>']

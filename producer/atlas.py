@@ -35,12 +35,13 @@ class AtlasJob:
     def page(self) -> str:
         return f"{self.atlas.key}/{atlas_pages.INDEX}"
 
-    def progress(self) -> dict:
+    def progress(self) -> atlases.AtlasProgress:
         """progress.json; before a worker has started the atlas, what is known here."""
-        return atlas_pages.read_progress(self.store, self.id) or {**atlases.initial_progress(self.atlas),
-                                                                   "state": "queued"}
+        return (atlas_pages.read_progress(self.store, self.id)
+                or atlases.initial_progress(self.atlas).model_copy(update={"state": "queued"}))
 
-    def wait(self, on_progress: Callable[[dict], None] | None = None, timeout: float | None = None) -> dict:
+    def wait(self, on_progress: Callable[[atlases.AtlasProgress], None] | None = None,
+             timeout: float | None = None) -> atlases.AtlasProgress:
         """Block until the atlas is finished; its final progress, or JobFailed with the reason a batch failed."""
         from producer.client import JobFailed, _one_line
 
@@ -49,19 +50,19 @@ class AtlasJob:
             progress = self.progress()
             if on_progress:
                 on_progress(progress)
-            if self.result.ready() or progress["state"] == "done":
+            if self.result.ready() or progress.state == "done":
                 break
             if self.start is not None and self.start.failed():  # refused by the worker: no chord was sent
                 raise JobFailed(_one_line(self.start.result))
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"atlas {self.id} not done after {timeout} s ({progress['done']} of "
-                                   f"{progress['total']} units)")
+                raise TimeoutError(f"atlas {self.id} not done after {timeout} s ({progress.done} of "
+                                   f"{progress.total} units)")
             time.sleep(POLL_SECONDS)
         if self.result.ready() and self.result.state != states.SUCCESS:
             raise JobFailed(_one_line(self.result.result))
         progress = self.progress()
-        if progress["state"] != "done":
-            raise JobFailed(f"atlas {self.id} finished with {progress['done']} of {progress['total']} units")
+        if progress.state != "done":
+            raise JobFailed(f"atlas {self.id} finished with {progress.done} of {progress.total} units")
         return progress
 
 
@@ -72,11 +73,11 @@ def submit(producer, fields: dict[str, Any]) -> AtlasJob:
     producer._check_broker()
     result = producer.app.AsyncResult(atlas.atlas_id)
     previous = atlas_pages.read_progress(store, atlas.atlas_id)
-    if previous is not None and (previous["state"] == "done" or
-                                 previous["state"] == "running" and result.state not in states.READY_STATES):
+    if previous is not None and (previous.state == "done" or
+                                 previous.state == "running" and result.state not in states.READY_STATES):
         return AtlasJob(atlas.atlas_id, atlas, 0, store, result)
     if result.state in states.READY_STATES:
         result.forget()  # an earlier run's answer must not end this run's wait
-    recorded = sum(len(entry["done"]) for entry in previous["layers"]) if previous else 0
+    recorded = previous.done if previous else 0
     start = producer.app.send_task("featurevis.atlas", kwargs=atlas.request())
     return AtlasJob(atlas.atlas_id, atlas, atlas.total - recorded, store, result, start)

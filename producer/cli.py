@@ -169,7 +169,7 @@ def _atlas(producer: Producer, args: argparse.Namespace) -> int:
     job = producer.atlas(fields)
     print(job.id, flush=True)
     if not job.queued:
-        state = job.progress()["state"]
+        state = job.progress().state
         print(f"note: atlas {'complete' if state == 'done' else 'already running'}; nothing queued", file=sys.stderr)
     else:
         print(f"queued {job.queued} of {job.atlas.total} units", file=sys.stderr)
@@ -268,7 +268,7 @@ def follow(job: Job) -> str:
 def follow_atlas(job) -> str:
     """Follow an atlas with one progress bar over all its units (done / total, rate, ETA); where its page is."""
     with tqdm(total=job.atlas.total, desc=job.id[:12], unit="unit", file=sys.stderr, dynamic_ncols=True) as bar:
-        job.wait(on_progress=lambda progress: bar.update(progress["done"] - bar.n))
+        job.wait(on_progress=lambda progress: bar.update(progress.done - bar.n))
     return _located(job.page)
 
 

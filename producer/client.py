@@ -181,7 +181,7 @@ class Producer:
         result = self.app.AsyncResult(job_id)
         progress = atlas_pages.read_progress(self.registry.store, job_id) if atlas.ID.fullmatch(job_id) else None
         if progress is not None:
-            return {"atlas_id": job_id, "state": progress["state"], "info": progress}
+            return {"atlas_id": job_id, "state": progress.state, "info": progress.model_dump(mode="json")}
         info = result.info
         if isinstance(info, BaseException):
             info = _one_line(info)

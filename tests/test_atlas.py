@@ -67,10 +67,10 @@ def _check_every_unit_once(fleet, atlas_id: str, expected_batches: int) -> dict:
     """Every unit recorded once, its meta.json there with the dataset comparison, every batch succeeded once."""
     store = ResultStore(fleet.results_dir)
     progress = atlas_pages.read_progress(store, atlas_id)
-    assert progress["state"] == "done" and progress["done"] == progress["total"] == 176
-    request = atlas.normalize(progress["request"], draw_seed=False)
-    for entry, layer in zip(progress["layers"], request.layers):
-        assert entry["done"] == list(range(SHAPES_UNITS[entry["layer"]]))  # each unit once, none missing
+    assert progress.state == "done" and progress.done == progress.total == 176
+    request = atlas.normalize(progress.request, draw_seed=False)
+    for entry, layer in zip(progress.layers, request.layers):
+        assert entry.done == list(range(SHAPES_UNITS[entry.layer]))  # each unit once, none missing
         for spec in request.specs(layer):
             meta = store.read_meta(spec.key)
             assert meta is not None and meta["job_id"] == spec.job_id
@@ -124,7 +124,7 @@ def test_resubmitting_a_finished_atlas_queues_nothing(fleet, finished):
     smaller = Producer(fleet.redis_url, fleet.results_dir).atlas(
         {"model": "shapes_cnn", "iterations": 4, "seed": 11, "units": 3, "layers": ["conv1", 3, "logits"]})
     assert smaller.id != again.stdout.split()[0] and smaller.queued == 9
-    assert smaller.wait(timeout=120)["done"] == 9
+    assert smaller.wait(timeout=120).done == 9
     wait_until(lambda: len(_batch_results(fleet, {smaller.id})) == 3, 30, "batch events missing")
     results = _batch_results(fleet, {smaller.id})
     assert sorted(run["computed"] for runs in results.values() for run in runs) == [0, 0, 3]
@@ -172,7 +172,7 @@ def test_killing_a_pool_child_mid_atlas_still_completes_every_unit_once(fleet):
     progress = _check_every_unit_once(fleet, job.id, expected_batches=6)
     assert victim["uuid"] in _batch_results(fleet, {job.id})  # the killed batch was delivered again and finished
     assert fleet.events.count("task-received")[victim["uuid"]] == 2
-    assert progress["done"] == 176
+    assert progress.done == 176
 
 
 def test_the_pages_show_every_image_in_chromium(fleet, finished, tmp_path):
@@ -286,9 +286,9 @@ def test_a_batch_rewrites_only_its_layer_and_the_atlas_page(tmp_path, monkeypatc
     before = conv2.stat().st_mtime_ns
     progress = atlas_pages.publish(store, request, "conv3", records("conv3", [2, 3]))
     assert conv2.stat().st_mtime_ns == before and not Path(store.path(request.key, "conv1")).exists()
-    assert progress["done"] == 4 and [entry["done"] for entry in progress["layers"]] == [[], [0, 1], [2, 3], []]
+    assert progress.done == 4 and [entry.done for entry in progress.layers] == [[], [0, 1], [2, 3], []]
     progress = atlas_pages.publish(store, request, "conv3", records("conv3", [3, 0]))  # redelivered: once
-    assert [entry["done"] for entry in progress["layers"]][2] == [0, 2, 3] and progress["done"] == 5
+    assert progress.layer("conv3").done == [0, 2, 3] and progress.done == 5
     unit_0 = Path(store.path(request.key, "conv3/unit_0000.html")).read_text()
     assert "unit_0002.html" in unit_0 and "no dataset" in unit_0  # its next neighbour, and no examples
     page = Path(store.path(request.key, "index.html")).read_text()
@@ -321,7 +321,7 @@ def test_a_run_queues_what_the_atlas_lacks_once_and_a_redelivered_start_still_qu
     store = ResultStore(tmp_path)
     request = atlas.normalize({"model": "shapes_cnn", "seed": 1, "units": 2, "layers": ["conv1", "conv2"]})
     assert atlas_pages.begin(store, request, lambda: True, run="first") == {"conv1": [0, 1], "conv2": [0, 1]}
-    assert atlas_pages.read_progress(store, request.atlas_id)["state"] == "running"
+    assert atlas_pages.read_progress(store, request.atlas_id).state == "running"
     assert atlas_pages.begin(store, request, lambda: True, run="second") == {}  # the first run's batches are out
     assert atlas_pages.begin(store, request, lambda: True, run="first") != {}  # the first, delivered again
     progress = atlas_pages.read_progress(store, request.atlas_id)
@@ -330,7 +330,7 @@ def test_a_run_queues_what_the_atlas_lacks_once_and_a_redelivered_start_still_qu
     progress = atlas_pages.read_progress(store, request.atlas_id)
     atlas_pages.publish_progress(store, atlas.record_done(progress, "conv2", [1, 0]))
     assert atlas_pages.begin(store, request, lambda: False, run="fourth") == {}
-    assert atlas_pages.read_progress(store, request.atlas_id)["state"] == "done"
+    assert atlas_pages.read_progress(store, request.atlas_id).state == "done"
 
 
 def test_models_dataset_stores_a_folder_beside_a_model_and_refuses_a_bad_one_in_one_line(tmp_path):

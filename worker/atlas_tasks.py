@@ -74,7 +74,7 @@ def atlas_batch(self, **fields) -> dict:
     with atlas.page_lock(runtime.redis_client(), request.atlas_id):
         progress = atlas_pages.publish(store, request, layer.layer, records)
     return {"atlas_id": request.atlas_id, "layer": layer.layer, "features": [spec.feature for spec in specs],
-            "computed": len(missing), "done": progress["done"], "total": progress["total"]}
+            "computed": len(missing), "done": progress.done, "total": progress.total}
 
 
 @app.task(bind=True, name="featurevis.atlas_finish")
@@ -87,11 +87,11 @@ def atlas_finish(self, batches: list | None = None, atlas_id: str = "") -> dict:
         progress = atlas_pages.read_progress(store, atlas_id)
         if progress is None:
             raise JobError("atlas_id", f"no atlas {atlas_id} in {store.locate('')}")
-        progress["state"] = "done" if progress["done"] == progress["total"] else "incomplete"
-        progress["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        progress.state = "done" if progress.done == progress.total else "incomplete"
+        progress.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atlas_pages.publish_progress(store, progress)
     gallery.try_rebuild(store)
-    return {"atlas_id": atlas_id, "state": progress["state"], "done": progress["done"], "total": progress["total"],
+    return {"atlas_id": atlas_id, "state": progress.state, "done": progress.done, "total": progress.total,
             "page": f"{atlas.key(atlas_id)}/{atlas_pages.INDEX}", "progress": f"{atlas.key(atlas_id)}/{atlas.PROGRESS}"}
 
 
