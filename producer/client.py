@@ -17,6 +17,7 @@ from pathlib import Path
 from functools import lru_cache
 from typing import Any, Callable
 
+import pydantic
 from celery import Celery, states
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
@@ -49,9 +50,14 @@ class Job:
         return self.result.state
 
     def progress(self) -> records.Progress | None:
+        """The latest progress, or None before the first (or once the job is done)."""
         info = self.result.info
-        return records.Progress.model_validate(info) if self.result.state == "PROGRESS" and isinstance(info, dict) \
-            else None
+        if self.result.state != "PROGRESS" or not isinstance(info, dict):
+            return None
+        try:
+            return records.Progress.model_validate(info)
+        except pydantic.ValidationError:  # the state and the info are two reads: a redelivery's STARTED came between
+            return None
 
     def wait(self, on_progress: Callable[[records.Progress], None] | None = None,
              timeout: float | None = None) -> records.JobSummary | records.SweepSummary:
