@@ -191,6 +191,16 @@ def _layers(info: registry.ModelInfo, wanted) -> list[tuple[int | None, str]]:
     return resolved
 
 
+def json_schema() -> dict:
+    """JSON Schema of `featurevis.atlas`'s keyword arguments, for systems that start atlases by name.
+
+    As a job's: types and fixed ranges; what depends on the model (layers, units) the worker checks.
+    """
+    schema = AtlasFields.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "featurevis.atlas.schema.json",
+            **schema, "title": "featurevis.atlas keyword arguments"}
+
+
 def batch_request(fields: dict[str, Any], models: registry.Registry | None = None) -> tuple[Atlas, AtlasLayer, list[JobSpec]]:
     """A `featurevis.atlas_batch` task's arguments as (atlas, layer, its units' specs), checked as the producer did."""
     if not isinstance(fields, dict) or set(fields) != {"atlas_id", "request", "layer", "features"}:

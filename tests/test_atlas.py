@@ -247,6 +247,17 @@ def test_an_atlas_request_normalizes_to_one_id_and_bad_fields_get_one_line():
         assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
+def test_the_checked_in_schema_of_featurevis_atlas_equals_the_request_and_checks_it():
+    import jsonschema
+
+    schema = json.loads((REPO_ROOT / "schema" / "featurevis.atlas.schema.json").read_text())
+    assert schema == atlas.json_schema(), "run scripts/write_schemas.py"
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid({"model": "shapes_cnn", "layers": ["conv1", 3], "units": 4, "seed": 1})
+    for bad in ({"layers": "some"}, {"units": 0}, {"batch": 257}, {"iterations": "5"}, {"feature": 1}):
+        assert not validator.is_valid(bad), bad
+
+
 def test_the_bad_atlas_is_refused_by_the_cli_before_anything_is_queued(tmp_path):
     env = {**os.environ, "RESULTS_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0"}
     done = subprocess.run([sys.executable, "-m", "producer", "atlas", "--model", "shapes_cnn", "--layers", "conv1,9"],
