@@ -97,6 +97,7 @@ def test_a_full_shapes_cnn_atlas_on_two_workers_computes_every_unit_once(fleet, 
     assert lines[0] == wanted.atlas_id and wanted.total == 176
     assert lines[-1] == str(fleet.results_dir / "atlases" / wanted.atlas_id / "index.html") and Path(lines[-1]).exists()
     assert "176/176" in finished.stderr and "queued 176 of 176 units" in finished.stderr  # one bar over all units
+    assert "Traceback" not in finished.stderr and "Exception ignored" not in finished.stderr
     _check_every_unit_once(fleet, wanted.atlas_id, expected_batches=6)  # 16 + 32 + 2x32 + 2x32 units
     results = _batch_results(fleet, {wanted.atlas_id})
     assert sum(run["computed"] for runs in results.values() for run in runs) == 176  # nothing computed twice
