@@ -34,9 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from devstack.stack import LocalStack
-from featurevis import records, registry
+from featurevis import contract, registry
 from featurevis.atlas import DEFAULT_BATCH
-from featurevis import records
 from featurevis.factory import ModelFactory, device_name
 from featurevis.optvis import objectives, render
 from featurevis.store import ResultStore
@@ -73,7 +72,7 @@ class Service:
         self.seed = 1000
 
     def job(self, conv_id, feature, iterations=ITERATIONS, model=MODEL,
-            method="gradient_ascent") -> tuple[float, records.JobMeta]:
+            method="gradient_ascent") -> tuple[float, contract.JobMeta]:
         """Wall seconds from enqueue to result, and the job's meta. A fresh seed: never a cached result."""
         self.seed += 1
         began = time.perf_counter()
@@ -82,10 +81,10 @@ class Service:
         meta = self.meta(job, timeout=900)
         return time.perf_counter() - began, meta
 
-    def meta(self, job, timeout: float) -> records.JobMeta:
+    def meta(self, job, timeout: float) -> contract.JobMeta:
         """The finished job's meta.json, read as soon as its answer comes (pub/sub wake-up, no polling delay)."""
-        answer = records.JobSummary.model_validate(job.result.get(timeout=timeout))
-        return records.JobMeta.model_validate(self.store.read_meta(answer.key))
+        answer = contract.JobSummary.model_validate(job.result.get(timeout=timeout))
+        return contract.JobMeta.model_validate(self.store.read_meta(answer.key))
 
 
 def tutorial_jobs(conv_id, repeats: int) -> list[float]:

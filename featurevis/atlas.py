@@ -25,12 +25,12 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from featurevis import contract, layout, records, registry
+from featurevis import contract, registry, store
 from featurevis.contract import JobError, JobSpec
 
 # 1: the first atlas request format; part of every atlas id.
 ATLAS_VERSION = 1
-PROGRESS = layout.PROGRESS
+PROGRESS = store.PROGRESS
 MAX_BATCH = 256
 # Units per task: large enough that a task is one efficient batched pass, small enough that a fleet
 # shares a layer and a lost worker loses little (FEATUREVIS_ATLAS_BATCH overrides it per deployment).
@@ -137,7 +137,7 @@ class Atlas(BaseModel):
 
 
 def key(atlas_id: str) -> str:
-    return layout.atlas_key(atlas_id)
+    return store.atlas_key(atlas_id)
 
 
 def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.Registry | None = None) -> Atlas:
@@ -216,7 +216,7 @@ def batch_request(fields: dict[str, Any], models: registry.Registry | None = Non
     return atlas, layer, atlas.specs(layer, features, models=models)
 
 
-class LayerProgress(records.Record):
+class LayerProgress(contract.Record):
     """One layer of an atlas: how many units it has, and which are finished (each once, in order)."""
 
     layer: str
@@ -225,7 +225,7 @@ class LayerProgress(records.Record):
     done: list[int]
 
 
-class AtlasProgress(records.Record):
+class AtlasProgress(contract.Record):
     """An atlas's progress.json: what its pages show, `producer status ATLAS_ID` answers and other systems read.
 
     `state`: queued (no worker has started it yet: only the producer's view), running, done, or

@@ -26,12 +26,12 @@ from typing import Callable
 from urllib.parse import quote
 
 from featurevis import atlas as atlases
-from featurevis import layout
 from featurevis.gallery import CSS, _e, _text
-from featurevis.layout import IMAGE_NPY, IMAGE_PNG, META
-from featurevis.store import ResultStore
+from featurevis.store import (ATLAS_PAGE, ATLAS_UNITS, IMAGE_NPY, IMAGE_PNG, META, ResultStore, atlas_key,
+                              example_png)
+from featurevis.store import unit_page as unit_page_name
 
-INDEX, UNITS = layout.ATLAS_PAGE, layout.ATLAS_UNITS
+INDEX, UNITS = ATLAS_PAGE, ATLAS_UNITS
 HTML = "text/html; charset=utf-8"
 UP_FROM_ATLAS, UP_FROM_LAYER = "../../", "../../../"  # from atlases/<id>/ and atlases/<id>/<layer>/ to the root
 SHOWN_ON_LAYER = 3  # top examples beside each unit's picture on the layer page
@@ -105,7 +105,7 @@ def publish(store: ResultStore, atlas: atlases.Atlas, layer: str, records: list[
     atlas_id = atlas.atlas_id
     progress = read_progress(store, atlas_id) or atlases.initial_progress(atlas)
     entry = progress.layer(layer)
-    folder = layout.atlas_key(atlas_id, layer)
+    folder = atlas_key(atlas_id, layer)
     try:
         units = {int(feature): record for feature, record in json.loads(store.read_bytes(folder, UNITS)).items()}
     except FileNotFoundError:
@@ -126,9 +126,6 @@ def publish(store: ResultStore, atlas: atlases.Atlas, layer: str, records: list[
     store.put(folder, INDEX, layer_page(progress, entry, ordered).encode(), content_type=HTML, durable=False)
     publish_progress(store, progress)
     return progress
-
-
-unit_page_name = layout.unit_page
 
 
 def atlas_page(progress: atlases.AtlasProgress) -> str:
@@ -230,7 +227,7 @@ def _href(key: str, name: str) -> str:
 
 
 def _example_href(examples_key: str, index: int) -> str:
-    return _href(UP_FROM_LAYER + examples_key, layout.example_png(index))
+    return _href(UP_FROM_LAYER + examples_key, example_png(index))
 
 
 def _page(title: str, body: list[str]) -> str:

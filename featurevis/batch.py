@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from featurevis import records, scoring
+from featurevis import contract, scoring
 from featurevis.contract import JobSpec
 from featurevis.factory import Acquired, ModelFactory
 from featurevis.optvis import objectives, render
@@ -30,19 +30,19 @@ class Rendered:
     pictures: np.ndarray  # (images, h, w, c) in 0..255
     frames: list[np.ndarray]  # the pictures every few iterations, where the job asked for an animation
     steps: dict[str, list[float]]  # each StepStats figure per iteration, averaged over the job's images
-    predictions: list[records.Prediction]
-    scores: list[records.Scores]  # one block per image
+    predictions: list[contract.Prediction]
+    scores: list[contract.Scores]  # one block per image
     gram_similarity: float | None  # how alike a diverse set's images came out
 
 
 @dataclass(frozen=True)
 class Batch:
     acquired: Acquired
-    timings: records.Timings
+    timings: contract.Timings
     jobs: list[Rendered]
 
 
-def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[records.Progress], None]) -> Batch:
+def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[contract.Progress], None]) -> Batch:
     """Climb every image of `specs` (one model version, layer, method, iteration count) in one pass."""
     first = specs[0]
     acquired = factory.acquire(first.model, first.layer, first.method, first.model_sha256)
@@ -55,7 +55,7 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[reco
                         classify=acquired.model.classify,
                         on_progress=_progress(specs, info.class_names, on_progress),
                         frame_every=max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0)
-    timings = records.Timings(model_load_s=acquired.model_load_s, compile_s=acquired.compile_s,
+    timings = contract.Timings(model_load_s=acquired.model_load_s, compile_s=acquired.compile_s,
                               optimize_s=time.perf_counter() - started, started_at=started_at, batch_size=len(specs))
     final = ascent.predictions[-1].probabilities if ascent.predictions else None
     scores = scoring.scores(acquired.probe, ascent.images, weights, final, first.layer == LOGITS,
@@ -69,7 +69,7 @@ def _rows(specs: list[JobSpec]) -> list[slice]:
     return [slice(int(end) - spec.images, int(end)) for spec, end in zip(specs, ends)]
 
 
-def _share(spec: JobSpec, rows: slice, ascent: render.Ascent, scores: list[records.Scores], acquired: Acquired,
+def _share(spec: JobSpec, rows: slice, ascent: render.Ascent, scores: list[contract.Scores], acquired: Acquired,
            class_names: list[str]) -> Rendered:
     pictures = ascent.images[rows]
     steps = {name: [float(np.mean(getattr(stats, name)[rows])) for stats in ascent.history]
@@ -81,15 +81,15 @@ def _share(spec: JobSpec, rows: slice, ascent: render.Ascent, scores: list[recor
 
 
 def _progress(specs: list[JobSpec], class_names: list[str],
-              publish: Callable[[records.Progress], None]) -> render.ProgressCallback:
+              publish: Callable[[contract.Progress], None]) -> render.ProgressCallback:
     """The render loop's figures as the batch's Progress record (the first image's latest prediction)."""
-    latest: records.Prediction | None = None
+    latest: contract.Prediction | None = None
 
     def on_progress(done: int, stats: render.StepStats, predicted: render.Prediction | None) -> None:
         nonlocal latest
         if predicted is not None:
             latest = _top_class(predicted, 0, class_names)
-        publish(records.Progress(
+        publish(contract.Progress(
             job_ids=[spec.job_id for spec in specs], iteration=done, iterations=specs[0].iterations,
             loss=float(np.mean(stats.loss)), grad_min=float(np.min(stats.grad_min)),
             grad_max=float(np.max(stats.grad_max)), step_size=float(np.mean(stats.step_size)), prediction=latest))
@@ -97,8 +97,8 @@ def _progress(specs: list[JobSpec], class_names: list[str],
     return on_progress
 
 
-def _top_class(predicted: render.Prediction, index: int, class_names: list[str]) -> records.Prediction:
+def _top_class(predicted: render.Prediction, index: int, class_names: list[str]) -> contract.Prediction:
     row = predicted.probabilities[index]
     top = int(row.argmax())
-    return records.Prediction(iteration=predicted.iteration, class_id=top, class_name=class_names[top],
+    return contract.Prediction(iteration=predicted.iteration, class_id=top, class_name=class_names[top],
                               score=float(row[top]))

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featurevis import layout, registry, shapes
+from featurevis import registry, shapes
 from featurevis.registry import ModelRefused
+from featurevis.store import DATASET, DATASET_INFO
 
-DATASET, DATASET_INFO = layout.DATASET, layout.DATASET_INFO
 SHAPES_SIZE, SHAPES_SEED = 320, 20_261_129  # a few hundred images, drawn apart from training's seeds
 SHAPES_ARCHITECTURES = ("shapes_cnn", "shapes_cnn_b")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

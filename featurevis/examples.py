@@ -20,9 +20,9 @@ from collections import OrderedDict
 import numpy as np
 from PIL import Image
 
-from featurevis import layout, registry
+from featurevis import registry
 from featurevis.datasets import Dataset
-from featurevis.store import ResultStore
+from featurevis.store import ResultStore, example_png, examples_key
 
 K = 9
 BATCH = 64
@@ -68,7 +68,7 @@ def rank(scores, images: np.ndarray, k: int = K, batch: int = BATCH) -> dict:
 
 
 def key(info: registry.ModelInfo, dataset: Dataset) -> str:
-    return layout.examples_key(info.name, info.sha256, dataset.fingerprint)
+    return examples_key(info.name, info.sha256, dataset.fingerprint)
 
 
 def read(store: ResultStore, info: registry.ModelInfo, dataset: Dataset, layer: str) -> dict | None:
@@ -85,8 +85,8 @@ def compute(store: ResultStore, loaded, dataset: Dataset, layer: str) -> dict:
     folder = key(loaded.info, dataset)
     shown = {index for part in ("top", "bottom") for row in ranked[part]["indices"] for index in row}
     for index in sorted(shown):
-        if not store.fs.exists(store.path(folder, layout.example_png(index))):
-            store.put(folder, layout.example_png(index), _png(dataset.images[index]))
+        if not store.fs.exists(store.path(folder, example_png(index))):
+            store.put(folder, example_png(index), _png(dataset.images[index]))
     store.put(folder, f"{layer}.json", json.dumps(ranked).encode())
     return ranked
 

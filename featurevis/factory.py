@@ -21,9 +21,10 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from featurevis import layout, registry, scoring, zoo
+from featurevis import registry, scoring, zoo
 from featurevis.optvis import methods, objectives, render
 from featurevis.registry import LOGITS, ModelInfo
+from featurevis.store import MODEL_FILE
 
 DEFAULT_STEP_CACHE = 32
 DEFAULT_MODEL_CACHE_MB = 8192
@@ -134,7 +135,7 @@ class ModelFactory:
                 path = None
             if path is None or not path.is_file():
                 raise registry.ModelRefused(f"file: nothing uploaded at {self._registry().key(name, version)}/"
-                                            f"{layout.MODEL_FILE}; put the file there first")
+                                            f"{MODEL_FILE}; put the file there first")
             if path.stat().st_size > registry.max_model_bytes():
                 raise registry.ModelRefused(f"file: {path.stat().st_size} bytes, over the limit of "
                                             f"{registry.max_model_bytes()} (FEATUREVIS_MODEL_MAX_BYTES)")

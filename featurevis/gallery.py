@@ -28,9 +28,16 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from urllib.parse import quote
 
-from featurevis import layout
-from featurevis.layout import CONTACT_SHEET, GALLERY, IMAGE_PNG, META
-from featurevis.store import ResultStore
+from featurevis.store import (
+    CONTACT_SHEET,
+    GALLERY,
+    GALLERY_LOCK,
+    IMAGE_PNG,
+    META,
+    RECORD_DEPTH,
+    model_and_layer,
+    ResultStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +95,7 @@ def _shown(key: str, meta: dict) -> dict:
     shown = {field: meta[field] for field in _SHOWN if field in meta}
     if isinstance(meta.get("predictions"), list) and meta["predictions"]:
         shown["predictions"] = meta["predictions"][-1:]
-    model, layer = layout.model_and_layer(key)
+    model, layer = model_and_layer(key)
     shown.update(key=key, model=str(meta.get("model", model)), layer=str(meta.get("layer_name", meta.get("layer", layer))))
     if "sweep_id" in meta:
         shown.update(kind="sweep", id=str(meta["sweep_id"]))
@@ -133,7 +140,7 @@ def _metas(store: ResultStore) -> dict[str, tuple]:
         return {path: (path, info.get("size"), str(info.get("LastModified") or info.get("mtime")))
                 for path, info in listing.items() if path.endswith("/" + META)}
     found = {}
-    for path in glob.glob(os.path.join(glob.escape(store.root), *"*" * layout.RECORD_DEPTH, META)):
+    for path in glob.glob(os.path.join(glob.escape(store.root), *"*" * RECORD_DEPTH, META)):
         try:
             stat = os.stat(path)
         except FileNotFoundError:  # deleted meanwhile
@@ -244,7 +251,7 @@ class _local_lock:
     """An exclusive flock on `<root>/.gallery.lock` for a local store; nothing for a remote one."""
 
     def __init__(self, store: ResultStore):
-        self.path = os.path.join(store.root, layout.GALLERY_LOCK) if store.local else None
+        self.path = os.path.join(store.root, GALLERY_LOCK) if store.local else None
         self.handle = None
 
     def __enter__(self):

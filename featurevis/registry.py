@@ -1,7 +1,7 @@
 """The model registry: what every process knows of a served model, without TensorFlow.
 
 A model is registered once and served by every worker that shares the store.
-Its files live in the store, next to the results (featurevis/layout.py): the
+Its files live in the store, next to the results (featurevis/store.py): the
 user's file (none for a Keras Application) and the description the worker
 that validated it wrote, under models/<name>/<version>/, and
 models/<name>/current.json naming the version a job on <name> gets.
@@ -31,9 +31,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-from featurevis import layout
-from featurevis.layout import CURRENT, DESCRIPTION, MODEL_FILE, MODELS
-from featurevis.store import ResultStore
+from featurevis.store import CURRENT, DESCRIPTION, MODEL_FILE, MODELS, model_key, ResultStore
 
 SHIPPED_DIR = Path(__file__).parent / "models"
 LOGITS = "logits"
@@ -283,7 +281,7 @@ class Registry:
                 self.publish(description)
 
     def key(self, name: str, version: str = "") -> str:
-        return layout.model_key(name, version)
+        return model_key(name, version)
 
     def model_file(self, name: str, version: str) -> Path:
         """A local path to a registered model's file: the store's own where it is local, else a cached copy.

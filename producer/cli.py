@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from tqdm import tqdm
 
-from featurevis import records
+from featurevis import contract
 from featurevis.contract import JobError
 from featurevis.registry import ModelInfo, ModelRefused
 from featurevis.store import ResultStore
@@ -56,15 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     def job_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--model", default=None, help="default inception_v3")
-        command.add_argument("--conv-id", type=_scalar, default=None,
-                             help="index into the model's Conv2D layers; omit (and omit --layer) for the class logits")
-        command.add_argument("--layer", default=None,
-                             help="a layer name (any (h, w, channels) output; for inception_v3 also the tutorial's, "
-                                  "e.g. mixed/conv), or 'logits'")
-        command.add_argument("--iterations", type=_scalar, default=None, help="1..10000, default 30")
-        command.add_argument("--seed", type=_scalar, default=None, help="drawn and recorded when absent")
-        command.add_argument("--method", default=None, help="default gradient_ascent")
+        for flag, parse, explained in JOB_OPTIONS:
+            command.add_argument(flag, type=parse, default=None, help=explained)
         command.add_argument("--wait", action="store_true", help="show progress and print the image path")
 
     enqueue = commands.add_parser("enqueue", help="queue one job")
@@ -84,6 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     _models_parser(commands.add_parser("models", help="register, list and show models"))
     return parser
+
+
+# The fields enqueue and sweep share: flag, how its value is read (a JSON scalar, or text), help.
+JOB_OPTIONS = (
+    ("--model", str, "default inception_v3"),
+    ("--conv-id", _scalar, "index into the model's Conv2D layers; omit (and omit --layer) for the class logits"),
+    ("--layer", str, "a layer name (any (h, w, channels) output; for inception_v3 also the tutorial's, e.g. "
+                     "mixed/conv), or 'logits'"),
+    ("--iterations", _scalar, "1..10000, default 30"),
+    ("--seed", _scalar, "drawn and recorded when absent"),
+    ("--method", str, "default gradient_ascent"),
+)
 
 
 def _models_parser(models: argparse.ArgumentParser) -> None:
@@ -250,7 +255,7 @@ def follow(job: Job) -> str:
     """Follow the job with a progress bar; where its picture is (RESULTS_URL: its address on a web server)."""
     total = job.specs[0].iterations
     with tqdm(total=total, desc=job.id[:12], unit="it", file=sys.stderr, dynamic_ncols=True) as bar:
-        def show(progress: records.Progress) -> None:
+        def show(progress: contract.Progress) -> None:
             bar.n = progress.iteration
             top = progress.prediction.class_name if progress.prediction else "-"
             bar.set_postfix(loss=f"{progress.loss:.4g}", top=top, refresh=True)
@@ -258,11 +263,11 @@ def follow(job: Job) -> str:
         result = job.wait(on_progress=show)
         bar.n = total
         bar.refresh()
-    jobs = result.jobs if isinstance(result, records.SweepSummary) else [result]
+    jobs = result.jobs if isinstance(result, contract.SweepSummary) else [result]
     if any(one.untrained for one in jobs):
         print("note: untrained weights (fixed-seed random init); the picture shows the architecture, not ImageNet",
               file=sys.stderr)
-    return _located(result.contact_sheet if isinstance(result, records.SweepSummary) else result.image)
+    return _located(result.contact_sheet if isinstance(result, contract.SweepSummary) else result.image)
 
 
 def follow_atlas(job) -> str:

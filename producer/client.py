@@ -23,9 +23,9 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from kombu.utils.url import maybe_sanitize_url
 
-from featurevis import atlas, atlas_pages, contract, layout, records, registry
+from featurevis import atlas, atlas_pages, contract, registry
 from featurevis.registry import ModelRefused
-from featurevis.store import ResultStore
+from featurevis.store import MODEL_FILE, ResultStore
 
 POLL_SECONDS = 0.25
 REGISTER_SECONDS = 600  # a verdict needs a worker to load the model: allow for a queue ahead of it
@@ -49,18 +49,18 @@ class Job:
     def state(self) -> str:
         return self.result.state
 
-    def progress(self) -> records.Progress | None:
+    def progress(self) -> contract.Progress | None:
         """The latest progress, or None before the first (or once the job is done)."""
         info = self.result.info
         if self.result.state != "PROGRESS" or not isinstance(info, dict):
             return None
         try:
-            return records.Progress.model_validate(info)
+            return contract.Progress.model_validate(info)
         except pydantic.ValidationError:  # the state and the info are two reads: a redelivery's STARTED came between
             return None
 
-    def wait(self, on_progress: Callable[[records.Progress], None] | None = None,
-             timeout: float | None = None) -> records.JobSummary | records.SweepSummary:
+    def wait(self, on_progress: Callable[[contract.Progress], None] | None = None,
+             timeout: float | None = None) -> contract.JobSummary | contract.SweepSummary:
         """Block until the job is done; the task's answer, or JobFailed with the worker's reason."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.result.ready():
@@ -76,7 +76,7 @@ class Job:
 
 
 # What each task answers: Celery sends it as JSON, the producer reads it typed again.
-ANSWERS = {"featurevis.optimize": records.JobSummary, "featurevis.sweep": records.SweepSummary}
+ANSWERS = {"featurevis.optimize": contract.JobSummary, "featurevis.sweep": contract.SweepSummary}
 
 
 class Producer:
@@ -128,7 +128,7 @@ class Producer:
                 return {"name": name, "sha256": version, "registered": True, "already": True}
         self._check_broker()
         if file is not None and described is None:
-            models.store.put(models.key(name, version), layout.MODEL_FILE, Path(file).read_bytes())
+            models.store.put(models.key(name, version), MODEL_FILE, Path(file).read_bytes())
         result = self.app.send_task("featurevis.register_model", kwargs=request)
         if not wait:
             return {"name": name, "sha256": version, "registered": None, "task_id": result.id}
@@ -177,7 +177,7 @@ class Producer:
             size, limit = path.stat().st_size, registry.max_model_bytes()
             if size > limit:
                 raise ModelRefused(f"file: {size} bytes, over the limit of {limit} (FEATUREVIS_MODEL_MAX_BYTES)")
-            source, version = {"file": layout.MODEL_FILE}, registry.version_of_file(path)
+            source, version = {"file": MODEL_FILE}, registry.version_of_file(path)
         return registry.registration_request({"name": name, "sha256": version, "source": source,
                                               "preprocess": preprocess, "class_names": class_names})
 

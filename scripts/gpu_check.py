@@ -13,7 +13,7 @@ from pathlib import Path
 
 from devstack.redis_server import RedisServer
 from devstack.stack import LocalStack, pongs, wait_until
-from featurevis import records
+from featurevis import contract
 from featurevis.store import ResultStore
 from producer import Producer
 
@@ -38,7 +38,7 @@ def main() -> int:
             store = ResultStore(Path(folder) / "results")
             print(f"{'node':24s} {'target':8s} {'s/iteration':>11s}  device")
             for job in jobs:
-                meta = records.JobMeta.model_validate(store.read_meta(job.wait(timeout=900).key))
+                meta = contract.JobMeta.model_validate(store.read_meta(job.wait(timeout=900).key))
                 per_iteration = meta.timings.optimize_s / meta.iterations
                 print(f"{meta.worker.hostname:24s} {meta.layer_name:8s} {per_iteration:11.4f}  "
                       f"{meta.worker.device}  (compile {meta.timings.compile_s:.2f} s)", flush=True)

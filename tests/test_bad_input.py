@@ -9,8 +9,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featurevis import contract, layout
+from featurevis import contract
 from featurevis.contract import JobError
+from featurevis.store import (
+    ANIMATION,
+    CONTACT_SHEET,
+    CURRENT,
+    DESCRIPTION,
+    GALLERY,
+    GALLERY_LOCK,
+    IMAGE_NPY,
+    IMAGE_PNG,
+    META,
+    MODEL_FILE,
+)
 from tests.conftest import UNTRAINED
 
 FIELDS = list(contract.FIELD_RANGES)
@@ -78,8 +90,8 @@ def test_nothing_was_written_outside_the_results_dir(stack):
     outside = [p for p in root.parent.rglob("*") if p.is_file() and root not in p.parents
                and not any(part in ("logs", "redis", "keras-home") for part in p.relative_to(root.parent).parts)]
     assert outside == []
-    named = {layout.META, layout.IMAGE_PNG, layout.IMAGE_NPY, layout.ANIMATION, layout.CONTACT_SHEET, layout.GALLERY,
-             layout.GALLERY_LOCK, layout.DESCRIPTION, layout.CURRENT, layout.MODEL_FILE}
+    named = {META, IMAGE_PNG, IMAGE_NPY, ANIMATION, CONTACT_SHEET, GALLERY,
+             GALLERY_LOCK, DESCRIPTION, CURRENT, MODEL_FILE}
     for path in root.rglob("*"):
         if path.is_file():  # results, the gallery, the registry: only names the layout gives
             assert path.name in named or re.fullmatch(r"image_\d+\.png", path.name), path

@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 from featurevis import images
-from featurevis.layout import IMAGE_NPY, IMAGE_PNG, META
-from featurevis.store import ResultStore
+from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore
 
 KEY = "inception_v3_untrained/conv2d_8/feature_0002/abc123"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
-from featurevis import records
+from featurevis import contract
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class ProgressPublisher:
         self.intervals = {"backend": backend_interval, "event": event_interval}
         self.last = {"backend": float("-inf"), "event": float("-inf")}
 
-    def publish(self, progress: records.Progress) -> None:
+    def publish(self, progress: contract.Progress) -> None:
         """Send progress on every channel whose interval has passed (always on the final iteration).
 
         Best effort: a broker hiccup must cost a progress update, never the job.

@@ -10,27 +10,29 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime, timezone
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import celery
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
 import featurevis
-from featurevis import contract, gallery, images, layout, records, registry
+from featurevis import contract, gallery, images, registry
 from featurevis.contract import JobSpec
 from featurevis.registry import LOGITS, ModelRefused, WeightsUnavailable
-from featurevis.layout import ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, META
-from featurevis.store import ResultStore
+from featurevis.store import ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, META, ResultStore, set_png
 from worker import runtime
 from worker.app import app
 from worker.progress import ProgressPublisher
+
+if TYPE_CHECKING:  # the TensorFlow side is imported in pool children only, when the first job runs
+    from featurevis import batch
 
 SET_COLUMNS = 4  # a diverse set's image.png: up to 4 pictures a row
 
 
 @app.task(bind=True, name="featurevis.optimize", pydantic=True, pydantic_dump_kwargs={"exclude_none": True})
-def optimize(self, **fields) -> records.JobSummary:
+def optimize(self, **fields) -> contract.JobSummary:
     spec = contract.normalize(fields)
     store = ResultStore.from_env()
     meta = _read_meta(store, spec)
@@ -47,7 +49,7 @@ def optimize(self, **fields) -> records.JobSummary:
 
 
 @app.task(bind=True, name="featurevis.sweep", pydantic=True, pydantic_dump_kwargs={"exclude_none": True})
-def sweep(self, **fields) -> records.SweepSummary:
+def sweep(self, **fields) -> contract.SweepSummary:
     """Every feature's job (those already in the store are not computed again), and their contact sheet."""
     specs = contract.normalize_sweep(fields)
     store = ResultStore.from_env()
@@ -55,20 +57,20 @@ def sweep(self, **fields) -> records.SweepSummary:
     missing = [spec for spec in specs if found[spec.job_id] is None]
     rendered = dict(zip((spec.job_id for spec in missing), _render_safely(self, store, missing) if missing else []))
     key = contract.sweep_key(specs)
-    sheet = images.contact_sheet([rendered[spec.job_id].pictures if spec.job_id in rendered
+    sheet = images.contact_sheet([rendered[spec.job_id].picture if spec.job_id in rendered
                                   else store.read_image(spec.key) for spec in specs])
     jobs = [_summary(spec, rendered[spec.job_id].meta if spec.job_id in rendered else found[spec.job_id],
                      cached=spec.job_id not in rendered) for spec in specs]
-    meta = records.SweepMeta(sweep_id=contract.sweep_id(specs), model=specs[0].model, layer=specs[0].layer,
+    meta = contract.SweepMeta(sweep_id=contract.sweep_id(specs), model=specs[0].model, layer=specs[0].layer,
                              features=[spec.feature for spec in specs], jobs=jobs)
     store.write(key, {CONTACT_SHEET: sheet}, meta.model_dump(mode="json", exclude_none=True))
     gallery.try_rebuild(store)
-    return records.SweepSummary(sweep_id=meta.sweep_id, key=key, contact_sheet=f"{key}/{CONTACT_SHEET}",
+    return contract.SweepSummary(sweep_id=meta.sweep_id, key=key, contact_sheet=f"{key}/{CONTACT_SHEET}",
                                 meta=f"{key}/{META}", jobs=jobs)
 
 
 @app.task(bind=True, name="featurevis.register_model", pydantic=True)
-def register_model(self, **fields) -> records.Registration:
+def register_model(self, **fields) -> contract.Registration:
     """Validate a model the producer put in the store, describe it, and make it the name's current version.
 
     A refused model leaves the registry as it was: its upload is removed, and
@@ -91,8 +93,8 @@ def register_model(self, **fields) -> records.Registration:
     return registration(description)
 
 
-def registration(description: dict) -> records.Registration:
-    return records.Registration(name=description["name"], sha256=description["sha256"],
+def registration(description: dict) -> contract.Registration:
+    return contract.Registration(name=description["name"], sha256=description["sha256"],
                                 input_shape=description["input_shape"], layers=len(description["layers"]),
                                 classes=description["classes"],
                                 conv_layers=sum(layer["conv_id"] is not None for layer in description["layers"]))
@@ -114,9 +116,9 @@ def _describe_safely(request: dict) -> dict:
         raise RuntimeError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
 
 
-def _read_meta(store: ResultStore, spec: JobSpec) -> records.JobMeta | None:
+def _read_meta(store: ResultStore, spec: JobSpec) -> contract.JobMeta | None:
     meta = store.read_meta(spec.key)
-    return None if meta is None else records.JobMeta.model_validate(meta)
+    return None if meta is None else contract.JobMeta.model_validate(meta)
 
 
 def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[Published]:
@@ -146,18 +148,18 @@ def plain_errors(function: Callable, *args):
 
 def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[Published]:
     """Optimize specs of one layer as one batch, then publish each job's result."""
-    from featurevis import batch  # TensorFlow side: imported in pool children only
+    from featurevis import batch  # noqa: F811 - the TensorFlow side, imported here in pool children only
 
     rendered = batch.run(runtime.factory(), specs, ProgressPublisher(task).publish)
     return [_publish(task, store, job, rendered) for job in rendered.jobs]
 
 
 class Published(NamedTuple):
-    meta: records.JobMeta
-    pictures: np.ndarray
+    meta: contract.JobMeta
+    picture: np.ndarray  # the job's (first) picture: what a sweep's contact sheet shows
 
 
-def _publish(task: celery.Task, store: ResultStore, job, rendered) -> Published:
+def _publish(task: celery.Task, store: ResultStore, job: batch.Rendered, rendered: batch.Batch) -> Published:
     """Write one job's files, meta.json last: a picture, or a set as a sheet, its array and each PNG."""
     spec, pictures = job.spec, job.pictures
     meta = _meta(task, job, rendered)
@@ -166,7 +168,7 @@ def _publish(task: celery.Task, store: ResultStore, job, rendered) -> Published:
     if spec.images == 1:
         store.write_image_result(spec.key, pictures[0], images.png_bytes(pictures[0]), meta.to_json(), animation)
     else:
-        each = {layout.set_png(index): images.png_bytes(picture) for index, picture in enumerate(pictures)}
+        each = {set_png(index): images.png_bytes(picture) for index, picture in enumerate(pictures)}
         store.write_image_result(spec.key, pictures, images.contact_sheet(list(pictures), SET_COLUMNS),
                                  meta.to_json(), {**each, **animation})
     return Published(meta, pictures[0])
@@ -177,11 +179,11 @@ def _sheet_or_picture(frame: np.ndarray) -> np.ndarray:
     return frame[0] if len(frame) == 1 else images.tile(list(frame), SET_COLUMNS)
 
 
-def _meta(task: celery.Task, job, rendered) -> records.JobMeta:
+def _meta(task: celery.Task, job: batch.Rendered, rendered: batch.Batch) -> contract.JobMeta:
     from featurevis import factory  # loaded by runtime.factory() before any job gets here
 
     spec, info, counts = job.spec, rendered.acquired.model.info, runtime.factory().builds
-    return records.JobMeta(
+    return contract.JobMeta(
         job_id=spec.job_id, key=spec.key, spec=spec.model_dump(), model=spec.model, model_sha256=spec.model_sha256,
         model_source=info.source, untrained=info.untrained, layer_name=spec.layer,
         layer_type=_layer_type(info, spec.layer), tutorial_layer_name=_tutorial_name(info, spec.layer),
@@ -189,19 +191,19 @@ def _meta(task: celery.Task, job, rendered) -> records.JobMeta:
         loss=job.steps["loss"], final_loss=job.steps["loss"][-1], grad_min=job.steps["grad_min"],
         grad_max=job.steps["grad_max"], step_size=job.steps["step_size"], predictions=job.predictions,
         timings=rendered.timings,
-        worker=records.WorkerInfo(hostname=task.request.hostname or socket.gethostname(), pid=os.getpid(),
+        worker=contract.WorkerInfo(hostname=task.request.hostname or socket.gethostname(), pid=os.getpid(),
                                   device=factory.device_name()),
         versions={**factory.versions(), "celery": celery.__version__, "featurevis": featurevis.__version__},
         created_at=datetime.now(timezone.utc).isoformat(), quality=job.scores[0],
-        factory=records.FactoryCounts(models_built=counts["model"], steps_built=counts["step"],
+        factory=contract.FactoryCounts(models_built=counts["model"], steps_built=counts["step"],
                                       step_traces=rendered.acquired.step.traces),
         set=_diverse_set(spec, job.scores, job.gram_similarity) if spec.images > 1 else None,
     )
 
 
-def _diverse_set(spec: JobSpec, scores: list[records.Scores], similarity: float) -> records.DiverseSet:
-    return records.DiverseSet(images=spec.images, diversity=spec.diversity, gram_similarity=similarity,
-                              members=[records.SetMember(png=layout.set_png(index), seed=seed, quality=row)
+def _diverse_set(spec: JobSpec, scores: list[contract.Scores], similarity: float) -> contract.DiverseSet:
+    return contract.DiverseSet(images=spec.images, diversity=spec.diversity, gram_similarity=similarity,
+                              members=[contract.SetMember(png=set_png(index), seed=seed, quality=row)
                                        for index, (seed, row) in enumerate(zip(spec.seeds, scores))])
 
 
@@ -215,8 +217,8 @@ def _tutorial_name(info: registry.ModelInfo, layer: str) -> str | None:
     return f"{named}/Conv2D" if named else None
 
 
-def _summary(spec: JobSpec, meta: records.JobMeta, cached: bool) -> records.JobSummary:
-    return records.JobSummary(
+def _summary(spec: JobSpec, meta: contract.JobMeta, cached: bool) -> contract.JobSummary:
+    return contract.JobSummary(
         job_id=spec.job_id, key=spec.key, image=f"{spec.key}/{IMAGE_PNG}", array=f"{spec.key}/{IMAGE_NPY}",
         meta=f"{spec.key}/{META}", final_loss=meta.final_loss, untrained=meta.untrained, cached=cached,
-        set=[f"{spec.key}/{layout.set_png(index)}" for index in range(spec.images)] if spec.images > 1 else None)
+        set=[f"{spec.key}/{set_png(index)}" for index in range(spec.images)] if spec.images > 1 else None)
