@@ -61,8 +61,10 @@ BUILTINS = {
     "shapes_judge": {"architecture": "shapes_judge", "weights": "shipped", "description": "shapes_judge"},
 }
 
-# A model whose class visualizations an independently trained model judges (scoring's judge).
-JUDGES = {"shapes_cnn": "shapes_cnn_b"}
+# A model whose class visualizations an independently trained model judges (scoring's judge). shapes_judge
+# shares neither architecture nor training data nor the generator of its data (featurevis/shapes_judge.py)
+# with shapes_cnn; shapes_cnn_b, trained on shapes_cnn's generator, stays a model jobs can use.
+JUDGES = {"shapes_cnn": "shapes_judge"}
 
 
 class ModelRefused(ValueError):
