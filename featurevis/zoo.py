@@ -76,8 +76,8 @@ def _shapes_cnn(weights: str | None) -> keras.Model:
 
 
 def _shapes_cnn_b(weights: str | None) -> keras.Model:
-    """An independent judge of shapes_cnn's pictures: other kernels (5x5, 3x3), strides instead of pooling,
-    12-24-48-96-96 channels, another seed and other training data."""
+    """A second model of shapes_cnn's generator (its judge is _shapes_judge): other kernels (5x5, 3x3), strides
+    instead of pooling, 12-24-48-96-96 channels, another seed and other training data."""
     blocks = [ConvBlock(12, 5, stride=2), ConvBlock(24, 5, stride=2), ConvBlock(48, 3), ConvBlock(96, 3, stride=2),
               ConvBlock(96, 3)]
     return _small_cnn("shapes_cnn_b", blocks, weights)

@@ -87,7 +87,8 @@ def shapes_channels(factory: ModelFactory) -> dict:
             entry = summary[f"conv{conv_id}/{method}"] = {
                 "robustness_mean": float(np.mean([row["robustness"] for row in scores])),
                 "specificity_z_mean": float(np.mean([row["specificity_z"] for row in scores]))}
-            print(f"  shapes_cnn conv {conv_id} channel {CHANNEL} {method:16s} robustness {entry['robustness_mean']:.3f}"
+            print(f"  shapes_cnn conv {conv_id} channel {CHANNEL} {method:16s} "
+                  f"robustness {entry['robustness_mean']:.3f}"
                   f"  specificity z {entry['specificity_z_mean']:.2f}", flush=True)
     return summary
 

@@ -150,7 +150,8 @@ def main() -> None:
             "trained_on": recipe.generator, "trained_by": "scripts/train_shapes.py", "adversarial_epsilon": EPSILON,
         })
         print(f"{architecture}: accuracy {score:.4f} on {EVAL_SAMPLES} fresh samples (seed {EVAL_SEED}) of its "
-              f"generator {recipe.generator}; " + ", ".join(f"{value:.4f} on {name}" for name, value in by_generator.items())
+              f"generator {recipe.generator}; "
+              + ", ".join(f"{value:.4f} on {name}" for name, value in by_generator.items())
               + f"; trained in {time.perf_counter() - started:.0f} s", flush=True)
 
 
