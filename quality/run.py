@@ -84,12 +84,8 @@ def shapes_channels(factory: ModelFactory) -> dict:
         for method in METHODS:
             _, scores = run(factory, "shapes_cnn", conv_id, method, [CHANNEL] * len(SEEDS), list(SEEDS),
                             SHAPES_ITERATIONS)
-            entry = summary[f"conv{conv_id}/{method}"] = {
-                "robustness_mean": float(np.mean([row["robustness"] for row in scores])),
-                "specificity_z_mean": float(np.mean([row["specificity_z"] for row in scores]))}
-            print(f"  shapes_cnn conv {conv_id} channel {CHANNEL} {method:16s} "
-                  f"robustness {entry['robustness_mean']:.3f}"
-                  f"  specificity z {entry['specificity_z_mean']:.2f}", flush=True)
+            summary[f"conv{conv_id}/{method}"] = _channel_means(f"shapes_cnn conv {conv_id} channel {CHANNEL} "
+                                                                f"{method:16s}", scores)
     return summary
 
 
@@ -98,13 +94,18 @@ def inception(factory: ModelFactory) -> dict:
     for conv_id in (5, 50, 93):
         for method in METHODS:
             _, scores = run(factory, "inception_v3_untrained", conv_id, method, [1, 2], [0, 1], INCEPTION_ITERATIONS)
-            summary[f"conv{conv_id}/{method}"] = {
-                "robustness_mean": float(np.mean([row["robustness"] for row in scores])),
-                "specificity_z_mean": float(np.mean([row["specificity_z"] for row in scores]))}
-            print(f"  inception_v3_untrained conv {conv_id:2d} {method:16s} "
-                  f"robustness {summary[f'conv{conv_id}/{method}']['robustness_mean']:.3f}  "
-                  f"specificity z {summary[f'conv{conv_id}/{method}']['specificity_z_mean']:.2f}", flush=True)
+            summary[f"conv{conv_id}/{method}"] = _channel_means(f"inception_v3_untrained conv {conv_id:2d} "
+                                                                f"{method:16s}", scores)
     return summary
+
+
+def _channel_means(label: str, scores: list[dict]) -> dict:
+    """A channel job's scores over its seeds, printed as they come."""
+    entry = {"robustness_mean": float(np.mean([row["robustness"] for row in scores])),
+             "specificity_z_mean": float(np.mean([row["specificity_z"] for row in scores]))}
+    print(f"  {label} robustness {entry['robustness_mean']:.3f}  specificity z {entry['specificity_z_mean']:.2f}",
+          flush=True)
+    return entry
 
 
 def contact_sheet(pictures: dict) -> bytes:

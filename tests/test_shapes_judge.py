@@ -6,6 +6,7 @@ import numpy as np
 
 from featurevis import batch, registry, shapes, shapes_judge
 from featurevis.contract import normalize
+from tests.test_shapes import assert_deterministic
 
 FRESH_SEED = 4243  # used neither in training (3) nor for the description's accuracy (2024)
 SAMPLES = 200
@@ -14,11 +15,7 @@ OWN_ACCURACY, CROSS_ACCURACY = 0.90, 0.70  # measured: 0.934 and 0.736 on 2000, 
 
 
 def test_judge_generator_is_deterministic_balanced_and_has_the_same_classes():
-    images, labels = shapes_judge.generate(40, seed=3)
-    again, again_labels = shapes_judge.generate(40, seed=3)
-    np.testing.assert_array_equal(images, again)
-    np.testing.assert_array_equal(labels, again_labels)
-    assert not np.array_equal(images, shapes_judge.generate(40, seed=4)[0])
+    images, labels = assert_deterministic(shapes_judge.generate, 40)
     assert images.shape == (40, 64, 64, 3) and images.dtype == np.float32
     assert images.min() >= 0.0 and images.max() <= 255.0
     assert np.bincount(labels, minlength=10).tolist() == [4] * 10
