@@ -108,7 +108,10 @@ def decode_upload(data: bytes, fmt: str) -> np.ndarray:
         raise ValueError(f"{len(data)} bytes, over the limit of {MAX_UPLOAD_BYTES}")
     try:
         if fmt == "npy":
-            pixels = np.load(io.BytesIO(data), allow_pickle=False)
+            try:
+                pixels = np.load(io.BytesIO(data), allow_pickle=False)
+            except ValueError as error:  # an object array, a truncated header
+                raise ValueError(f"cannot be read as NPY: {' '.join(str(error).split())[:120]}") from None
         else:
             with Image.open(io.BytesIO(data)) as opened:
                 if opened.format != {"png": "PNG", "jpg": "JPEG"}[fmt]:
