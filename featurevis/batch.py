@@ -53,7 +53,8 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
     layer = None if first.layer == LOGITS else info.layer(first.layer)
     terms = objectives.build(weights, [spec.terms or () for spec in per_image],
                              layer and (layer.height, layer.width, layer.channels),
-                             lambda key: factory.caricature(acquired.model, first.layer, key))
+                             lambda key: factory.caricature(acquired.model, first.layer, key),
+                             np.array([[getattr(spec, name) for name in objectives.PENALTIES] for spec in per_image]))
     started, started_at = time.perf_counter(), time.time()
     ascent = render.run(acquired.step, seeds, terms, first.iterations, first.diversity,
                         classify=acquired.model.classify,

@@ -75,6 +75,10 @@ OBJECTIVES = {
 }
 SPATIAL_OBJECTIVES = ("neuron", "direction", "layer", "caricature")
 MAX_VECTOR = 4096  # channels of a direction
+# Regularizers, off (0) by default: weights of penalties on the picture's 0..1 pixels (optvis/objectives.py).
+MAX_PENALTY = 1000.0
+LP_P_RANGE = (1.0, 10.0)
+DEFAULT_LP_P = 2.0
 
 
 class Target(BaseModel):
@@ -118,7 +122,12 @@ class Term(BaseModel):
         return f"neuron{self.feature:04d}" if self.objective == "neuron" else self.objective
 
     def sort_key(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Kind first, then its parts and weight: a job's terms in one order, whatever order they came in."""
+        return f"{self.objective} {json.dumps(self.model_dump(mode='json'), sort_keys=True)}"
+
+    def same_as(self) -> str:
+        """What makes two terms one (a second would only add weight): everything but the weight."""
+        return json.dumps(self.model_dump(mode="json", exclude={"weight"}), sort_keys=True)
 
 
 class JobFields(BaseModel):
@@ -139,6 +148,10 @@ class JobFields(BaseModel):
     animate: bool = False
     images: int = Field(default=1, ge=1, le=MAX_IMAGES)
     diversity: float | None = Field(default=None, ge=0.0, le=MAX_DIVERSITY, allow_inf_nan=False)
+    tv: float = Field(default=0.0, ge=0.0, le=MAX_PENALTY, allow_inf_nan=False)
+    lp: float = Field(default=0.0, ge=0.0, le=MAX_PENALTY, allow_inf_nan=False)
+    lp_p: float | None = Field(default=None, ge=LP_P_RANGE[0], le=LP_P_RANGE[1], allow_inf_nan=False)
+    blur: float = Field(default=0.0, ge=0.0, le=MAX_PENALTY, allow_inf_nan=False)
 
 
 class JobSpec(BaseModel):
@@ -161,6 +174,10 @@ class JobSpec(BaseModel):
     # The objective's other terms (neuron, direction, layer, caricature), sorted. Kept apart from `targets`
     # so a job of channels keeps its id: the wire format has them all in `targets`.
     terms: tuple[Term, ...] | None = None
+    tv: float = 0.0  # regularizer weights: total variation, the Lp norm (of power lp_p) and blur per step
+    lp: float = 0.0
+    lp_p: float = DEFAULT_LP_P
+    blur: float = 0.0
 
     def fields(self) -> dict[str, Any]:
         """The normalized job as the task's keyword arguments (the wire format)."""
@@ -206,7 +223,7 @@ class JobSpec(BaseModel):
 
 
 # Fields added after version 1: at their defaults they leave the wire format and the job id as they were.
-ADDED_FIELDS = ("animate", "images", "diversity", "terms")
+ADDED_FIELDS = ("animate", "images", "diversity", "terms", "tv", "lp", "lp_p", "blur")
 
 # What each field accepts, for messages about a value of the wrong type or range.
 FIELD_RANGES = {
@@ -227,6 +244,11 @@ FIELD_RANGES = {
               f"(more than 1 needs method robust)",
     "diversity": f"null or a number in 0..{MAX_DIVERSITY:g}: how hard the job's images are pushed apart "
                  f"(default {DEFAULT_DIVERSITY:g} when images > 1)",
+    "tv": f"a number in 0..{MAX_PENALTY:g}: the weight of the picture's total variation, subtracted (0: off)",
+    "lp": f"a number in 0..{MAX_PENALTY:g}: the weight of the picture's Lp norm about mid-grey, subtracted (0: off)",
+    "lp_p": f"null or a number in {LP_P_RANGE[0]:g}..{LP_P_RANGE[1]:g}: the power of the lp norm (default "
+            f"{DEFAULT_LP_P:g}; needs lp > 0)",
+    "blur": f"a number in 0..{MAX_PENALTY:g}: how hard each step is pulled towards its own 3x3 blur (0: off)",
 }
 
 
@@ -262,8 +284,18 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
     return JobSpec(
         model=parsed.model, model_sha256=info.sha256, conv_id=conv_id, layer=layer, feature=feature,
         iterations=parsed.iterations, seed=seed, method=parsed.method, targets=targets, animate=parsed.animate,
-        images=parsed.images, diversity=diversity, terms=terms,
+        images=parsed.images, diversity=diversity, terms=terms, tv=float(parsed.tv), lp=float(parsed.lp),
+        lp_p=_lp_power(parsed), blur=float(parsed.blur),
     )
+
+
+def _lp_power(parsed: JobFields) -> float:
+    """The Lp norm's power: only a job that weighs the norm has one."""
+    if parsed.lp_p is None:
+        return DEFAULT_LP_P
+    if not parsed.lp:
+        raise JobError("lp_p", "needs lp > 0: it is the power of the lp regularizer")
+    return float(parsed.lp_p)
 
 
 def _class_feature(info: registry.ModelInfo, parsed: JobFields, fields: dict, layer: str) -> int:
@@ -312,7 +344,7 @@ def _normalize_targets(parsed: JobFields, fields: dict, info: registry.ModelInfo
     if len({feature for feature, _ in pairs}) != len(pairs) or not any(
             weight for weight in [weight for _, weight in pairs] + [term.weight for term in terms]):
         raise JobError("targets", f"must be {FIELD_RANGES['targets']}")
-    if len({term.sort_key() for term in terms}) != len(terms):
+    if len({term.same_as() for term in terms}) != len(terms):
         raise JobError("targets", "the same term twice; give it once, with the weights summed")
     if sum(term.objective == "caricature" for term in terms) > 1:
         raise JobError("targets", "at most one caricature term: a picture is matched to one image")

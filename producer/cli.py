@@ -98,6 +98,10 @@ JOB_OPTIONS = (
     ("--iterations", _scalar, "1..10000, default 30"),
     ("--seed", _scalar, "drawn and recorded when absent"),
     ("--method", str, "default gradient_ascent"),
+    ("--tv", _scalar, "regularizer: weight of the picture's total variation, 0..1000 (default 0: off)"),
+    ("--lp", _scalar, "regularizer: weight of the picture's Lp norm about mid-grey, 0..1000 (default 0: off)"),
+    ("--lp-p", _scalar, "the power of --lp's norm, 1..10 (default 2)"),
+    ("--blur", _scalar, "regularizer: how hard each step is pulled to its own 3x3 blur, 0..1000 (default 0: off)"),
 )
 
 

@@ -207,12 +207,13 @@ def test_the_schema_and_the_contract_agree_on_objective_terms(producer, targets,
 
 def test_a_neuron_and_a_caricature_job_through_the_cli(stack, run_cli, tmp_path):
     neuron = run_cli("enqueue", "--model", "shapes_cnn", "--layer", "conv3", "--objective", "neuron", "--feature", "5",
-                     "--x", "3", "--iterations", "3", "--seed", "1", "--wait")
+                     "--x", "3", "--iterations", "3", "--seed", "1", "--blur", "2", "--wait")
     assert neuron.returncode == 0, neuron.stderr
     meta = json.loads((Path(neuron.stdout.strip().splitlines()[-1]).parent / "meta.json").read_text())
     assert meta["spec"]["terms"] == [{"objective": "neuron", "weight": 1.0, "feature": 5, "x": 3, "y": 8,
                                       "vector": None, "image": None}]
     assert meta["key"].split("/")[2] == "objectives_neuron0005" and meta["feature"] == 5
+    assert (meta["spec"]["blur"], meta["spec"]["tv"]) == (2.0, 0.0)
     assert meta["loss"][-1] > meta["loss"][0]
     picture = tmp_path / "user.png"
     picture.write_bytes(png((40, 50)))
@@ -237,3 +238,27 @@ def test_a_bad_term_is_refused_by_the_cli_and_by_the_worker_in_one_line(stack, r
         sent.get(timeout=120)
     assert str(caught.value) == "targets: a layer term needs a layer with positions (give conv_id or layer); " \
                                 "the job's layer is the logits"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"tv": -1}, "^tv: must be a number in 0..1000"),
+    ({"tv": "x"}, "^tv: must be a number in 0..1000"),
+    ({"lp": 1001}, "^lp: must be a number in 0..1000"),
+    ({"blur": float("nan")}, "^blur: must be a number in 0..1000"),
+    ({"lp": 1.0, "lp_p": 0.5}, "^lp_p: must be null or a number in 1..10"),
+    ({"lp": 1.0, "lp_p": 11}, "^lp_p: must be null or a number in 1..10"),
+    ({"lp_p": 3}, "^lp_p: needs lp > 0"),
+])
+def test_bad_regularizers_get_one_line_naming_the_field_and_range(producer, fields, message):
+    with pytest.raises(JobError, match=message):
+        normalize({**CONV5, "feature": 2, **fields}, models=producer.registry)
+
+
+def test_regularizers_are_off_by_default_and_enter_the_id_only_when_on(producer):
+    plain = normalize({**CONV5, "feature": 2, "tv": 0, "blur": 0.0}, models=producer.registry)
+    assert plain.job_id == PLAIN_ID and (plain.tv, plain.lp, plain.blur) == (0.0, 0.0, 0.0)
+    assert not {"tv", "lp", "lp_p", "blur"} & set(plain.fields())
+    regular = normalize({**CONV5, "feature": 2, "tv": 2, "lp": 1, "lp_p": 6}, models=producer.registry)
+    assert regular.job_id != PLAIN_ID and normalize(regular.fields(), models=producer.registry) == regular
+    assert regular.fields()["lp_p"] == 6.0
+    assert normalize({**CONV5, "feature": 2, "lp": 1}, models=producer.registry).lp_p == contract.DEFAULT_LP_P

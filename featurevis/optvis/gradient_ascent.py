@@ -32,7 +32,8 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
         compiled.traces += 1  # runs at trace time only
         with tf.GradientTape() as tape:
             tape.watch(images)
-            loss = objectives.total(objective, network(preprocess(images), training=False), terms)
+            loss = objectives.total(objective, network(preprocess(images), training=False), terms) \
+                - objectives.penalty(images, terms)
             total = tf.reduce_sum(loss)  # images are independent, so d(total)/d(image b) = d(loss b)/d(image b)
         grads = tape.gradient(total, images)
         step_size = 1.0 / (tf.math.reduce_std(grads, axis=[1, 2, 3]) + 1e-8)

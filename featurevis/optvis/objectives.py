@@ -16,9 +16,17 @@ without retracing.
 - caricature: (batch, h, w, channels) target activations, matched by cosine
   similarity, with (batch,) weights.
 
-Kinds a batch does not use get (batch, 1, 1, 1) zeros, which broadcast, so a
-plain job ships no layer-sized maps, and are skipped by a tf.cond: a job of
-channels alone computes exactly the loss and gradient it always did.
+Regularizers are penalties on the pixels each image is made of (0..1 units,
+means over pixels, so a weight means the same at any image size), weights in
+`penalties`: total variation and an Lp norm (tf-keras-vis's TotalVariation2D
+and Norm), and lucid's blur_input_each_step, 0.5 x the squared distance to the
+image's own 3x3 blur held constant, whose gradient pulls each step towards the
+blurred image.
+
+Kinds and penalties a batch does not use get zeros ((batch, 1, 1, 1) for the
+maps, which broadcast, so a plain job ships no layer-sized maps) and are
+skipped by a tf.cond: a job of channels alone computes exactly the loss and
+gradient it always did.
 """
 from __future__ import annotations
 
@@ -36,12 +44,14 @@ class Terms(NamedTuple):
     layer: object  # (batch,)
     caricature: object  # (batch, h, w, channels) target activations, or (batch, 1, 1, 1) zeros
     caricature_weight: object  # (batch,)
+    penalties: object  # (batch, 4): total variation, Lp and its p, blur (PENALTIES)
 
 
+PENALTIES = ("tv", "lp", "lp_p", "blur")  # the columns of Terms.penalties, as the job names them
 # The compiled steps' signature for a Terms argument: any batch, any layer shape, so nothing retraces.
 SPEC = Terms(tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None, None, None], tf.float32),
              tf.TensorSpec([None], tf.float32), tf.TensorSpec([None, None, None, None], tf.float32),
-             tf.TensorSpec([None], tf.float32))
+             tf.TensorSpec([None], tf.float32), tf.TensorSpec([None, len(PENALTIES)], tf.float32))
 
 
 def as_terms(value) -> Terms:
@@ -51,7 +61,7 @@ def as_terms(value) -> Terms:
     channels = tf.convert_to_tensor(value, tf.float32)
     batch = tf.shape(channels)[0]
     unused = tf.zeros(tf.stack([batch, 1, 1, 1]))
-    return Terms(channels, unused, tf.zeros([batch]), unused, tf.zeros([batch]))
+    return Terms(channels, unused, tf.zeros([batch]), unused, tf.zeros([batch]), tf.zeros([batch, len(PENALTIES)]))
 
 
 def weights_matrix(per_image: list[dict[int, float]], channels: int) -> np.ndarray:
@@ -64,8 +74,8 @@ def weights_matrix(per_image: list[dict[int, float]], channels: int) -> np.ndarr
 
 
 def build(channel_weights: np.ndarray, per_image: list[tuple], spatial: tuple[int, int, int] | None,
-          caricature: Callable[[str], np.ndarray]) -> Terms:
-    """A batch's Terms (numpy) from its channel weights and each image's other terms.
+          caricature: Callable[[str], np.ndarray], penalties: np.ndarray | None = None) -> Terms:
+    """A batch's Terms (numpy) from its channel weights, each image's other terms and its (batch, 4) penalties.
 
     `per_image[b]` holds image b's non-channel terms (contract.Term: objective,
     weight and its parts); `spatial` is the layer's (h, w, channels), None at the
@@ -90,7 +100,29 @@ def build(channel_weights: np.ndarray, per_image: list[tuple], spatial: tuple[in
                 targets[row], caricature_weight[row] = caricature(term.image), term.weight
             else:
                 raise ValueError(f"unknown objective {term.objective!r}")
-    return Terms(channels, neurons, layer, targets, caricature_weight)
+    penalties = np.zeros((batch, len(PENALTIES)), np.float32) if penalties is None else penalties
+    return Terms(channels, neurons, layer, targets, caricature_weight, np.asarray(penalties, np.float32))
+
+
+def penalty(pixels: tf.Tensor, terms: Terms) -> tf.Tensor:
+    """Each image's weighted regularizers, to subtract from its loss (0 where the batch has none)."""
+    weights = terms.penalties
+    used = tf.reduce_any(tf.not_equal(tf.gather(weights, [0, 1, 3], axis=1), 0.0))
+    return tf.cond(used, lambda: regularizers(pixels / 255.0, weights), lambda: tf.zeros(tf.shape(pixels)[:1]))
+
+
+def regularizers(unit: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """tv x total variation + lp x Lp norm + blur x blur distance, per image of 0..1 pixels."""
+    tv, lp, p, blur = (weights[:, column] for column in range(len(PENALTIES)))
+    size = tf.cast(tf.reduce_prod(tf.shape(unit)[1:]), tf.float32)
+    variation = tf.image.total_variation(unit) / size
+    centred = tf.abs(unit - 0.5) + 1e-12  # about mid-grey, where the ascent starts; no infinite slope at 0
+    p_safe = tf.where(lp != 0.0, p, tf.ones_like(p))[:, None, None, None]
+    norm = tf.reduce_mean(centred ** p_safe, axis=[1, 2, 3]) ** (1.0 / p_safe[:, 0, 0, 0])
+    blurred = tf.stop_gradient(tf.nn.avg_pool2d(tf.pad(unit, [[0, 0], [1, 1], [1, 1], [0, 0]], "SYMMETRIC"),
+                                                3, 1, "VALID"))
+    distance = 0.5 * tf.reduce_mean(tf.square(unit - blurred), axis=[1, 2, 3])
+    return tv * variation + lp * norm + blur * distance
 
 
 def total(objective: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], activations: tf.Tensor, terms: Terms) -> tf.Tensor:

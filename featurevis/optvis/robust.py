@@ -50,7 +50,8 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     climbs too; with any batch, objectives.Terms and seeds as tensor arguments
     nothing retraces.
     The stats' gradient figures are of the spectra, which is what Adam moves;
-    their step size is the learning rate.
+    their step size is the learning rate. Regularizers (objectives.penalty) are
+    taken on the picture itself, not on the moved copy.
     """
     spectrum_spec = tf.TensorSpec([None, *param.fft_spectrum_shape(image_shape)], tf.float32)
     state_spec = RobustState(spectrum_spec, spectrum_spec, spectrum_spec, tf.TensorSpec([], tf.int64))
@@ -72,10 +73,12 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
         compiled.traces += 1  # runs at trace time only
         with tf.GradientTape() as tape:
             tape.watch(state.spectrum)
-            moved = transform.standard(param.fft_to_pixels(state.spectrum, image_shape), seeds, state.updates, moves)
+            pixels_now = param.fft_to_pixels(state.spectrum, image_shape)
+            moved = transform.standard(pixels_now, seeds, state.updates, moves)
             activations, style = objectives.target_and_style(network(preprocess(moved), training=False))
             target = objectives.total(objective, activations, terms)
-            loss = target - diversity * tf.stop_gradient(tf.abs(target)) * objectives.diversity(style)
+            loss = target - diversity * tf.stop_gradient(tf.abs(target)) * objectives.diversity(style) \
+                - objectives.penalty(pixels_now, terms)
             total = tf.reduce_sum(loss)
         grads = tape.gradient(total, state.spectrum)
         axes = [1, 2, 3, 4]
