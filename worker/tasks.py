@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime, timezone
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import celery
 import numpy as np
@@ -24,6 +24,9 @@ from featurevis.store import ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, MET
 from worker import runtime
 from worker.app import app
 from worker.progress import ProgressPublisher
+
+if TYPE_CHECKING:  # the TensorFlow side is imported in pool children only, when the first job runs
+    from featurevis import batch
 
 SET_COLUMNS = 4  # a diverse set's image.png: up to 4 pictures a row
 
@@ -54,7 +57,7 @@ def sweep(self, **fields) -> contract.SweepSummary:
     missing = [spec for spec in specs if found[spec.job_id] is None]
     rendered = dict(zip((spec.job_id for spec in missing), _render_safely(self, store, missing) if missing else []))
     key = contract.sweep_key(specs)
-    sheet = images.contact_sheet([rendered[spec.job_id].pictures if spec.job_id in rendered
+    sheet = images.contact_sheet([rendered[spec.job_id].picture if spec.job_id in rendered
                                   else store.read_image(spec.key) for spec in specs])
     jobs = [_summary(spec, rendered[spec.job_id].meta if spec.job_id in rendered else found[spec.job_id],
                      cached=spec.job_id not in rendered) for spec in specs]
@@ -140,7 +143,7 @@ def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) 
 
 def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[Published]:
     """Optimize specs of one layer as one batch, then publish each job's result."""
-    from featurevis import batch  # TensorFlow side: imported in pool children only
+    from featurevis import batch  # noqa: F811 - the TensorFlow side, imported here in pool children only
 
     rendered = batch.run(runtime.factory(), specs, ProgressPublisher(task).publish)
     return [_publish(task, store, job, rendered) for job in rendered.jobs]
@@ -148,10 +151,10 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
 
 class Published(NamedTuple):
     meta: contract.JobMeta
-    pictures: np.ndarray
+    picture: np.ndarray  # the job's (first) picture: what a sweep's contact sheet shows
 
 
-def _publish(task: celery.Task, store: ResultStore, job, rendered) -> Published:
+def _publish(task: celery.Task, store: ResultStore, job: batch.Rendered, rendered: batch.Batch) -> Published:
     """Write one job's files, meta.json last: a picture, or a set as a sheet, its array and each PNG."""
     spec, pictures = job.spec, job.pictures
     meta = _meta(task, job, rendered)
@@ -171,7 +174,7 @@ def _sheet_or_picture(frame: np.ndarray) -> np.ndarray:
     return frame[0] if len(frame) == 1 else images.tile(list(frame), SET_COLUMNS)
 
 
-def _meta(task: celery.Task, job, rendered) -> contract.JobMeta:
+def _meta(task: celery.Task, job: batch.Rendered, rendered: batch.Batch) -> contract.JobMeta:
     from featurevis import factory  # loaded by runtime.factory() before any job gets here
 
     spec, info, counts = job.spec, rendered.acquired.model.info, runtime.factory().builds
