@@ -33,8 +33,9 @@ class CompiledStep:
     """A method's step traced for one (model, layer), and what the loop needs around it.
 
     advance(state, terms, seeds, diversity) -> (state, StepStats) is the traced
-    step (terms: objectives.Terms, or a bare (batch, channels) weights matrix); the state is whatever the method moves (pixels, or spectra and their Adam
-    moments), made by start(seeds) and seen as 0..255 images through pixels(state).
+    step (terms: objectives.Terms, or a bare (batch, channels) weights matrix); the
+    state is whatever the method moves (pixels, or spectra and their Adam moments),
+    made by start(seeds) and seen as 0..255 images through pixels(state).
     `traces` counts traces of the step: it should stay at 1.
     """
 

@@ -89,7 +89,8 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     compiled.advance = lambda state, terms, seeds, diversity: step(state, objectives.as_terms(terms), seeds, diversity)
     start = RobustState.start(np.zeros([1, *spectrum_spec.shape[1:]], np.float32))
     # Trace and run once, as gradient_ascent.compile_step does.
-    step(start, objectives.as_terms(tf.zeros([1, network.outputs[0].shape[-1]])), tf.zeros([1], tf.int64), tf.constant(0.0))
+    step(start, objectives.as_terms(tf.zeros([1, network.outputs[0].shape[-1]])), tf.zeros([1], tf.int64),
+         tf.constant(0.0))
     pixels(start)
     return compiled
 
