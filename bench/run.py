@@ -12,9 +12,12 @@ Measures, in one run on inception_v3_untrained at 299x299, and writes bench/resu
 7. `job_efficiency`: a bare loop of only the objective's math (the compiled step, the same number of
    iterations, nothing else) over the whole job as a client sees it (enqueue to SUCCESS), for the
    default job at conv_id 5, 50, 93 and the logits, and shapes_cnn robust at 100 iterations;
-8. cold start: seconds from starting a worker process to its first result, with and without --preload.
+8. cold start: seconds from starting a worker process to its first result, with and without --preload;
+9. the atlas: units per minute for one layer's 64 units (shapes_cnn conv_id 2) as single jobs, as an
+   atlas's batched tasks and as a bare batched loop of the same math; and the bare loop's seconds per unit
+   and iteration on inception_v3_untrained at batch 1, 4 and 16, from which an InceptionV3 atlas is costed.
 
-`--efficiency` runs parts 7 and 8 alone.
+`--efficiency` runs parts 7 and 8 alone, `--atlas` part 9 alone.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from devstack.stack import LocalStack
-from featurevis import contract
+from featurevis import contract, registry
+from featurevis.atlas import DEFAULT_BATCH
 from featurevis.factory import ModelFactory, device_name
 from featurevis.optvis import objectives, render
 from featurevis.store import ResultStore
@@ -48,16 +52,22 @@ EFFICIENCY_JOBS = {"conv5": (MODEL, 5, "gradient_ascent", ITERATIONS, 1),
                    "conv93": (MODEL, 93, "gradient_ascent", ITERATIONS, 1),
                    "logits": (MODEL, None, "gradient_ascent", ITERATIONS, 1),
                    "shapes_robust": ("shapes_cnn", None, "robust", 100, 3)}
+ATLAS_MODEL, ATLAS_CONV_ID = "shapes_cnn", 2  # conv3: 64 units
+ATLAS_ITERATIONS = (30, 100)  # the default job's, and the robust renders' of make demo and make quality
+CURVE_TARGETS, CURVE_BATCHES, CURVE_ITERATIONS = {"conv5": 5, "conv50": 50, "conv93": 93}, (1, 4, 16), 3
+# InceptionV3's 17,216 Conv2D units by where they sit, each third costed by the curve's layer in it.
+INCEPTION_UNITS = {"conv5": 464, "conv50": 5456, "conv93": 11296}
+ATLAS_COST_ITERATIONS = 512  # lucid's render length
 TARGETS_GOALS = {"speedup_vs_tutorial": {"conv5": 6.0, "logits": 1.8}, "service_over_bare": 1.05,
                  "warm_start_latency_ms_p50": 50, "batched_6_speedup": 1.1, "rss_growth": 1.10,
-                 "job_efficiency": 0.85}
+                 "job_efficiency": 0.85, "atlas_over_bare": 0.8, "atlas_over_single": 3.0}
 
 
 class Service:
     """A warm worker behind Redis, and the producer that reaches it."""
 
     def __init__(self, stack: LocalStack):
-        self.producer = Producer(stack.redis_url)
+        self.producer = Producer(stack.redis_url, stack.results_dir)  # the workers' store: atlases are followed there
         self.store = ResultStore(stack.results_dir)
         self.seed = 1000
 
@@ -257,6 +267,117 @@ def cold_start(stack: LocalStack, service: Service) -> dict:
     return rows
 
 
+def atlas_throughput(service: Service, factory: ModelFactory, repeats: int, iterations: int) -> dict:
+    """Units per minute for one layer's units: single jobs, the atlas's batched tasks, a bare batched loop.
+
+    The worker's step for the layer is compiled and its dataset ranked beforehand (an atlas of one unit),
+    as in an atlas's steady state. The bare loop is the same math, render.run over the units in
+    batches of the atlas's size, and nothing else.
+    """
+    info = registry.builtin_info(ATLAS_MODEL)
+    layer = info.conv_layers[ATLAS_CONV_ID]
+    units = list(range(layer.channels))
+    producer = service.producer
+    service.seed += 1
+    producer.atlas({"model": ATLAS_MODEL, "layers": [layer.name], "units": 1, "iterations": 1,
+                    "seed": service.seed}).wait(timeout=600)
+    acquired = factory.acquire(ATLAS_MODEL, ATLAS_CONV_ID)
+    batches = [units[first:first + DEFAULT_BATCH] for first in range(0, len(units), DEFAULT_BATCH)]
+    runs = []
+    for _ in range(repeats):
+        service.seed += 1
+        began = time.perf_counter()
+        jobs = [producer.enqueue({"model": ATLAS_MODEL, "conv_id": ATLAS_CONV_ID, "feature": unit,
+                                  "iterations": iterations, "seed": service.seed}) for unit in units]
+        [job.result.get(timeout=900) for job in jobs]
+        single = time.perf_counter() - began
+        service.seed += 1
+        began = time.perf_counter()
+        producer.atlas({"model": ATLAS_MODEL, "layers": [layer.name], "iterations": iterations,
+                        "seed": service.seed}).wait(timeout=900)
+        batched = time.perf_counter() - began
+        began = time.perf_counter()
+        for batch in batches:
+            weights = objectives.weights_matrix([{unit: 1.0} for unit in batch], layer.channels)
+            render.run(acquired.step, [service.seed] * len(batch), weights, iterations)
+        bare = time.perf_counter() - began
+        runs.append((single, batched, bare))
+    single, batched, bare = (statistics.median(run[index] for run in runs) for index in range(3))
+    per_minute = {name: 60 * len(units) / seconds for name, seconds in
+                  (("single_jobs", single), ("atlas", batched), ("bare_loop", bare))}
+    row = {"units": len(units), "layer": layer.name, "iterations": iterations, "batch": DEFAULT_BATCH,
+           "units_per_minute": per_minute, "atlas_over_bare": per_minute["atlas"] / per_minute["bare_loop"],
+           "atlas_over_single": per_minute["atlas"] / per_minute["single_jobs"]}
+    print(f"  {len(units)} units of {ATLAS_MODEL} {layer.name}, {iterations} iterations: units/min single jobs "
+          f"{per_minute['single_jobs']:.0f}, atlas {per_minute['atlas']:.0f}, bare loop {per_minute['bare_loop']:.0f}",
+          flush=True)
+    return row
+
+
+def batching_curve(factory: ModelFactory) -> dict:
+    """The bare loop's seconds per unit and iteration on InceptionV3 at several batch sizes, and what the
+    curve's best batch makes of an InceptionV3 atlas (gradient ascent, ATLAS_COST_ITERATIONS per unit)."""
+    curve = {}
+    for name, conv_id in CURVE_TARGETS.items():
+        acquired = factory.acquire(MODEL, conv_id)
+        curve[name] = {}
+        for batch in CURVE_BATCHES:
+            features = list(range(batch))
+            weights = objectives.weights_matrix([{feature: 1.0} for feature in features],
+                                                acquired.model.info.feature_count(conv_id))
+            render.run(acquired.step, [1] * batch, weights, 1)
+            began = time.perf_counter()
+            render.run(acquired.step, [1] * batch, weights, CURVE_ITERATIONS)
+            curve[name][str(batch)] = (time.perf_counter() - began) / CURVE_ITERATIONS / batch
+        print(f"  {name}: ms per unit-iteration at batch " + ", ".join(
+            f"{batch}: {seconds * 1000:.1f}" for batch, seconds in curve[name].items()), flush=True)
+    hours = {str(batch): sum(INCEPTION_UNITS[name] * ATLAS_COST_ITERATIONS * curve[name][str(batch)]
+                             for name in CURVE_TARGETS) / 3600 for batch in CURVE_BATCHES}
+    return {"s_per_unit_iteration": curve, "inception_atlas_cpu_hours": hours,
+            "inception_atlas_iterations": ATLAS_COST_ITERATIONS}
+
+
+def atlas_only() -> int:
+    results = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as folder, \
+            LocalStack(results_dir=Path(folder) / "results", preload=ATLAS_MODEL, log_dir=Path(folder) / "logs") as stack:
+        results["device"] = device_name()
+        run_atlas(results, Service(stack), ModelFactory(), repeats=2)
+    written = ROOT / "bench" / "results-atlas.json"
+    written.write_text(json.dumps(results, indent=1) + "\n")
+    print_atlas(results)
+    return 0
+
+
+def run_atlas(results: dict, service: Service, factory: ModelFactory, repeats: int) -> None:
+    print("9. the atlas: one layer's units as single jobs, as the atlas's batched tasks, as a bare batched loop",
+          flush=True)
+    results["atlas"] = {str(iterations): atlas_throughput(service, factory, repeats, iterations)
+                        for iterations in ATLAS_ITERATIONS}
+    print("9b. the bare loop's batching curve on inception_v3_untrained", flush=True)
+    results["atlas_cost"] = batching_curve(factory)
+
+
+def print_atlas(r: dict, header: bool = True) -> None:
+    if "atlas" not in r:
+        return
+    if header:
+        print("\n| measure | value | goal |\n|---|---|---|")
+    goals = TARGETS_GOALS
+    for iterations, row in r["atlas"].items():
+        per_minute = row["units_per_minute"]
+        print(f"| atlas units/min, {row['units']} units of {ATLAS_MODEL} {row['layer']}, {iterations} iterations: "
+              f"single jobs / atlas / bare loop | {per_minute['single_jobs']:.0f} / {per_minute['atlas']:.0f} / "
+              f"{per_minute['bare_loop']:.0f} | |")
+        print(f"| atlas / bare loop, {iterations} iterations | {row['atlas_over_bare']:.2f} | "
+              f">= {goals['atlas_over_bare']} |")
+        print(f"| atlas / single jobs, {iterations} iterations | {row['atlas_over_single']:.2f} | "
+              f">= {goals['atlas_over_single']} |")
+    for batch, hours in r["atlas_cost"]["inception_atlas_cpu_hours"].items():
+        print(f"| InceptionV3 atlas, {r['atlas_cost']['inception_atlas_iterations']} iterations, bare loop at batch "
+              f"{batch}: CPU worker-hours (estimate from the curve) | {hours:.0f} | |")
+
+
 def _rss_mb(pid: int) -> float:
     line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmRSS"))
     return int(line.split()[1]) / 1024
@@ -287,6 +408,8 @@ def run_efficiency(results: dict, stack: LocalStack, service: Service, factory: 
 def main() -> int:
     if "--efficiency" in sys.argv:
         return efficiency_only()
+    if "--atlas" in sys.argv:
+        return atlas_only()
     quick = "--quick" in sys.argv
     targets = {k: v for k, v in TARGETS.items() if not quick or k in ("conv5", "logits")}
     repeats = 1 if quick else 2
@@ -313,6 +436,7 @@ def main() -> int:
             results["memory"] = memory(service, 3)
             results["rss_mb_after_50_jobs"] = results["memory"]["rss_mb_after_50_jobs"]
             run_efficiency(results, stack, service, factory, repeats)
+            run_atlas(results, service, factory, repeats)
     if not quick:
         print("6. precision: bf16 mixed precision vs float32 (bare loop)", flush=True)
         results["precision"] = precision([5, 93, "logits"], ITERATIONS)
@@ -339,6 +463,7 @@ def print_table(r: dict) -> None:
         print(f"| rss_mb_after_50_jobs (after first job per layer) | {memory['rss_mb_after_50_jobs']:.0f} "
               f"({memory['rss_mb_after_first_job_per_layer']:.0f}, x{memory['growth']:.3f}) | <= x1.10 |")
     print_efficiency(r, header=False)
+    print_atlas(r, header=False)
     for conv_id, row in r.get("precision", {}).items():
         print(f"| bf16 speedup, conv {conv_id} (picture correlation) | {row['bf16_speedup']:.2f} "
               f"({row['picture_correlation']:.3f}) | keep fp32 unless faster and the same picture |")

@@ -8,8 +8,10 @@ ImageNet weights are used when Keras can load them; otherwise the demo says so
 and runs on inception_v3_untrained, whose pictures show an architecture, not a
 trained network's concepts. So it then draws all ten classes of the trained
 shapes_cnn that ships with the repository, by the robust method: pictures a
-person can read. Last, it saves a small Keras model as a user would
+person can read. Then it saves a small Keras model as a user would
 (examples/save_a_model.py), registers it and visualizes one of its layers.
+Last, a small atlas of shapes_cnn (a few units of each layer, with the dataset
+images that excite each most), and the path of its page.
 """
 from __future__ import annotations
 
@@ -21,12 +23,13 @@ from pathlib import Path
 from devstack.stack import REPO_ROOT, LocalStack
 from featurevis.registry import WeightsUnavailable
 from producer import Producer
-from producer.cli import follow
+from producer.cli import follow, follow_atlas
 from producer.client import JobFailed
 
 FLOWER_PORT = 5555
 TUTORIAL_LAYER = "mixed/conv"  # the tutorial's conv_names[5]
 EXAMPLE = REPO_ROOT / "examples" / "save_a_model.py"
+ATLAS_UNITS = 4  # of each layer: a small atlas that shows the pages in seconds
 
 
 def main() -> int:
@@ -40,7 +43,7 @@ def main() -> int:
         producer = Producer(stack.redis_url, results)
         pictures = []
         model = "inception_v3"
-        say(f"1/5 layer {TUTORIAL_LAYER} (conv_id 5) feature 2, 30 iterations (the tutorial's first picture)")
+        say(f"1/6 layer {TUTORIAL_LAYER} (conv_id 5) feature 2, 30 iterations (the tutorial's first picture)")
         tutorial_case = dict(layer=TUTORIAL_LAYER, feature=2, iterations=30)
         try:
             pictures.append(run(producer.enqueue(dict(model=model, **tutorial_case))))
@@ -50,22 +53,27 @@ def main() -> int:
             model = "inception_v3_untrained"
             say(f"ImageNet weights unavailable ({error}); running on {model} instead")
             pictures.append(run(producer.enqueue(dict(model=model, **tutorial_case))))
-        say(f"2/5 sweep: features 1-6 of {TUTORIAL_LAYER} in one batched pass")
+        say(f"2/6 sweep: features 1-6 of {TUTORIAL_LAYER} in one batched pass")
         pictures.append(run(producer.sweep(dict(model=model, layer=TUTORIAL_LAYER, features=[1, 2, 3, 4, 5, 6],
                                                 iterations=30))))
-        say("3/5 the class kit fox (Keras' class 278; the tutorial's #1), 100 iterations")
+        say("3/6 the class kit fox (Keras' class 278; the tutorial's #1), 100 iterations")
         pictures.append(run(producer.enqueue({"model": model, "class": "kit fox", "iterations": 100})))
-        say("4/5 shapes_cnn (trained, shipped): its ten classes by the robust method, 100 iterations, one sweep")
+        say("4/6 shapes_cnn (trained, shipped): its ten classes by the robust method, 100 iterations, one sweep")
         pictures.append(run(producer.sweep(dict(model="shapes_cnn", features=list(range(10)), method="robust",
                                                 iterations=100))))
-        say("5/5 your own model: examples/save_a_model.py trains and saves a small CNN; register it, visualize it")
+        say("5/6 your own model: examples/save_a_model.py trains and saves a small CNN; register it, visualize it")
         pictures.append(run(producer.enqueue(dict(model=register_example(producer, state), layer="block2",
                                                   feature=3, method="robust", iterations=100))))
+        say(f"6/6 an atlas: the first {ATLAS_UNITS} units of each shapes_cnn Conv2D layer, with their dataset examples")
+        atlas_page = run_atlas(producer.atlas({"model": "shapes_cnn", "units": ATLAS_UNITS, "method": "robust",
+                                               "iterations": 100, "seed": 1}))
     say("pictures:")
     for picture in pictures:
         print(picture)
     say(f"everything is under {results} (image.png, image.npy and meta.json per job); "
         f"open {results / 'index.html'} for the gallery")
+    say("the atlas (layers, each unit's picture beside the shapes that excite it most):")
+    print(atlas_page)
     return 0
 
 
@@ -85,6 +93,11 @@ def register_example(producer: Producer, state: Path) -> str:
 def run(job) -> str:
     say(f"job {job.id}")
     return follow(job)
+
+
+def run_atlas(job) -> str:
+    say(f"atlas {job.id}: {job.queued} of {job.atlas.total} units queued")
+    return follow_atlas(job)
 
 
 def say(message: str) -> None:

@@ -14,7 +14,7 @@ creation order (what `conv_id` indexes, as the tutorial's `conv_names` did),
 the classes and how 0..255 pixels reach the network. The producer validates
 jobs from it alone.
 
-The four built-in models are ordinary entries whose descriptions ship in
+The five built-in models are ordinary entries whose descriptions ship in
 `featurevis/models/`; workers write them into the store at start, and a
 process that finds no entry for a built-in name reads the shipped one.
 """
@@ -58,10 +58,13 @@ BUILTINS = {
     "inception_v3_untrained": {"keras_app": "InceptionV3", "weights": "untrained", "description": "inception_v3"},
     "shapes_cnn": {"architecture": "shapes_cnn", "weights": "shipped", "description": "shapes_cnn"},
     "shapes_cnn_b": {"architecture": "shapes_cnn_b", "weights": "shipped", "description": "shapes_cnn_b"},
+    "shapes_judge": {"architecture": "shapes_judge", "weights": "shipped", "description": "shapes_judge"},
 }
 
-# A model whose class visualizations an independently trained model judges (scoring's judge).
-JUDGES = {"shapes_cnn": "shapes_cnn_b"}
+# A model whose class visualizations an independently trained model judges (scoring's judge). shapes_judge
+# shares neither architecture nor training data nor the generator of its data (featurevis/shapes_judge.py)
+# with shapes_cnn; shapes_cnn_b, trained on shapes_cnn's generator, stays a model jobs can use.
+JUDGES = {"shapes_cnn": "shapes_judge"}
 
 
 class ModelRefused(ValueError):

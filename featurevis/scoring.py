@@ -7,8 +7,9 @@
 - specificity: for a conv target, the target channel's z-score among all the
   layer's channels at the picture (does it excite this feature, or everything?);
   for a class target, the class's softmax probability and rank.
-- transferability (models with a judge, e.g. shapes_cnn judged by shapes_cnn_b):
-  whether an independently trained network also sees the target class.
+- transferability (models with a judge, e.g. shapes_cnn judged by shapes_judge):
+  whether an independently trained network, one that learnt the classes from another
+  generator's images, also sees the target class.
 - for a diverse set, gram_similarity: how alike the images' styles are at the
   target layer, the quantity the diversity term lowers.
 """

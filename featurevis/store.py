@@ -23,6 +23,10 @@ The layout, built here and nowhere else:
         [model.keras]  description.json
     models/<name>/current.json                        the version a job on <name> gets
     uploads/<sha256>.<png|jpg|npy>                    a user's image (a caricature's), by its content's hash
+    models/<name>/<version>/dataset.npy, dataset.json  the model's dataset, for atlases' examples
+    models/<name>/<version>/examples/<dataset>/       <layer>.json: each unit's top and bottom images; <index>.png
+    atlases/<atlas_id>/                               an atlas: progress.json, index.html
+    atlases/<atlas_id>/<layer>/                       index.html, units.json, unit_<NNNN>.html
     index.html                                        the gallery
 
 Readers (the gallery) take a result's model, layer and features from its
@@ -92,6 +96,32 @@ def set_png(index: int) -> str:
     return f"image_{index}.png"
 
 
+# Atlases (featurevis/atlas.py, atlas_pages.py) and the datasets beside models (datasets.py, examples.py).
+ATLASES = "atlases"
+PROGRESS = "progress.json"
+ATLAS_PAGE = "index.html"  # the atlas's, and each layer's in its folder
+ATLAS_UNITS = "units.json"
+DATASET, DATASET_INFO = "dataset.npy", "dataset.json"
+
+
+def atlas_key(atlas_id: str, layer: str = "") -> str:
+    """An atlas's folder (progress.json, its page), or one layer's (its page, units.json, unit pages)."""
+    return "/".join(part for part in (ATLASES, atlas_id, layer) if part)
+
+
+def unit_page(feature: int) -> str:
+    return f"unit_{feature:04d}.html"
+
+
+def examples_key(name: str, version: str, dataset: str) -> str:
+    """A model version's dataset ranked per layer (<layer>.json) and the dataset images the rankings show."""
+    return f"{model_key(name, version)}/examples/{dataset}"
+
+
+def example_png(index: int) -> str:
+    return f"{index:06d}.png"
+
+
 def model_and_layer(key: str) -> tuple[str, str]:
     """The model and layer a job's or sweep's key belongs to (metas older than 0.2.0's sweeps do not say)."""
     model, layer, *_ = key.split("/")
@@ -153,8 +183,13 @@ class ResultStore:
         np.save(raw, image.astype(np.float32))
         self.write(key, {IMAGE_PNG: png, IMAGE_NPY: raw.getvalue(), **(extra or {})}, meta)
 
-    def put(self, key: str, name: str, data: bytes, content_type: str | None = None) -> None:
-        """One file, whole or not at all: a temporary name and a rename locally, one upload on S3."""
+    def put(self, key: str, name: str, data: bytes, content_type: str | None = None, durable: bool = True) -> None:
+        """One file, whole or not at all: a temporary name and a rename locally, one upload on S3.
+
+        `durable`: synced to disk before the rename, so a crash never leaves a renamed empty file. Files
+        rebuilt from others (an atlas's pages) skip the sync, which cost more than writing them
+        (bench/RESULTS.md, Atlas).
+        """
         target = self.path(key, name)
         if not self.local:
             self.fs.pipe_file(target, data, **({"ContentType": content_type} if content_type else {}))
@@ -164,8 +199,9 @@ class ResultStore:
         try:
             with open(temporary, "wb") as handle:
                 handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
             os.replace(temporary, target)
         finally:
             if os.path.exists(temporary):

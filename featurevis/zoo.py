@@ -76,11 +76,18 @@ def _shapes_cnn(weights: str | None) -> keras.Model:
 
 
 def _shapes_cnn_b(weights: str | None) -> keras.Model:
-    """An independent judge of shapes_cnn's pictures: other kernels (5x5, 3x3), strides instead of pooling,
-    12-24-48-96-96 channels, another seed and other training data."""
+    """A second model of shapes_cnn's generator (its judge is _shapes_judge): other kernels (5x5, 3x3), strides
+    instead of pooling, 12-24-48-96-96 channels, another seed and other training data."""
     blocks = [ConvBlock(12, 5, stride=2), ConvBlock(24, 5, stride=2), ConvBlock(48, 3), ConvBlock(96, 3, stride=2),
               ConvBlock(96, 3)]
     return _small_cnn("shapes_cnn_b", blocks, weights)
+
+
+def _shapes_judge(weights: str | None) -> keras.Model:
+    """The judge of shapes_cnn's class pictures, trained on another generator (featurevis/shapes_judge.py):
+    a 5x5 first layer with pooling, then a strided 3x3 layer, 16-32-48-96 channels."""
+    blocks = [ConvBlock(16, 5, pool=True), ConvBlock(32, 3, pool=True), ConvBlock(48, 3, stride=2), ConvBlock(96, 3)]
+    return _small_cnn("shapes_judge", blocks, weights)
 
 
 def _small_cnn(name: str, blocks: list[ConvBlock], weights: str | None) -> keras.Model:
@@ -107,7 +114,8 @@ def _small_cnn(name: str, blocks: list[ConvBlock], weights: str | None) -> keras
 
 # The architectures this repository defines and trains (scripts/train_shapes.py); they see pixels / 255.
 ARCHITECTURES: dict[str, Callable[[str | None], keras.Model]] = {"shapes_cnn": _shapes_cnn,
-                                                                  "shapes_cnn_b": _shapes_cnn_b}
+                                                                  "shapes_cnn_b": _shapes_cnn_b,
+                                                                  "shapes_judge": _shapes_judge}
 SHAPES_PREPROCESS = "unit"
 
 # How each Keras Application family expects its pixels (keras.applications.<family>.preprocess_input).

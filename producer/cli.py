@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="queue several features of one layer as one batched job")
     job_options(sweep)
     sweep.add_argument("--features", type=_features, default=[1, 2, 3, 4, 5, 6], help="e.g. 1-6 (default) or 0,4,9")
-    status = commands.add_parser("status", help="show a job's state")
+    _atlas_parser(commands.add_parser("atlas", help="queue every unit of a model's layers, with pages in the store"))
+    status = commands.add_parser("status", help="show a job's or an atlas's state")
     status.add_argument("job_id")
     _models_parser(commands.add_parser("models", help="register, list and show models"))
     return parser
@@ -120,12 +121,34 @@ def _models_parser(models: argparse.ArgumentParser) -> None:
     register.add_argument("--scale", type=_numbers, default=None, help="instead of --preprocess: per-channel scale")
     register.add_argument("--offset", type=_numbers, default=None, help="with --scale: per-channel offset")
     register.add_argument("--class-names", default=None, help="a JSON list, or a text file of one class name a line")
+    register.add_argument("--dataset", default=None,
+                          help="a .npz of images or a folder of PNG/JPEG files, for atlases' dataset examples")
     register.add_argument("--no-wait", action="store_true", help="queue the registration and return")
+    dataset = actions.add_parser("dataset", help="store a dataset beside a registered model (atlas examples)")
+    dataset.add_argument("name")
+    dataset.add_argument("path", help="a .npz (its 'images' array, or its only one) or a folder of PNG/JPEG files")
+    dataset.add_argument("--version", default=None, help="a registered sha256 (default: the current one)")
     actions.add_parser("list", help="the registered models, one a line")
     show = actions.add_parser("show", help="a model's input, classes and layers (conv_ids, channels)")
     show.add_argument("name")
     show.add_argument("--version", default=None, help="a registered sha256 (default: the current one)")
     show.add_argument("--json", action="store_true", help="the whole description as JSON")
+
+
+def _atlas_parser(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", default=None, help="default inception_v3")
+    command.add_argument("--layers", type=_layers, default=None,
+                         help="all (every Conv2D layer, the default) or layer names and conv_ids, e.g. conv1,3")
+    command.add_argument("--units", type=_scalar, default=None, help="the first K units of each layer (default all)")
+    command.add_argument("--method", default=None, help="default gradient_ascent")
+    command.add_argument("--iterations", type=_scalar, default=None, help="1..10000, default 30")
+    command.add_argument("--seed", type=_scalar, default=None, help="drawn and recorded when absent")
+    command.add_argument("--batch", type=_scalar, default=None, help="units of one layer per task, default 32")
+    command.add_argument("--wait", action="store_true", help="show progress over all units and print the atlas page")
+
+
+def _layers(text: str):
+    return text if text == "all" else [_scalar(part) for part in text.split(",")]
 
 
 def _numbers(text: str) -> list:
@@ -141,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "models":
             return _models(producer, args)
+        if args.command == "atlas":
+            return _atlas(producer, args)
         fields = {name: value for name, value in vars(args).items()
                   if name not in ("command", "wait") and value is not None}
         job = producer.sweep(fields) if args.command == "sweep" else producer.enqueue(_objective(producer, fields))
@@ -192,10 +217,26 @@ def _json(text: str, flag: str):
         raise JobError("targets", f"{flag}: not JSON ({error})") from None
 
 
+def _atlas(producer: Producer, args: argparse.Namespace) -> int:
+    fields = {name: value for name, value in vars(args).items() if name not in ("command", "wait") and value is not None}
+    job = producer.atlas(fields)
+    print(job.id, flush=True)
+    if not job.queued:
+        state = job.progress().state
+        print(f"note: atlas {'complete' if state == 'done' else 'already running'}; nothing queued", file=sys.stderr)
+    else:
+        print(f"queued {job.queued} of {job.atlas.total} units", file=sys.stderr)
+    if args.wait:
+        print(follow_atlas(job))
+    return 0
+
+
 def _models(producer: Producer, args: argparse.Namespace) -> int:
     if args.action == "list":
         for info in producer.models():
             print(_summary_line(info))
+    elif args.action == "dataset":
+        _dataset_added(producer.add_dataset(args.name, args.path, args.version), args.name)
     elif args.action == "show":
         info = producer.model(args.name, args.version)
         print(json.dumps(info.description, indent=1) if args.json else _details(info))
@@ -212,7 +253,13 @@ def _models(producer: Producer, args: argparse.Namespace) -> int:
         elif verdict["registered"]:
             print(f"registered {args.name}: input {verdict['input_shape']}, {verdict['layers']} layers "
                   f"({verdict['conv_layers']} Conv2D), {verdict['classes']} classes", file=sys.stderr)
+        if args.dataset and verdict["registered"]:
+            _dataset_added(producer.add_dataset(args.name, args.dataset, verdict["sha256"]), args.name)
     return 0
+
+
+def _dataset_added(described: dict, name: str) -> None:
+    print(f"dataset of {described['size']} images stored beside {name} ({described['sha256'][:12]})", file=sys.stderr)
 
 
 def _class_names(path: str | None) -> list[str] | None:
@@ -268,6 +315,17 @@ def follow(job: Job) -> str:
     if any(one.untrained for one in jobs):
         print("note: untrained weights (fixed-seed random init); the picture shows the architecture, not ImageNet",
               file=sys.stderr)
-    picture = result.contact_sheet if isinstance(result, contract.SweepSummary) else result.image
+    return _located(result.contact_sheet if isinstance(result, contract.SweepSummary) else result.image)
+
+
+def follow_atlas(job) -> str:
+    """Follow an atlas with one progress bar over all its units (done / total, rate, ETA); where its page is."""
+    with tqdm(total=job.atlas.total, desc=job.id[:12], unit="unit", file=sys.stderr, dynamic_ncols=True) as bar:
+        job.wait(on_progress=lambda progress: bar.update(progress.done - bar.n))
+    return _located(job.page)
+
+
+def _located(key: str) -> str:
+    """Where a file of the store is found: its address under RESULTS_URL, else its path or s3:// URL."""
     base = os.environ.get("RESULTS_URL")  # where a web server publishes RESULTS_DIR (the compose file's)
-    return f"{base.rstrip('/')}/{quote(picture)}" if base else ResultStore.from_env().locate(picture)
+    return f"{base.rstrip('/')}/{quote(key)}" if base else ResultStore.from_env().locate(key)

@@ -24,7 +24,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from kombu.utils.url import maybe_sanitize_url
 
-from featurevis import contract, images, registry, store
+from featurevis import atlas, atlas_pages, contract, images, registry, store
 from featurevis.contract import JobError
 from featurevis.registry import ModelRefused
 from featurevis.store import MODEL_FILE, ResultStore
@@ -125,6 +125,11 @@ class Producer:
         if not self.registry.store.exists(key):
             self.registry.store.put(*key.rsplit("/", 1), data)
         return key
+    def atlas(self, fields: dict[str, Any]):
+        """Queue an atlas: every unit of a model's layers, batched (producer/atlas.py); returns an AtlasJob."""
+        from producer.atlas import submit
+
+        return submit(self, fields)
 
     def register_model(self, name: str, file: str | os.PathLike | None = None, keras_app: str | None = None,
                        weights: str = "imagenet", preprocess: str | dict | None = None,
@@ -162,6 +167,13 @@ class Producer:
             raise ModelRefused(_one_line(error)) from None
         return {**verdict, "registered": True, "already": False}
 
+    def add_dataset(self, name: str, path: str | os.PathLike, version: str | None = None) -> dict:
+        """Store a dataset (.npz, or a folder of PNG/JPEG files) beside a registered model, for its atlases'
+        dataset examples; ModelRefused (one line) when it does not fit the model. Needs no worker."""
+        from featurevis import datasets
+
+        return datasets.put(self.registry, self.model(name, version), path)
+
     def models(self) -> list[registry.ModelInfo]:
         """Every registered model at its current version. Reads the store only."""
         return [self.registry.get(name) for name in self.registry.names()]
@@ -195,8 +207,12 @@ class Producer:
                                               "preprocess": preprocess, "class_names": class_names})
 
     def status(self, job_id: str) -> dict:
+        """A job's Celery state; for an atlas id, its progress.json as `info`."""
         self._check_broker()
         result = self.app.AsyncResult(job_id)
+        progress = atlas_pages.read_progress(self.registry.store, job_id) if atlas.ID.fullmatch(job_id) else None
+        if progress is not None:
+            return {"atlas_id": job_id, "state": progress.state, "info": progress.model_dump(mode="json")}
         info = result.info
         if isinstance(info, BaseException):
             info = _one_line(info)

@@ -2,7 +2,7 @@
 
 Each setting (Adam's learning rate x how far the transforms move the image) is
 scored as `make quality` scores the methods:
-- shapes_cnn, 10 classes x 5 seeds: does shapes_cnn_b see the target class
+- shapes_cnn, 10 classes x 5 seeds: does the judge (registry.JUDGES, shapes_judge) see the target class
   (transferability), and the held-out robustness;
 - inception_v3_untrained at conv_id 50, 2 features: held-out robustness and
   specificity (the hard layer: the robust method's weakest figures are there).

@@ -1,10 +1,12 @@
-"""Trains shapes_cnn and shapes_cnn_b on featurevis.shapes; writes their weights and descriptions.
+"""Trains shapes_cnn and shapes_cnn_b on featurevis.shapes, and the judge shapes_judge on
+featurevis.shapes_judge (another generator of the same classes); writes their weights and descriptions.
 
 Run in a fresh process: `.venv/bin/python scripts/train_shapes.py [name ...]`
-(each model about 4 minutes on 2 CPU cores; no names: both). It writes, in
+(each model about 4 minutes on 2 CPU cores; no names: all three). It writes, in
 featurevis/models/,
 `<architecture>.weights.h5`, `<architecture>.json` (the registry's description
-plus `accuracy` on fresh data and `trained_by`) and `shapes_classes.json`.
+plus `accuracy` on fresh data of its own generator, `accuracy_by_generator` on
+fresh data of both, `trained_on` and `trained_by`) and `shapes_classes.json`.
 
 Both are trained adversarially (FGSM with a random start, Wong, Rice and
 Kolter 2020, "Fast is better than free"): every batch is first pushed by one
@@ -19,9 +21,10 @@ draw the classes (quality/results.json has the figures).
 Deterministic: data come from seeded generators, Keras' seeds are set per
 model, the random starts are stateless draws from (seed, step) and
 TensorFlow's ops run deterministically, so a rerun on the same software
-writes the same weights. The two models differ in architecture, seed
-and training data, so shapes_cnn_b can judge shapes_cnn's pictures
-independently.
+writes the same weights. shapes_cnn and shapes_cnn_b differ in architecture,
+seed and training data but share a generator; shapes_judge shares neither
+architecture nor generator with shapes_cnn, so it judges shapes_cnn's pictures
+independently (registry.JUDGES).
 """
 import json
 import math
@@ -34,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from featurevis import registry, shapes, zoo
+from featurevis import registry, shapes, shapes_judge, zoo
 
 # Its sibling: run as a script, this file's folder is sys.path[0].
 from describe_models import shipped_description
@@ -53,23 +56,29 @@ EPSILON = 6.0
 FGSM_STEP = 1.25 * EPSILON  # Wong et al.'s step from the random start
 
 
+# The generators, by module name: what a model is trained on, and what its accuracy is measured on.
+GENERATORS = {"featurevis.shapes": shapes, "featurevis.shapes_judge": shapes_judge}
+
+
 @dataclass(frozen=True)
 class Recipe:
     seed: int  # Keras' initialization and shuffling, and the training data
     samples: int
     epochs: int
+    generator: str = "featurevis.shapes"
 
 
 RECIPES = {
     "shapes_cnn": Recipe(seed=1, samples=16_000, epochs=6),
     "shapes_cnn_b": Recipe(seed=2, samples=16_000, epochs=6),
+    "shapes_judge": Recipe(seed=3, samples=12_000, epochs=6, generator="featurevis.shapes_judge"),
 }
 
 
 def train(architecture: str, recipe: Recipe) -> keras.Model:
     """Adam with a cosine-decayed learning rate on the pre-softmax logits of adversarial batches."""
     keras.utils.set_random_seed(recipe.seed)
-    images, labels = shapes.generate(recipe.samples, recipe.seed)
+    images, labels = GENERATORS[recipe.generator].generate(recipe.samples, recipe.seed)
     preprocess = PREPROCESS
     model = zoo.ARCHITECTURES[architecture](None)
     steps = recipe.epochs * math.ceil(recipe.samples / BATCH_SIZE)
@@ -126,21 +135,24 @@ def main() -> None:
         "source": "featurevis/shapes.py CLASS_NAMES, in label order: a synthetic data set of shapes and textures",
         "names": list(shapes.CLASS_NAMES),
     })
-    eval_images, eval_labels = shapes.generate(EVAL_SAMPLES, EVAL_SEED)
+    evaluation = {name: generator.generate(EVAL_SAMPLES, EVAL_SEED) for name, generator in GENERATORS.items()}
     for architecture in sys.argv[1:] or RECIPES:
         recipe = RECIPES[architecture]
         started = time.perf_counter()
         model = train(architecture, recipe)
-        score = accuracy(architecture, model, eval_images, eval_labels)
+        by_generator = {name: accuracy(architecture, model, *data) for name, data in evaluation.items()}
+        score = by_generator[recipe.generator]
         weights = registry.shipped_weights_file(architecture)
         model.save_weights(weights)
         print(f"wrote {weights} ({weights.stat().st_size / 1e6:.2f} MB)")
         write_json(registry.SHIPPED_DIR / f"{architecture}.json", {
-            **shipped_description(architecture, model), "accuracy": score, "trained_by": "scripts/train_shapes.py",
-            "adversarial_epsilon": EPSILON,
+            **shipped_description(architecture, model), "accuracy": score, "accuracy_by_generator": by_generator,
+            "trained_on": recipe.generator, "trained_by": "scripts/train_shapes.py", "adversarial_epsilon": EPSILON,
         })
-        print(f"{architecture}: accuracy {score:.4f} on {EVAL_SAMPLES} fresh samples (seed {EVAL_SEED}), "
-              f"trained in {time.perf_counter() - started:.0f} s")
+        print(f"{architecture}: accuracy {score:.4f} on {EVAL_SAMPLES} fresh samples (seed {EVAL_SEED}) of its "
+              f"generator {recipe.generator}; "
+              + ", ".join(f"{value:.4f} on {name}" for name, value in by_generator.items())
+              + f"; trained in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

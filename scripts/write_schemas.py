@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from featurevis import contract
+from featurevis import atlas, contract
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -13,3 +13,6 @@ if __name__ == "__main__":
         path = ROOT / "schema" / f"{task}.schema.json"
         path.write_text(json.dumps(contract.json_schema(task), indent=2) + "\n")
         print(f"wrote {path}")
+    path = ROOT / "schema" / "featurevis.atlas.schema.json"
+    path.write_text(json.dumps(atlas.json_schema(), indent=2) + "\n")
+    print(f"wrote {path}")

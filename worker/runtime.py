@@ -110,11 +110,16 @@ class JobLock:
 
 
 def job_lock(job_id: str) -> JobLock:
+    lifetime = min(LOCK_SECONDS, app.conf.task_soft_time_limit / 4)
+    return JobLock(redis_client(), job_id, lifetime, wait=app.conf.task_time_limit)
+
+
+def redis_client() -> redis.Redis:
+    """This process's client of the broker's Redis, for locks."""
     global _redis
     if _redis is None:
         _redis = redis.Redis.from_url(app.conf.broker_url)
-    lifetime = min(LOCK_SECONDS, app.conf.task_soft_time_limit / 4)
-    return JobLock(_redis, job_id, lifetime, wait=app.conf.task_time_limit)
+    return _redis
 
 
 def factory():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import celery
 import numpy as np
@@ -122,14 +122,19 @@ def _read_meta(store: ResultStore, spec: JobSpec) -> contract.JobMeta | None:
 
 
 def _render_safely(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[Published]:
-    """_render, with TensorFlow's exceptions turned into plain ones.
+    """_render, with TensorFlow's exceptions turned into plain ones (plain_errors)."""
+    return plain_errors(_render, task, store, specs)
+
+
+def plain_errors(function: Callable, *args):
+    """function(*args), with TensorFlow's exceptions turned into plain ones.
 
     Celery unpickles a failed task's exception in the worker's parent process;
     a TensorFlow or Keras exception class would import TensorFlow there, and
     the parent must stay TF-free to fork healthy children.
     """
     try:
-        return _render(task, store, specs)
+        return function(*args)
     except SoftTimeLimitExceeded:
         raise TimeoutError(f"job exceeded its time limit of {app.conf.task_soft_time_limit} s "
                            f"(FEATUREVIS_SOFT_TIME_LIMIT); ask for fewer iterations") from None
