@@ -49,17 +49,24 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
     acquired = factory.acquire(first.model, first.layer, first.step, first.model_sha256)
     info = acquired.model.info
     seeds = [seed for spec in specs for seed in spec.seeds]
-    weights = objectives.weights_matrix([spec.weights for spec in specs for _ in spec.seeds],
-                                        info.feature_count(first.layer))
+    per_image = [spec for spec in specs for _ in spec.seeds]
+    weights = objectives.weights_matrix([spec.weights for spec in per_image], info.feature_count(first.layer))
+    layer = None if first.layer == LOGITS else info.layer(first.layer)
+    terms = objectives.build(weights, [spec.terms or () for spec in per_image],
+                             layer and (layer.height, layer.width, layer.channels),
+                             lambda key: factory.caricature(acquired.model, first.layer, key),
+                             np.array([[getattr(spec, name) for name in objectives.PENALTIES] for spec in per_image]))
     started, started_at = time.perf_counter(), time.time()
-    ascent = render.run(acquired.step, seeds, weights, first.iterations, first.diversity,
+    ascent = render.run(acquired.step, seeds, terms, first.iterations, first.diversity,
                         classify=acquired.model.classify,
                         on_progress=_progress(specs, info.class_names, on_progress),
                         frame_every=max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0)
     timings = contract.Timings(model_load_s=acquired.model_load_s, compile_s=acquired.compile_s,
                               optimize_s=time.perf_counter() - started, started_at=started_at, batch_size=len(specs))
     final = ascent.predictions[-1].probabilities if ascent.predictions else None
-    scores = scoring.scores(acquired.probe, ascent.images, weights, final, first.layer == LOGITS,
+    # Scores read channel means: a direction is its channels' weights already, a neuron counts as its channel.
+    channel_view = terms.channels + terms.neurons.sum(axis=(1, 2))
+    scores = scoring.scores(acquired.probe, ascent.images, channel_view, final, first.layer == LOGITS,
                             factory.judge(first.model))
     return Batch(acquired, timings, [_share(spec, rows, ascent, scores, acquired, info.class_names)
                                      for spec, rows in zip(specs, _rows(specs))])

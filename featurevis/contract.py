@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,13 +66,71 @@ class JobError(ValueError):
         return f"{self.field}: {self.message}"
 
 
+# The kinds of objective term (lucid's objectives), and the parts each needs and may have. channel is today's
+# (a class, at the logits); the others need a layer with positions. optvis/objectives.py holds the math.
+OBJECTIVES = {
+    "channel": ({"feature"}, set()),  # the mean of one channel over the map, or one logit
+    "class": ({"feature"}, set()),  # a class logit: the channel objective at the logits, by its other name
+    "neuron": ({"feature"}, {"x", "y"}),  # one channel at one position of the layer's map, the centre by default
+    "direction": ({"vector"}, set()),  # a vector over the layer's channels, dotted with their means
+    "layer": (set(), set()),  # DeepDream: the mean squared activation of the whole layer
+    "caricature": ({"image"}, set()),  # the activations an uploaded image gives, matched by cosine similarity
+}
+SPATIAL_OBJECTIVES = ("neuron", "direction", "layer", "caricature")
+MAX_VECTOR = 4096  # channels of a direction
+# Regularizers, off (0) by default: weights of penalties on the picture's 0..1 pixels (optvis/objectives.py).
+MAX_PENALTY = 1000.0
+LP_P_RANGE = (1.0, 10.0)
+DEFAULT_LP_P = 2.0
+
+
 class Target(BaseModel):
-    """One term of a composed objective: maximize weight x feature (a negative weight suppresses it)."""
+    """One term of a composed objective: maximize weight x its value (a negative weight suppresses it).
+
+    Without `objective` it is a channel (or class) `feature`, as before objectives had kinds.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    feature: int = Field(ge=0)
+    objective: Literal[tuple(OBJECTIVES)] = "channel"  # type: ignore[valid-type]
+    feature: int | None = Field(default=None, ge=0)
+    x: int | None = Field(default=None, ge=0)
+    y: int | None = Field(default=None, ge=0)
+    vector: list[Annotated[float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT, allow_inf_nan=False)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_VECTOR)
+    image: str | None = Field(default=None, pattern=store.UPLOAD_PATTERN)
     weight: float = Field(default=1.0, ge=-MAX_WEIGHT, le=MAX_WEIGHT, allow_inf_nan=False)
+
+
+class Term(BaseModel):
+    """A normalized objective term other than a channel: its kind, weight and the parts that kind has."""
+
+    model_config = ConfigDict(frozen=True)
+
+    objective: str
+    weight: float
+    feature: int | None = None
+    x: int | None = None
+    y: int | None = None
+    vector: tuple[float, ...] | None = None
+    image: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """As a `targets` item: only the parts this kind has."""
+        return self.model_dump(exclude_none=True, mode="json")
+
+    @property
+    def label(self) -> str:
+        """Its part of the result's folder name."""
+        return f"neuron{self.feature:04d}" if self.objective == "neuron" else self.objective
+
+    def sort_key(self) -> str:
+        """Kind first, then its parts and weight: a job's terms in one order, whatever order they came in."""
+        return f"{self.objective} {json.dumps(self.model_dump(mode='json'), sort_keys=True)}"
+
+    def same_as(self) -> str:
+        """What makes two terms one (a second would only add weight): everything but the weight."""
+        return json.dumps(self.model_dump(mode="json", exclude={"weight"}), sort_keys=True)
 
 
 class JobFields(BaseModel):
@@ -94,6 +152,10 @@ class JobFields(BaseModel):
     images: int = Field(default=1, ge=1, le=MAX_IMAGES)
     diversity: float | None = Field(default=None, ge=0.0, le=MAX_DIVERSITY, allow_inf_nan=False)
     alpha: bool = False
+    tv: float = Field(default=0.0, ge=0.0, le=MAX_PENALTY, allow_inf_nan=False)
+    lp: float = Field(default=0.0, ge=0.0, le=MAX_PENALTY, allow_inf_nan=False)
+    lp_p: float | None = Field(default=None, ge=LP_P_RANGE[0], le=LP_P_RANGE[1], allow_inf_nan=False)
+    blur: float = Field(default=0.0, ge=0.0, le=MAX_PENALTY, allow_inf_nan=False)
 
 
 class JobSpec(BaseModel):
@@ -109,19 +171,27 @@ class JobSpec(BaseModel):
     iterations: int
     seed: int
     method: str
-    targets: tuple[tuple[int, float], ...] | None = None  # (feature, weight), sorted; None: `feature` alone
+    targets: tuple[tuple[int, float], ...] | None = None  # channel terms (feature, weight), sorted; None: `feature` alone
     animate: bool = False
     images: int = 1  # more than one: a diverse set, optimized together
     diversity: float = 0.0  # weight of the diversity term between the images
     alpha: bool = False  # a transparency channel, composited over random backgrounds (robust)
+    # The objective's other terms (neuron, direction, layer, caricature), sorted. Kept apart from `targets`
+    # so a job of channels keeps its id: the wire format has them all in `targets`.
+    terms: tuple[Term, ...] | None = None
+    tv: float = 0.0  # regularizer weights: total variation, the Lp norm (of power lp_p) and blur per step
+    lp: float = 0.0
+    lp_p: float = DEFAULT_LP_P
+    blur: float = 0.0
 
     def fields(self) -> dict[str, Any]:
         """The normalized job as the task's keyword arguments (the wire format)."""
         fields = self.model_dump(exclude={"targets", *ADDED_FIELDS})
-        if self.targets:
+        if self.targets or self.terms:
             del fields["feature"]
-            fields["targets"] = [{"feature": feature, "weight": weight} for feature, weight in self.targets]
-        fields.update({name: getattr(self, name) for name in self._added_and_set()})
+            fields["targets"] = [{"feature": feature, "weight": weight} for feature, weight in self.targets or ()] \
+                + [term.wire() for term in self.terms or ()]
+        fields.update({name: getattr(self, name) for name in self._added_and_set() if name != "terms"})
         return fields
 
     def _added_and_set(self) -> list[str]:
@@ -146,8 +216,10 @@ class JobSpec(BaseModel):
 
     @property
     def weights(self) -> dict[int, float]:
-        """The objective as feature -> weight; a plain job is its one feature at weight 1."""
-        return dict(self.targets) if self.targets else {self.feature: 1.0}
+        """The channel terms as feature -> weight; a plain job is its one feature at weight 1."""
+        if self.targets:
+            return dict(self.targets)
+        return {} if self.terms else {self.feature: 1.0}
 
     @property
     def job_id(self) -> str:
@@ -159,11 +231,14 @@ class JobSpec(BaseModel):
 
     @property
     def key(self) -> str:
+        if self.terms:
+            labels = [f"{feature:04d}" for feature in self.weights] + [term.label for term in self.terms]
+            return store.objective_key(self.model, self.layer, labels, self.job_id)
         return store.job_key(self.model, self.layer, self.weights, bool(self.targets), self.job_id)
 
 
 # Fields added after version 1: at their defaults they leave the wire format and the job id as they were.
-ADDED_FIELDS = ("animate", "images", "diversity", "alpha")
+ADDED_FIELDS = ("animate", "images", "diversity", "alpha", "terms", "tv", "lp", "lp_p", "blur")
 
 # What each field accepts, for messages about a value of the wrong type or range.
 FIELD_RANGES = {
@@ -176,8 +251,9 @@ FIELD_RANGES = {
     "iterations": f"an integer in 1..{MAX_ITERATIONS}",
     "seed": f"null or an integer in 0..{MAX_SEED}",
     "method": f"one of {', '.join(METHODS)}",
-    "targets": f"null or a list of 1..{MAX_TARGETS} objects {{feature: integer >= 0, weight: number in "
-               f"-{MAX_WEIGHT:g}..{MAX_WEIGHT:g}, default 1}} with distinct features and a nonzero weight",
+    "targets": f"null or a list of 1..{MAX_TARGETS} objects {{objective: {'|'.join(OBJECTIVES)} (default "
+               f"channel), its parts (feature, x, y, vector, image), weight: number in -{MAX_WEIGHT:g}..{MAX_WEIGHT:g}, "
+               f"default 1}} with distinct features and a nonzero weight",
     "animate": "true or false",
     "images": f"an integer in 1..{MAX_IMAGES}: how many differing images of the objective, optimized together "
               f"(more than 1 needs method robust)",
@@ -185,6 +261,11 @@ FIELD_RANGES = {
                  f"(default {DEFAULT_DIVERSITY:g} when images > 1)",
     "alpha": f"true or false: a transparency channel, saved as alpha.png (method {' or '.join(ALPHA_METHODS)}, "
              f"images 1; {' and '.join(ALPHA_MAPS)} always saves one)",
+    "tv": f"a number in 0..{MAX_PENALTY:g}: the weight of the picture's total variation, subtracted (0: off)",
+    "lp": f"a number in 0..{MAX_PENALTY:g}: the weight of the picture's Lp norm about mid-grey, subtracted (0: off)",
+    "lp_p": f"null or a number in {LP_P_RANGE[0]:g}..{LP_P_RANGE[1]:g}: the power of the lp norm (default "
+            f"{DEFAULT_LP_P:g}; needs lp > 0)",
+    "blur": f"a number in 0..{MAX_PENALTY:g}: how hard each step is pulled towards its own 3x3 blur (0: off)",
 }
 
 
@@ -199,14 +280,16 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         parsed = JobFields(**{str(k): v for k, v in fields.items()})
     except pydantic.ValidationError as error:
         raise _first_error(error) from None
-    info = _model_info(models or registry.Registry.from_env(), parsed.model, parsed.model_sha256)
+    models = models or registry.Registry.from_env()
+    info = _model_info(models, parsed.model, parsed.model_sha256)
     conv_id, layer = _resolve_target(info, parsed.conv_id, parsed.layer)
-    targets = _normalize_targets(parsed, fields)
+    targets, terms = _normalize_targets(parsed, fields, info, layer, models)
     feature = _class_feature(info, parsed, fields, layer) if parsed.class_ is not None else parsed.feature
-    feature = targets[0][0] if targets else feature
-    for checked in dict(targets) if targets else [feature]:
+    if targets or terms:  # the job's feature, as meta.json names it: its first channel, else its first neuron's
+        feature = targets[0][0] if targets else next((term.feature for term in terms if term.feature is not None), 0)
+    for checked in dict(targets) if targets else [] if terms else [feature]:
         _check_feature(info, layer, checked)
-    if targets and len(targets) == 1 and targets[0][1] == 1.0:
+    if targets and len(targets) == 1 and targets[0][1] == 1.0 and not terms:
         targets = None  # one target of weight 1 is the plain job it always meant
     _check_duration(parsed.iterations)
     diversity = _diversity(parsed)
@@ -219,8 +302,18 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
     return JobSpec(
         model=parsed.model, model_sha256=info.sha256, conv_id=conv_id, layer=layer, feature=feature,
         iterations=parsed.iterations, seed=seed, method=parsed.method, targets=targets, animate=parsed.animate,
-        images=parsed.images, diversity=diversity, alpha=parsed.alpha,
+        images=parsed.images, diversity=diversity, alpha=parsed.alpha, terms=terms, tv=float(parsed.tv),
+        lp=float(parsed.lp), lp_p=_lp_power(parsed), blur=float(parsed.blur),
     )
+
+
+def _lp_power(parsed: JobFields) -> float:
+    """The Lp norm's power: only a job that weighs the norm has one."""
+    if parsed.lp_p is None:
+        return DEFAULT_LP_P
+    if not parsed.lp:
+        raise JobError("lp_p", "needs lp > 0: it is the power of the lp regularizer")
+    return float(parsed.lp_p)
 
 
 def _class_feature(info: registry.ModelInfo, parsed: JobFields, fields: dict, layer: str) -> int:
@@ -261,16 +354,74 @@ def _check_alpha(parsed: JobFields) -> None:
         raise JobError("alpha", f"true needs images 1 (a set has no alpha.png yet), got images {parsed.images}")
 
 
-def _normalize_targets(parsed: JobFields, fields: dict) -> tuple[tuple[int, float], ...] | None:
-    """Sorted (feature, weight) pairs, or None when the job names a single `feature`."""
+def _normalize_targets(parsed: JobFields, fields: dict, info: registry.ModelInfo, layer: str,
+                       models: registry.Registry) -> tuple[tuple[tuple[int, float], ...] | None, tuple[Term, ...] | None]:
+    """Sorted channel (feature, weight) pairs and sorted other terms; (None, None) when the job names a `feature`."""
     if parsed.targets is None:
-        return None
+        return None, None
     if "feature" in fields:
         raise JobError("feature", "give either feature or targets, not both")
-    pairs = tuple(sorted((target.feature, float(target.weight)) for target in parsed.targets))
-    if len({feature for feature, _ in pairs}) != len(pairs) or not any(weight for _, weight in pairs):
+    pairs, terms = [], []
+    for target in parsed.targets:
+        _check_parts(target, layer)
+        if target.objective in ("channel", "class"):
+            pairs.append((target.feature, float(target.weight)))
+        else:
+            terms.append(_term(target, info, layer, models))
+    pairs.sort()
+    terms.sort(key=Term.sort_key)
+    if len({feature for feature, _ in pairs}) != len(pairs) or not any(
+            weight for weight in [weight for _, weight in pairs] + [term.weight for term in terms]):
         raise JobError("targets", f"must be {FIELD_RANGES['targets']}")
-    return pairs
+    if len({term.same_as() for term in terms}) != len(terms):
+        raise JobError("targets", "the same term twice; give it once, with the weights summed")
+    if sum(term.objective == "caricature" for term in terms) > 1:
+        raise JobError("targets", "at most one caricature term: a picture is matched to one image")
+    return tuple(pairs) or None, tuple(terms) or None
+
+
+def _check_parts(target: Target, layer: str) -> None:
+    """A term has the parts its kind needs and no others, on a layer its kind applies to."""
+    kind = target.objective
+    required, optional = OBJECTIVES[kind]
+    given = {part for part in ("feature", "x", "y", "vector", "image") if getattr(target, part) is not None}
+    parts = ", ".join(sorted(required | optional)) or "none but weight"
+    if missing := required - given:
+        raise JobError("targets", f"a {kind} term needs {', '.join(sorted(missing))} (its parts: {parts})")
+    if extra := given - required - optional:
+        raise JobError("targets", f"a {kind} term has no {', '.join(sorted(extra))} (its parts: {parts})")
+    if kind == "class" and layer != LOGITS:
+        raise JobError("targets", f"a class term is a logit; the job's layer is {layer} (use objective channel)")
+    if kind in SPATIAL_OBJECTIVES and layer == LOGITS:
+        raise JobError("targets", f"a {kind} term needs a layer with positions (give conv_id or layer); "
+                                  f"the job's layer is the logits")
+
+
+def _term(target: Target, info: registry.ModelInfo, layer: str, models: registry.Registry) -> Term:
+    """A neuron, direction, layer or caricature term, its parts checked against the layer (and the store)."""
+    shape = info.layer(layer)
+    where = f"layer {layer} of {info.name}"
+    weight, x, y = float(target.weight), target.x, target.y
+    if target.objective == "neuron":
+        _check_feature(info, layer, target.feature)
+        if shape.height is None or shape.width is None:
+            raise JobError("targets", f"a neuron term needs a layer of fixed size; {where} has none")
+        x = shape.width // 2 if x is None else x
+        y = shape.height // 2 if y is None else y
+        if x >= shape.width or y >= shape.height:
+            raise JobError("targets", f"a neuron's x must be in 0..{shape.width - 1} and y in 0..{shape.height - 1} "
+                                      f"(the map of {where}), got x {x}, y {y}")
+    if target.vector is not None and len(target.vector) != shape.channels:
+        raise JobError("targets", f"a direction's vector must have one number per channel, {shape.channels} for "
+                                  f"{where}, got {len(target.vector)}")
+    if target.vector is not None and not any(target.vector):
+        raise JobError("targets", "a direction's vector must not be all zeros")
+    if target.image is not None and not models.store.exists(target.image):
+        raise JobError("targets", f"caricature image {target.image[:24]}... is not in the store; upload it first "
+                                  f"(`python -m producer enqueue --caricature FILE`, or Producer.upload_image)")
+    vector = None if target.vector is None else tuple(float(value) for value in target.vector)
+    return Term(objective=target.objective, weight=weight, feature=target.feature, x=x, y=y, vector=vector,
+                image=target.image)
 
 
 MAX_SWEEP_FEATURES = 16

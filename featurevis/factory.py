@@ -19,15 +19,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from featurevis import registry, scoring, zoo
+from featurevis import images, registry, scoring, zoo
 from featurevis.optvis import methods, objectives, render
 from featurevis.registry import LOGITS, ModelInfo
 from featurevis.store import MODEL_FILE
 
 DEFAULT_STEP_CACHE = 32
 DEFAULT_MODEL_CACHE_MB = 8192
+CARICATURE_CACHE = 16  # (model, layer, image) activations a process keeps: each is one layer's map
 
 
 @dataclass
@@ -73,7 +75,8 @@ class ModelFactory:
         self.registry = models
         self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._steps: OrderedDict[tuple[str, str, str, str], Compiled] = OrderedDict()
-        self.builds: Counter[str] = Counter()  # "model", "step": how often each was built
+        self._caricatures: OrderedDict[tuple[str, str, str, str], np.ndarray] = OrderedDict()
+        self.builds: Counter[str] = Counter()  # "model", "step", "caricature": how often each was built
 
     def info(self, name: str, version: str | None = None) -> ModelInfo:
         return self._registry().get(name, version)
@@ -125,6 +128,30 @@ class ModelFactory:
                 self._steps.popitem(last=False)
         compiled = self._steps[key]
         return Acquired(loaded, compiled.step, compiled.probe, model_load_s, compile_s)
+
+    def caricature(self, loaded: LoadedModel, layer: str, key: str) -> np.ndarray:
+        """The activations (h, w, channels) an uploaded image gives at a layer: a caricature's target.
+
+        Computed once per (model version, layer, image) in this process and kept
+        in a small LRU, so a repeated caricature reads neither the store nor the network.
+        The image is resized to the model's input (images.fit).
+        """
+        cache_key = (loaded.info.name, loaded.info.sha256, layer, key)
+        if cache_key in self._caricatures:
+            self._caricatures.move_to_end(cache_key)
+            return self._caricatures[cache_key]
+        try:
+            pixels = images.fit(images.decode_upload(self._registry().store.read_bytes(key, ""), key.rsplit(".", 1)[1]),
+                                loaded.info.input_shape)
+        except ValueError as error:
+            raise ValueError(f"targets: caricature image {key[:24]}...: {error}") from None
+        network = keras.Model(loaded.network.inputs[0], loaded.layer_output(layer))
+        activations = network(loaded.preprocess(tf.constant(pixels[None])), training=False)
+        self._caricatures[cache_key] = np.asarray(tf.cast(activations, tf.float32))[0]
+        self.builds["caricature"] += 1
+        while len(self._caricatures) > CARICATURE_CACHE:
+            self._caricatures.popitem(last=False)
+        return self._caricatures[cache_key]
 
     def describe(self, request: dict) -> dict:
         """Load a registration request's model the way jobs will, and describe it; ModelRefused, one line, if it can't serve."""

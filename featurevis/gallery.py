@@ -101,9 +101,17 @@ def _shown(key: str, meta: dict) -> dict:
         shown.update(kind="sweep", id=str(meta["sweep_id"]))
     elif "job_id" in meta:
         spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
-        targets = spec.get("targets") or [[meta.get("feature"), 1.0]]
-        shown.update(kind="result", id=str(meta["job_id"]), features=tuple(int(feature) for feature, _ in targets))
+        terms = spec.get("terms") or []  # objective kinds other than channels
+        targets = spec.get("targets") or ([] if terms else [[meta.get("feature"), 1.0]])
+        shown.update(kind="result", id=str(meta["job_id"]), features=tuple(int(feature) for feature, _ in targets),
+                     objectives=tuple(_term_label(term) for term in terms))
     return shown
+
+
+def _term_label(term: dict) -> str:
+    if term.get("objective") == "neuron":
+        return f"neuron {term.get('feature')} at ({term.get('x')}, {term.get('y')})"
+    return str(term.get("objective"))
 
 
 def _scan(store: ResultStore) -> tuple[list[dict], list[dict]]:
@@ -160,7 +168,8 @@ def page(results: list[dict], sweeps: list[dict]) -> str:
     """The page, from what _scan shows of each result and sweep."""
     tree: dict = defaultdict(lambda: defaultdict(lambda: {"features": defaultdict(list), "sweeps": []}))
     for meta in results:
-        tree[meta["model"]][meta["layer"]]["features"][meta["features"]].append((meta["key"], meta["id"], meta))
+        group = (meta["features"], meta.get("objectives", ()))  # channels, then any other kinds of term
+        tree[meta["model"]][meta["layer"]]["features"][group].append((meta["key"], meta["id"], meta))
     for meta in sweeps:
         tree[meta["model"]][meta["layer"]]["sweeps"].append((meta["key"], meta["id"], meta))
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -177,7 +186,10 @@ def page(results: list[dict], sweeps: list[dict]) -> str:
             out.append(f'<section class="layer"><h3>{_e(model)} / {_e(layer)}</h3>')
             for feature in sorted(group["features"]):
                 runs = sorted(group["features"][feature], key=lambda run: (str(run[2].get("created_at", "")), run[0]))
-                label = f"feature {feature[0]}" if len(feature) == 1 else f"features {' + '.join(map(str, feature))}"
+                channels, kinds = feature
+                label = f"feature {channels[0]}" if len(channels) == 1 else f"features {' + '.join(map(str, channels))}"
+                if kinds:
+                    label = f"objective {' + '.join([*map(str, channels), *kinds])}"
                 out.append(f'<div class="feature"><h4>{label}</h4><div class="cards">')
                 out.extend(_result_card(key, job_id, meta) for key, job_id, meta in runs)
                 out.append("</div></div>")

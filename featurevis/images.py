@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image
@@ -88,3 +89,79 @@ def animation_bytes(frames: list[np.ndarray], fmt: str = "webp", duration_ms: in
     pictures[0].save(buffer, format=ANIMATION_FORMATS[fmt], save_all=True, append_images=pictures[1:],
                      duration=int(duration_ms), loop=0, **options)
     return buffer.getvalue()
+
+
+# A user's image (a caricature's target): PNG, JPEG or a .npy array of 0..255 pixels, at most this many per side.
+MAX_UPLOAD_SIDE = 4096
+MAX_UPLOAD_BYTES = 64 * 2**20
+UPLOAD_SUFFIXES = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".npy": "npy"}
+
+
+def upload_format(name: str) -> str:
+    """The stored format (png, jpg, npy) of a file by its suffix; ValueError naming the ones taken."""
+    suffix = name[name.rfind("."):].lower() if "." in name else ""
+    if suffix not in UPLOAD_SUFFIXES:
+        raise ValueError(f"must be a .png, .jpg/.jpeg or .npy file, got {name[-60:]!r}")
+    return UPLOAD_SUFFIXES[suffix]
+
+
+def decode_upload(data: bytes, fmt: str) -> np.ndarray:
+    """An uploaded image as float32 (h, w, channels) pixels in 0..255; ValueError, one line, if it is not one.
+
+    PNG and JPEG are read as RGB, or as one channel when they are grayscale; a
+    .npy array must be (h, w) or (h, w, channels) of finite numbers in 0..255
+    (pickled objects are refused: loading them runs code).
+    """
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ValueError(f"{len(data)} bytes, over the limit of {MAX_UPLOAD_BYTES}")
+    try:
+        if fmt == "npy":
+            try:
+                pixels = np.load(io.BytesIO(data), allow_pickle=False)
+            except ValueError as error:  # an object array, a truncated header
+                raise ValueError(f"cannot be read as NPY: {' '.join(str(error).split())[:120]}") from None
+        else:
+            with Image.open(io.BytesIO(data)) as opened:
+                if opened.format != {"png": "PNG", "jpg": "JPEG"}[fmt]:
+                    raise ValueError(f"is not a {fmt.upper()} file")
+                if max(opened.size) > MAX_UPLOAD_SIDE:
+                    raise ValueError(f"is {opened.size[0]}x{opened.size[1]}, over {MAX_UPLOAD_SIDE} px a side")
+                pixels = np.asarray(opened.convert("L" if opened.mode in ("1", "L", "I", "I;16", "F") else "RGB"))
+    except ValueError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever a broken file makes the decoder raise
+        reason = " ".join(re.sub(r"<[^>]*>", "", str(error)).split())[:120]  # no object reprs in a user's line
+        raise ValueError(f"cannot be read as {fmt.upper()}: {reason}") from None
+    pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+    if pixels.ndim != 3 or not 1 <= pixels.shape[2] <= 4 or min(pixels.shape[:2]) < 1 \
+            or max(pixels.shape[:2]) > MAX_UPLOAD_SIDE:
+        raise ValueError(f"must be (height, width) or (height, width, 1..4 channels) up to {MAX_UPLOAD_SIDE} px a "
+                         f"side, got shape {tuple(pixels.shape)}")
+    if pixels.dtype.kind not in "uif":
+        raise ValueError(f"must hold numbers, got dtype {pixels.dtype}")
+    pixels = pixels.astype(np.float32)
+    if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
+        raise ValueError("must hold finite pixel values in 0..255")
+    return pixels
+
+
+def fit(pixels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """An uploaded image resized (bilinear, antialiased) to a model's (h, w, channels): users need not know the size.
+
+    RGB becomes gray by its mean and gray is repeated into RGB; any other
+    channel mismatch is a ValueError.
+    """
+    height, width, channels = shape
+    have = pixels.shape[2]
+    if have != channels:
+        if have == 3 and channels == 1:
+            pixels = pixels.mean(axis=2, keepdims=True)
+        elif have == 1 and channels == 3:
+            pixels = np.repeat(pixels, 3, axis=2)
+        else:
+            raise ValueError(f"has {have} channels; the model takes {channels}")
+    if pixels.shape[:2] == (height, width):
+        return pixels.astype(np.float32)
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c]), mode="F")
+                         .resize((width, height), Image.Resampling.BILINEAR)) for c in range(channels)]
+    return np.clip(np.stack(planes, axis=-1), 0.0, 255.0).astype(np.float32)

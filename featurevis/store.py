@@ -16,11 +16,14 @@ The layout, built here and nowhere else:
     <model>/<layer>/feature_0002/<job_id>/            one job (features_0002_0007: a composed objective)
         image.png  image.npy  [animation.webp]  [image_<i>.png: each picture of a diverse set]
         [alpha.png: the picture's transparency (robust, alpha: true) or where the objective looked (maco)]  meta.json
+    <model>/<layer>/objectives_<terms>/<job_id>/      a job whose objective has terms other than channels
+                                                      (e.g. objectives_0002_neuron0003_layer)
     <model>/<layer>/sweeps/<sweep_id>/                one sweep
         contact_sheet.png  meta.json
     models/<name>/<version>/                          a registered model version
         [model.keras]  description.json
     models/<name>/current.json                        the version a job on <name> gets
+    uploads/<sha256>.<png|jpg|npy>                    a user's image (a caricature's), by its content's hash
     models/<name>/<version>/dataset.npy, dataset.json  the model's dataset, for atlases' examples
     models/<name>/<version>/examples/<dataset>/       <layer>.json: each unit's top and bottom images; <index>.png
     atlases/<atlas_id>/                               an atlas: progress.json, index.html
@@ -58,6 +61,11 @@ MODEL_FILE = "model.keras"
 DESCRIPTION = "description.json"
 CURRENT = "current.json"
 
+UPLOADS = "uploads"
+UPLOAD_FORMATS = ("png", "jpg", "npy")
+# An uploaded image's key: content-addressed, so the same file is one key and a job naming it names its pixels.
+UPLOAD_PATTERN = rf"^{UPLOADS}/[0-9a-f]{{64}}\.({'|'.join(UPLOAD_FORMATS)})$"
+
 # Results and sweeps both sit this many folders below the root: a listing need go no deeper.
 RECORD_DEPTH = 4
 
@@ -68,12 +76,21 @@ def job_key(model: str, layer: str, features: Iterable[int], composed: bool, job
     return f"{model}/{layer}/{'features' if composed else 'feature'}_{numbers}/{job_id}"
 
 
+def objective_key(model: str, layer: str, labels: Iterable[str], job_id: str) -> str:
+    """A job with other objectives than channels: each term's label (its feature, or its kind) in the folder name."""
+    return f"{model}/{layer}/objectives_{'_'.join(labels)}/{job_id}"
+
+
 def sweep_key(model: str, layer: str, sweep_id: str) -> str:
     return f"{model}/{layer}/sweeps/{sweep_id}"
 
 
 def model_key(name: str, version: str = "") -> str:
     return "/".join(part for part in (MODELS, name, version) if part)
+
+
+def upload_key(sha256: str, fmt: str) -> str:
+    return f"{UPLOADS}/{sha256}.{fmt}"
 
 
 def set_png(index: int) -> str:
@@ -145,6 +162,9 @@ class ResultStore:
             return json.loads(self.read_bytes(key, META))
         except FileNotFoundError:
             return None
+
+    def exists(self, key: str, name: str = "") -> bool:
+        return self.fs.exists(self.path(key, name))
 
     def read_bytes(self, key: str, name: str) -> bytes:
         return self.fs.cat_file(self.path(key, name))

@@ -71,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
                          help="1..8: a diverse set of this many pictures (method robust), default 1")
     enqueue.add_argument("--diversity", type=_scalar, default=None,
                          help="0..100: how hard a set's pictures are pushed apart, default 3")
+    objective = enqueue.add_argument_group("objectives", "other kinds of objective than a channel (one term; "
+                                                         "--targets composes several by weight)")
+    objective.add_argument("--objective", default=None, help=f"one of {', '.join(contract.OBJECTIVES)}")
+    objective.add_argument("--x", type=_scalar, default=None, help="a neuron's column in the layer's map (default: centre)")
+    objective.add_argument("--y", type=_scalar, default=None, help="a neuron's row in the layer's map (default: centre)")
+    objective.add_argument("--direction-file", default=None,
+                           help="a JSON list of one number per channel of the layer: a direction objective")
+    objective.add_argument("--caricature", default=None,
+                           help="a PNG, JPEG or .npy image: uploaded, then its activations at the layer are matched")
+    objective.add_argument("--targets", default=None,
+                           help='the objective as JSON, e.g. \'[{"feature": 2}, {"objective": "layer", "weight": 0.5}]\'')
     sweep = commands.add_parser("sweep", help="queue several features of one layer as one batched job")
     job_options(sweep)
     sweep.add_argument("--features", type=_features, default=[1, 2, 3, 4, 5, 6], help="e.g. 1-6 (default) or 0,4,9")
@@ -90,6 +101,10 @@ JOB_OPTIONS = (
     ("--iterations", _scalar, "1..10000, default 30"),
     ("--seed", _scalar, "drawn and recorded when absent"),
     ("--method", str, "gradient_ascent (default), robust or maco"),
+    ("--tv", _scalar, "regularizer: weight of the picture's total variation, 0..1000 (default 0: off)"),
+    ("--lp", _scalar, "regularizer: weight of the picture's Lp norm about mid-grey, 0..1000 (default 0: off)"),
+    ("--lp-p", _scalar, "the power of --lp's norm, 1..10 (default 2)"),
+    ("--blur", _scalar, "regularizer: how hard each step is pulled to its own 3x3 blur, 0..1000 (default 0: off)"),
 )
 
 
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             return _atlas(producer, args)
         fields = {name: value for name, value in vars(args).items()
                   if name not in ("command", "wait") and value is not None}
-        job = producer.sweep(fields) if args.command == "sweep" else producer.enqueue(fields)
+        job = producer.sweep(fields) if args.command == "sweep" else producer.enqueue(_objective(producer, fields))
         print(job.id, flush=True)
         if args.wait:
             print(follow(job))
@@ -169,6 +184,39 @@ def main(argv: list[str] | None = None) -> int:
     except JobFailed as error:
         print(f"error: job failed: {error}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _objective(producer: Producer, fields: dict) -> dict:
+    """The objective flags as the job's `targets`: --targets' JSON, plus the one term the other flags describe.
+
+    A term is there when --objective, --x/--y (a neuron), --direction-file or
+    --caricature (which uploads the image first) is given; --feature is its feature.
+    """
+    kind = fields.pop("objective", None)
+    parts = {name: fields.pop(name) for name in ("x", "y") if name in fields}
+    targets = _json(fields.pop("targets"), "--targets") if "targets" in fields else None
+    if "direction_file" in fields:
+        path = fields.pop("direction_file")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise JobError("targets", f"--direction-file: cannot read {path[-80:]}: {error.strerror}") from None
+        kind, parts["vector"] = kind or "direction", _json(text, "--direction-file")
+    if "caricature" in fields:
+        kind, parts["image"] = kind or "caricature", producer.upload_image(fields.pop("caricature"))
+    kind = kind or ("neuron" if parts else None)
+    if kind is not None:
+        feature = {"feature": fields.pop("feature")} if "feature" in fields else {}
+        targets = (targets if isinstance(targets, list) else [] if targets is None else [targets]) + \
+            [{"objective": kind, **feature, **parts}]
+    return fields if targets is None else {**fields, "targets": targets}
+
+
+def _json(text: str, flag: str):
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise JobError("targets", f"{flag}: not JSON ({error})") from None
 
 
 def _atlas(producer: Producer, args: argparse.Namespace) -> int:

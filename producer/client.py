@@ -10,6 +10,7 @@ run again instead of answering FAILURE forever.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from kombu.utils.url import maybe_sanitize_url
 
-from featurevis import atlas, atlas_pages, contract, registry
+from featurevis import atlas, atlas_pages, contract, images, registry, store
+from featurevis.contract import JobError
 from featurevis.registry import ModelRefused
 from featurevis.store import MODEL_FILE, ResultStore
 
@@ -100,6 +102,29 @@ class Producer:
         del kwargs["feature"]
         return self._send("featurevis.sweep", contract.sweep_id(specs), specs, kwargs)
 
+    def upload_image(self, path: str | os.PathLike) -> str:
+        """Put a PNG, JPEG or .npy image into the store for a caricature term; its key, `uploads/<sha256>.<fmt>`.
+
+        The file is decoded here first (images.decode_upload), so a broken one is
+        refused in one line (JobError on `image`) before anything is stored; the
+        worker resizes it to the model's input. Content-addressed: the same file
+        twice is one key, stored once.
+        """
+        path = Path(path)
+        try:
+            fmt = images.upload_format(path.name)
+            if not path.is_file():
+                raise ValueError(f"{str(path)[-120:]} is not a file")
+            if path.stat().st_size > images.MAX_UPLOAD_BYTES:
+                raise ValueError(f"{path.stat().st_size} bytes, over the limit of {images.MAX_UPLOAD_BYTES}")
+            data = path.read_bytes()
+            images.decode_upload(data, fmt)
+        except ValueError as error:
+            raise JobError("image", str(error)) from None
+        key = store.upload_key(hashlib.sha256(data).hexdigest(), fmt)
+        if not self.registry.store.exists(key):
+            self.registry.store.put(*key.rsplit("/", 1), data)
+        return key
     def atlas(self, fields: dict[str, Any]):
         """Queue an atlas: every unit of a model's layers, batched (producer/atlas.py); returns an AtlasJob."""
         from producer.atlas import submit

@@ -22,6 +22,7 @@ from featurevis.store import (
     IMAGE_PNG,
     META,
     MODEL_FILE,
+    UPLOADS,
 )
 from tests.conftest import UNTRAINED
 
@@ -94,7 +95,8 @@ def test_nothing_was_written_outside_the_results_dir(stack):
              GALLERY_LOCK, DESCRIPTION, CURRENT, MODEL_FILE}
     for path in root.rglob("*"):
         if path.is_file():  # results, the gallery, the registry: only names the layout gives
-            assert path.name in named or re.fullmatch(r"image_\d+\.png", path.name), path
+            assert path.name in named or re.fullmatch(r"image_\d+\.png", path.name) \
+                or (path.parent.name == UPLOADS and re.fullmatch(r"[0-9a-f]{64}\.(png|jpg|npy)", path.name)), path
 
 
 def test_an_oversized_payload_gets_a_short_error(producer_api, stack):

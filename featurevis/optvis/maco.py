@@ -37,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from featurevis.optvis import param, robust, transform
+from featurevis.optvis import objectives, param, robust, transform
 from featurevis.optvis.render import CompiledStep, Method, Objective, StepStats
 
 # Adam's rate on the phase, in radians a step. Measured on shapes_cnn, 4 features (seeds 1-4), 60 iterations:
@@ -149,17 +149,18 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
 
     @tf.function(input_signature=[
         state_spec,
-        tf.TensorSpec([None, None], tf.float32),  # weights: image x channel (or class)
+        objectives.SPEC,  # the objective's terms, per image
         tf.TensorSpec([None], tf.int64),  # seeds: one per image, for its transforms
         tf.TensorSpec([], tf.float32),  # diversity weight: unused (see above)
     ])
-    def step(state, weights, seeds, diversity):
+    def step(state, terms, seeds, diversity):
         compiled.traces += 1  # runs at trace time only
         with tf.GradientTape() as tape:
             tape.watch(state.phase)
             images = phase_to_pixels(state.phase, magnitude, image_shape)
             moved = transform.standard(images, seeds, state.updates, moves)
-            loss = objective(network(preprocess(moved), training=False), weights)
+            loss = objectives.total(objective, network(preprocess(moved), training=False), terms) \
+                - objectives.penalty(images, terms)
             total = tf.reduce_sum(loss)  # images are independent, so d(total)/d(image b) = d(loss b)/d(image b)
         grads, looked = tape.gradient(total, [state.phase, images])
         axes = [1, 2, 3]
@@ -168,10 +169,11 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
         adam = robust.adam_ascent(robust.RobustState(*state[:4]), grads, learning_rate)
         return MacoState(*adam, state.looked + tf.reduce_sum(tf.abs(looked), axis=-1)), stats
 
-    compiled.advance = step
+    compiled.advance = lambda state, terms, seeds, diversity: step(state, objectives.as_terms(terms), seeds, diversity)
     start = MacoState.start(np.zeros([1, channels, h, w_half], np.float32), image_shape)
     # Trace and run once, as gradient_ascent.compile_step does.
-    step(start, tf.zeros([1, network.outputs[0].shape[-1]]), tf.zeros([1], tf.int64), tf.constant(0.0))
+    step(start, objectives.as_terms(tf.zeros([1, network.outputs[0].shape[-1]])), tf.zeros([1], tf.int64),
+         tf.constant(0.0))
     pixels(start)
     extras(start)
     return compiled

@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from featurevis.optvis import objectives
+
 Objective = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
@@ -30,9 +32,10 @@ class StepStats(NamedTuple):
 class CompiledStep:
     """A method's step traced for one (model, layer), and what the loop needs around it.
 
-    advance(state, weights, seeds, diversity) -> (state, StepStats) is the traced
-    step; the state is whatever the method moves (pixels, or spectra and their Adam
-    moments), made by start(seeds) and seen as 0..255 images through pixels(state).
+    advance(state, terms, seeds, diversity) -> (state, StepStats) is the traced
+    step (terms: objectives.Terms, or a bare (batch, channels) weights matrix); the
+    state is whatever the method moves (pixels, or spectra and their Adam moments),
+    made by start(seeds) and seen as 0..255 images through pixels(state).
     `extras(state)`, where a method has them, are per-image maps beside the pictures
     (`alpha`: (batch, h, w) in 0..1, published as alpha.png), read once at the end.
     `traces` counts traces of the step: it should stay at 1.
@@ -128,20 +131,22 @@ class Cadence:
         return since_last_s >= interval and elapsed_s / done * (iterations - done) >= interval
 
 
-def run(step: CompiledStep, seeds: list[int], weights: np.ndarray, iterations: int, diversity: float = 0.0,
+def run(step: CompiledStep, seeds: list[int], weights: np.ndarray | objectives.Terms, iterations: int,
+        diversity: float = 0.0,
         classify: Classifier | None = None, on_progress: ProgressCallback | None = None, frame_every: int = 0,
         cadence: Cadence = Cadence(), state=None) -> Ascent:
     """Advance a batch `iterations` times from step.start(seeds) (or `state`); classify when the cadence says.
 
-    Image b climbs the sum over c of weights[b, c] * feature c (minus `diversity`
-    times the set's similarity, for a method whose step has the term), and
+    Image b climbs the sum over c of weights[b, c] * feature c, or the objective
+    an objectives.Terms batch holds (objectives.total), minus `diversity`
+    times the set's similarity for a method whose step has the term; and
     seeds[b] drives whatever randomness it meets, so batching never changes an
     image. The step's figures stay on the device until progress is due, and all
     of them come back in one go at the end: a GPU is never made to wait for the
     host between steps. With `frame_every`, the pixels of every that-many
     iterations are kept, for an animation.
     """
-    arguments = (tf.constant(weights, tf.float32), tf.constant(seeds, tf.int64), tf.constant(diversity, tf.float32))
+    arguments = (objectives.as_terms(weights), tf.constant(seeds, tf.int64), tf.constant(diversity, tf.float32))
     state = step.start(seeds) if state is None else state
     history, predictions, frames = [], [], []
     started = last_progress = last_prediction = time.perf_counter()

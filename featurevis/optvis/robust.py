@@ -52,10 +52,13 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     (bench/RESULTS.md), and Adam only sees the gradients' ratio: a fixed weight either does nothing
     or drowns the objective. Scaled by the objective (held constant for the
     gradient), one weight means the same everywhere. `objective` takes dense
-    (batch, channels) weights (objectives.weighted_channels or weighted_logits),
-    so with any batch, weights and seeds as tensor arguments nothing retraces.
+    (batch, channels) weights (objectives.weighted_channels or weighted_logits)
+    and objectives.total adds the other kinds of term, the loss gradient_ascent
+    climbs too; with any batch, objectives.Terms and seeds as tensor arguments
+    nothing retraces.
     The stats' gradient figures are of the spectra, which is what Adam moves;
-    their step size is the learning rate. With `alpha`, see `transparent`.
+    their step size is the learning rate. With `alpha`, see `transparent`. Regularizers
+    (objectives.penalty) are taken on the picture itself, not on the moved copy.
     """
     planes = (*image_shape[:2], image_shape[2] + alpha)  # with alpha, one more plane: the opacity
     spectrum_spec = tf.TensorSpec([None, *param.fft_spectrum_shape(planes)], tf.float32)
@@ -74,11 +77,11 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
 
     @tf.function(input_signature=[
         state_spec,
-        tf.TensorSpec([None, None], tf.float32),  # weights: image x channel (or class)
+        objectives.SPEC,  # the objective's terms, per image
         tf.TensorSpec([None], tf.int64),  # seeds: one per image, for its transforms
         tf.TensorSpec([], tf.float32),  # diversity weight
     ])
-    def step(state, weights, seeds, diversity):
+    def step(state, terms, seeds, diversity):
         compiled.traces += 1  # runs at trace time only
         with tf.GradientTape() as tape:
             tape.watch(state.spectrum)
@@ -89,8 +92,9 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
                 images = param.fft_to_pixels(state.spectrum, image_shape)
             moved = transform.standard(images, seeds, state.updates, moves)
             activations, style = objectives.target_and_style(network(preprocess(moved), training=False))
-            target = objective(activations, weights)
-            loss = target - diversity * tf.stop_gradient(tf.abs(target)) * objectives.diversity(style)
+            target = objectives.total(objective, activations, terms)
+            loss = target - diversity * tf.stop_gradient(tf.abs(target)) * objectives.diversity(style) \
+                - objectives.penalty(images, terms)
             if alpha:
                 loss -= OPACITY_COST * tf.stop_gradient(tf.abs(target)) * tf.reduce_mean(opacity, axis=[1, 2, 3])
             total = tf.reduce_sum(loss)
@@ -100,10 +104,11 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
                           tf.fill(tf.shape(loss), learning_rate))
         return adam_ascent(state, grads, learning_rate), stats
 
-    compiled.advance = step
+    compiled.advance = lambda state, terms, seeds, diversity: step(state, objectives.as_terms(terms), seeds, diversity)
     start = RobustState.start(np.zeros([1, *spectrum_spec.shape[1:]], np.float32))
     # Trace and run once, as gradient_ascent.compile_step does.
-    step(start, tf.zeros([1, network.outputs[0].shape[-1]]), tf.zeros([1], tf.int64), tf.constant(0.0))
+    step(start, objectives.as_terms(tf.zeros([1, network.outputs[0].shape[-1]])), tf.zeros([1], tf.int64),
+         tf.constant(0.0))
     pixels(start)
     if alpha:
         extras(start)
