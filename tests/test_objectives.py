@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from featurevis.optvis import gradient_ascent, objectives, param, render, robust
+from tests.test_robust import preprocess, tiny  # noqa: F401 - tiny is a fixture
 
 SHAPE = (64, 64, 3)
 CHANNELS = 16
@@ -17,17 +18,10 @@ METHODS = {"gradient_ascent": gradient_ascent, "robust": robust}
 ITERATIONS = {"gradient_ascent": 15, "robust": 40}
 
 
-def preprocess(pixels):
-    return pixels / 127.5 - 1.0
-
-
 @pytest.fixture(scope="module")
-def network():
-    """A small random CNN ending at a linear conv layer, as InceptionV3's conv targets are."""
-    keras.utils.set_random_seed(0)
-    pixels = keras.Input(SHAPE)
-    x = keras.layers.ReLU()(keras.layers.Conv2D(8, 3, strides=2)(pixels))
-    return keras.Model(pixels, keras.layers.Conv2D(CHANNELS, 3)(x))
+def network(tiny):
+    """test_robust's small random CNN, ending at its linear conv layer, as InceptionV3's conv targets are."""
+    return tiny[0]
 
 
 @pytest.fixture(scope="module")
