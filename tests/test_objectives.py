@@ -2,7 +2,6 @@
 
 Both methods take the objective as an objectives.Terms batch, so every test runs the real compiled steps.
 """
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
