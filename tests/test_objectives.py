@@ -1,4 +1,4 @@
-"""Each kind of objective, climbed on a small network built here: the sign and size of what it should change.
+"""Each kind of objective, climbed on the small network test_robust builds: the sign and size of what it should change.
 
 Both methods take the objective as an objectives.Terms batch, so every test runs the real compiled steps.
 """
