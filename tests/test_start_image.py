@@ -1,17 +1,22 @@
-"""A job's start image (issue 14): the contract's refusals and ids, and each method's start from the picture on
-test_robust's small network."""
+"""A job's start image (issue 14): the contract's refusals and ids, each method's start from the picture on
+test_robust's small network, and a job through the CLI and a real worker that starts from an uploaded file."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from featurevis import images
 from featurevis.contract import JobError, normalize, normalize_sweep
 from featurevis.optvis import gradient_ascent, maco, objectives, param, render, robust
+from producer.cli import _start_image
 from tests.test_maco import assert_fixed_magnitude
 from tests.test_objectives import MAP, Term
-from tests.test_objective_contract import CONV5, PLAIN_ID, SCHEMA, producer, uploaded  # noqa: F401 - fixtures
+from tests.test_objective_contract import CONV5, PLAIN_ID, SCHEMA, png, producer, uploaded  # noqa: F401 - fixtures
 from tests.test_robust import CHANNELS, SHAPE, preprocess, tiny  # noqa: F401 - tiny is a fixture
 
 MISSING = "uploads/" + "0" * 64 + ".png"
@@ -67,6 +72,17 @@ def test_the_schema_and_the_contract_agree_on_start_image(producer, uploaded, va
     except JobError:
         accepted = False
     assert accepted is valid
+
+
+def test_the_cli_uploads_the_start_image_and_names_it_in_refusals(producer, tmp_path):
+    path = tmp_path / "photo.png"
+    path.write_bytes(png((8, 8)))
+    key = _start_image(producer, {"feature": 2, "start_image": str(path)})["start_image"]
+    assert key.startswith("uploads/") and producer.registry.store.exists(key)
+    assert _start_image(producer, {"feature": 2}) == {"feature": 2}
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(JobError, match="^start_image: cannot be read as PNG"):
+        _start_image(producer, {"start_image": str(tmp_path / "broken.png")})
 
 
 # Each method's start, on test_robust's small network.
@@ -152,3 +168,36 @@ def test_maco_starts_with_the_pictures_phase_and_its_own_magnitude(steps):
     kept[np.ix_([0, SHAPE[0] // 2], [0, SHAPE[1] // 2])] = False
     assert difference[:, :, kept].max() < 1e-3 and kept.sum() == SHAPE[0] * (SHAPE[1] // 2 + 1) - 4
     assert np.abs(pixels[0] - pixels[1]).max() < 1e-3  # the seeds chose nothing
+
+
+# Through the CLI and a real worker.
+
+def test_a_job_from_a_start_image_starts_there_and_is_another_job(stack, run_cli, tmp_path):
+    """One step of gradient_ascent from an uploaded 50x40 picture stays within a few levels of it, resized as
+    images.fit does; the same job without it is the tutorial's grey noise, under another id."""
+    path = tmp_path / "photo.png"
+    path.write_bytes(png((50, 40)))
+    job = ("enqueue", "--model", "shapes_cnn", "--layer", "conv3", "--feature", "5", "--iterations", "1", "--seed", "1")
+    started, noise = run_cli(*job, "--start-image", str(path), "--wait"), run_cli(*job, "--wait")
+    assert started.returncode == 0 == noise.returncode, started.stderr + noise.stderr
+    folder = {name: Path(run.stdout.strip().splitlines()[-1]).parent for name, run in
+              (("started", started), ("noise", noise))}
+    metas = {name: json.loads((where / "meta.json").read_text()) for name, where in folder.items()}
+    assert metas["started"]["job_id"] != metas["noise"]["job_id"] and metas["noise"]["spec"]["start_image"] is None
+    key = metas["started"]["spec"]["start_image"]
+    assert (Path(stack.results_dir) / key).read_bytes() == png((50, 40))
+    expected = images.fit(images.decode_upload(png((50, 40)), "png"), (64, 64, 3))
+    pictures = {name: np.load(where / "image.npy") for name, where in folder.items()}
+    assert np.abs(pictures["started"] - expected).mean() < 2.0 < 20.0 < np.abs(pictures["noise"] - expected).mean()
+
+
+def test_a_start_image_the_model_cannot_take_fails_the_job_in_one_line(stack, producer_api, tmp_path):
+    """Four channels for a three-channel model: the producer checks that the upload exists, the worker that it fits."""
+    path = tmp_path / "rgba.npy"
+    np.save(path, np.full((8, 8, 4), 100.0, np.float32))
+    key = producer_api.upload_image(path, field="start_image")
+    job = producer_api.enqueue({"model": "shapes_cnn", "layer": "conv3", "feature": 5, "iterations": 1, "seed": 1,
+                                "start_image": key})
+    with pytest.raises(Exception) as caught:
+        job.wait(timeout=300)
+    assert str(caught.value) == f"start_image: {key[:24]}...: has 4 channels; the model takes 3"
