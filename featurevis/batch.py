@@ -44,7 +44,8 @@ class Batch:
 
 
 def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[contract.Progress], None]) -> Batch:
-    """Climb every image of `specs` (one model version, layer, method, iteration count) in one pass."""
+    """Climb every image of `specs` (one model version, layer, method, iteration count and start image: a job,
+    or a sweep's features) in one pass."""
     first = specs[0]
     acquired = factory.acquire(first.model, first.layer, first.step, first.model_sha256)
     info = acquired.model.info
@@ -56,9 +57,10 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
                              layer and (layer.height, layer.width, layer.channels),
                              lambda key: factory.caricature(acquired.model, first.layer, key),
                              np.array([[getattr(spec, name) for name in objectives.PENALTIES] for spec in per_image]))
+    picture = None if first.start_image is None else factory.start_image(acquired.model, first.start_image)
     started, started_at = time.perf_counter(), time.time()
     ascent = render.run(acquired.step, seeds, terms, first.iterations, first.diversity,
-                        classify=acquired.model.classify,
+                        state=acquired.step.start(seeds, picture), classify=acquired.model.classify,
                         on_progress=_progress(specs, info.class_names, on_progress),
                         frame_every=max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0)
     timings = contract.Timings(model_load_s=acquired.model_load_s, compile_s=acquired.compile_s,

@@ -156,6 +156,7 @@ class JobFields(BaseModel):
     lp: float = Field(default=0.0, ge=0.0, le=MAX_PENALTY, allow_inf_nan=False)
     lp_p: float | None = Field(default=None, ge=LP_P_RANGE[0], le=LP_P_RANGE[1], allow_inf_nan=False)
     blur: float = Field(default=0.0, ge=0.0, le=MAX_PENALTY, allow_inf_nan=False)
+    start_image: str | None = Field(default=None, pattern=store.UPLOAD_PATTERN)
 
 
 class JobSpec(BaseModel):
@@ -183,6 +184,9 @@ class JobSpec(BaseModel):
     lp: float = 0.0
     lp_p: float = DEFAULT_LP_P
     blur: float = 0.0
+    # An uploaded picture every image of the job starts from instead of noise (each method's start, optvis/);
+    # a set's images all start from it and part through their seeds' transforms and the diversity term.
+    start_image: str | None = None
 
     def fields(self) -> dict[str, Any]:
         """The normalized job as the task's keyword arguments (the wire format)."""
@@ -238,7 +242,7 @@ class JobSpec(BaseModel):
 
 
 # Fields added after version 1: at their defaults they leave the wire format and the job id as they were.
-ADDED_FIELDS = ("animate", "images", "diversity", "alpha", "terms", "tv", "lp", "lp_p", "blur")
+ADDED_FIELDS = ("animate", "images", "diversity", "alpha", "terms", "tv", "lp", "lp_p", "blur", "start_image")
 
 # What each field accepts, for messages about a value of the wrong type or range.
 FIELD_RANGES = {
@@ -266,6 +270,8 @@ FIELD_RANGES = {
     "lp_p": f"null or a number in {LP_P_RANGE[0]:g}..{LP_P_RANGE[1]:g}: the power of the lp norm (default "
             f"{DEFAULT_LP_P:g}; needs lp > 0)",
     "blur": f"a number in 0..{MAX_PENALTY:g}: how hard each step is pulled towards its own 3x3 blur (0: off)",
+    "start_image": f"null or an uploaded image's key {store.UPLOADS}/<sha256>.<{'|'.join(store.UPLOAD_FORMATS)}> "
+                   f"(Producer.upload_image): the picture the job starts from instead of noise",
 }
 
 
@@ -294,6 +300,8 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
     _check_duration(parsed.iterations)
     diversity = _diversity(parsed)
     _check_alpha(parsed)
+    if parsed.start_image is not None:
+        _check_uploaded(models, "start_image", "start image", parsed.start_image, "--start-image")
     seed = parsed.seed
     if seed is None:
         if not draw_seed:
@@ -303,7 +311,7 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         model=parsed.model, model_sha256=info.sha256, conv_id=conv_id, layer=layer, feature=feature,
         iterations=parsed.iterations, seed=seed, method=parsed.method, targets=targets, animate=parsed.animate,
         images=parsed.images, diversity=diversity, alpha=parsed.alpha, terms=terms, tv=float(parsed.tv),
-        lp=float(parsed.lp), lp_p=_lp_power(parsed), blur=float(parsed.blur),
+        lp=float(parsed.lp), lp_p=_lp_power(parsed), blur=float(parsed.blur), start_image=parsed.start_image,
     )
 
 
@@ -416,12 +424,18 @@ def _term(target: Target, info: registry.ModelInfo, layer: str, models: registry
                                   f"{where}, got {len(target.vector)}")
     if target.vector is not None and not any(target.vector):
         raise JobError("targets", "a direction's vector must not be all zeros")
-    if target.image is not None and not models.store.exists(target.image):
-        raise JobError("targets", f"caricature image {target.image[:24]}... is not in the store; upload it first "
-                                  f"(`python -m producer enqueue --caricature FILE`, or Producer.upload_image)")
+    if target.image is not None:
+        _check_uploaded(models, "targets", "caricature image", target.image, "--caricature")
     vector = None if target.vector is None else tuple(float(value) for value in target.vector)
     return Term(objective=target.objective, weight=weight, feature=target.feature, x=x, y=y, vector=vector,
                 image=target.image)
+
+
+def _check_uploaded(models: registry.Registry, field: str, what: str, key: str, flag: str) -> None:
+    """An image a job names by key must be in the store already: the worker reads it, and cannot ask for it."""
+    if not models.store.exists(key):
+        raise JobError(field, f"{what} {key[:24]}... is not in the store; upload it first "
+                              f"(`python -m producer enqueue {flag} FILE`, or Producer.upload_image)")
 
 
 MAX_SWEEP_FEATURES = 16

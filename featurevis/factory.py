@@ -140,11 +140,7 @@ class ModelFactory:
         if cache_key in self._caricatures:
             self._caricatures.move_to_end(cache_key)
             return self._caricatures[cache_key]
-        try:
-            pixels = images.fit(images.decode_upload(self._registry().store.read_bytes(key, ""), key.rsplit(".", 1)[1]),
-                                loaded.info.input_shape)
-        except ValueError as error:
-            raise ValueError(f"targets: caricature image {key[:24]}...: {error}") from None
+        pixels = self._fitted_upload(key, loaded.info.input_shape, "targets: caricature image")
         network = keras.Model(loaded.network.inputs[0], loaded.layer_output(layer))
         activations = network(loaded.preprocess(tf.constant(pixels[None])), training=False)
         self._caricatures[cache_key] = np.asarray(tf.cast(activations, tf.float32))[0]
@@ -152,6 +148,20 @@ class ModelFactory:
         while len(self._caricatures) > CARICATURE_CACHE:
             self._caricatures.popitem(last=False)
         return self._caricatures[cache_key]
+
+    def start_image(self, loaded: LoadedModel, key: str) -> np.ndarray:
+        """The picture a job starts from, resized to the model's input (images.fit). Not cached: one read
+        and resize per batch is nothing beside the climb."""
+        return self._fitted_upload(key, loaded.info.input_shape, "start_image:")
+
+    def _fitted_upload(self, key: str, shape: tuple[int, int, int], named: str) -> np.ndarray:
+        """An uploaded image resized to `shape`; a ValueError of one line, `named` first, when it cannot be one
+        (the producer checked that it exists, not that it fits the model)."""
+        try:
+            return images.fit(images.decode_upload(self._registry().store.read_bytes(key, ""), key.rsplit(".", 1)[1]),
+                              shape)
+        except ValueError as error:
+            raise ValueError(f"{named} {key[:24]}...: {error}") from None
 
     def describe(self, request: dict) -> dict:
         """Load a registration request's model the way jobs will, and describe it; ModelRefused, one line, if it can't serve."""

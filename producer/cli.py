@@ -105,6 +105,7 @@ JOB_OPTIONS = (
     ("--lp", _scalar, "regularizer: weight of the picture's Lp norm about mid-grey, 0..1000 (default 0: off)"),
     ("--lp-p", _scalar, "the power of --lp's norm, 1..10 (default 2)"),
     ("--blur", _scalar, "regularizer: how hard each step is pulled to its own 3x3 blur, 0..1000 (default 0: off)"),
+    ("--start-image", str, "a PNG, JPEG or .npy picture to start from instead of noise (DeepDream): uploaded first"),
 )
 
 
@@ -168,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             return _models(producer, args)
         if args.command == "atlas":
             return _atlas(producer, args)
-        fields = {name: value for name, value in vars(args).items()
-                  if name not in ("command", "wait") and value is not None}
+        fields = _start_image(producer, {name: value for name, value in vars(args).items()
+                                         if name not in ("command", "wait") and value is not None})
         job = producer.sweep(fields) if args.command == "sweep" else producer.enqueue(_objective(producer, fields))
         print(job.id, flush=True)
         if args.wait:
@@ -210,6 +211,13 @@ def _objective(producer: Producer, fields: dict) -> dict:
         targets = (targets if isinstance(targets, list) else [] if targets is None else [targets]) + \
             [{"objective": kind, **feature, **parts}]
     return fields if targets is None else {**fields, "targets": targets}
+
+
+def _start_image(producer: Producer, fields: dict) -> dict:
+    """--start-image's file uploaded, so the job names it by its key as any other system's would."""
+    if "start_image" in fields:
+        fields["start_image"] = producer.upload_image(fields["start_image"], field="start_image")
+    return fields
 
 
 def _json(text: str, flag: str):

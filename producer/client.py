@@ -102,13 +102,14 @@ class Producer:
         del kwargs["feature"]
         return self._send("featurevis.sweep", contract.sweep_id(specs), specs, kwargs)
 
-    def upload_image(self, path: str | os.PathLike) -> str:
-        """Put a PNG, JPEG or .npy image into the store for a caricature term; its key, `uploads/<sha256>.<fmt>`.
+    def upload_image(self, path: str | os.PathLike, field: str = "image") -> str:
+        """Put a PNG, JPEG or .npy image into the store for a caricature term or a job's `start_image`; its key,
+        `uploads/<sha256>.<fmt>`.
 
         The file is decoded here first (images.decode_upload), so a broken one is
-        refused in one line (JobError on `image`) before anything is stored; the
-        worker resizes it to the model's input. Content-addressed: the same file
-        twice is one key, stored once.
+        refused in one line (JobError on `field`, the job field it is for) before anything
+        is stored; the worker resizes it to the model's input. Content-addressed: the same
+        file twice is one key, stored once.
         """
         path = Path(path)
         try:
@@ -120,7 +121,7 @@ class Producer:
             data = path.read_bytes()
             images.decode_upload(data, fmt)
         except ValueError as error:
-            raise JobError("image", str(error)) from None
+            raise JobError(field, str(error)) from None
         key = store.upload_key(hashlib.sha256(data).hexdigest(), fmt)
         if not self.registry.store.exists(key):
             self.registry.store.put(*key.rsplit("/", 1), data)

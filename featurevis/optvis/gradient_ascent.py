@@ -19,10 +19,11 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     or weighted_logits; a plain job is one-hot) and objectives.total adds the
     other kinds of term: with any batch and objectives.Terms as tensor arguments,
     new features, objectives and batch sizes reuse the same graph. The
-    state is the images themselves; seeds only chose the starting noise.
+    state is the images themselves; seeds only chose the starting noise, so
+    from a start picture (exactly the picture) they change nothing.
     """
-    compiled = CompiledStep(advance=None, pixels=tf.identity,
-                            start=lambda seeds: tf.constant(param.tutorial_noise(image_shape, seeds)))
+    compiled = CompiledStep(advance=None, pixels=tf.identity, start=lambda seeds, picture=None: tf.constant(
+        param.tutorial_noise(image_shape, seeds) if picture is None else param.tiled(picture, len(seeds))))
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, *image_shape], tf.float32),

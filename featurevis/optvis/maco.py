@@ -73,6 +73,12 @@ def phase_init(shape: tuple[int, int, int], seeds: list[int]) -> np.ndarray:
                      for seed in seeds]).astype(np.float32)
 
 
+def picture_phase(images: np.ndarray) -> np.ndarray:
+    """The phase (batch, channels, h, w//2+1) of 0..255 images' decorrelated planes, as phase_to_pixels reads it:
+    a start picture's layout (natural images keep their structure in the phase, which is why MACO moves it alone)."""
+    return np.angle(np.fft.rfft2(param.decorrelated_planes(np.asarray(images, np.float64)))).astype(np.float32)
+
+
 def one_over_f(shape: tuple[int, int, int]) -> np.ndarray:
     """The default magnitude (channels, h, w//2+1): 1/frequency in every decorrelated channel, no DC.
 
@@ -127,6 +133,8 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     Xplique's MACO renders one image per objective, and how a fixed magnitude and the Gram-matrix
     term trade off is unmeasured), so the step takes the diversity argument and ignores it.
     `magnitude` (channels, h, w//2+1) defaults to one_over_f; a dataset's mean spectrum goes here.
+    A start picture (a job's `start_image`) gives the start its phase alone (picture_phase): the magnitude
+    stays `magnitude`, since fixing it is the method, so the first picture is the image's layout, not the image.
     """
     magnitude = tf.constant(one_over_f(image_shape) if magnitude is None else magnitude, tf.float32)
     channels, h, w_half, _ = param.fft_spectrum_shape(image_shape)
@@ -144,8 +152,11 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
         peak = tf.reduce_max(state.looked, axis=[1, 2], keepdims=True)
         return {"alpha": state.looked / tf.maximum(peak, 1e-30)}
 
-    compiled = CompiledStep(advance=None, pixels=pixels, extras=extras,
-                            start=lambda seeds: MacoState.start(phase_init(image_shape, seeds), image_shape))
+    def starting(seeds, picture=None):
+        phase = phase_init(image_shape, seeds) if picture is None else picture_phase(param.tiled(picture, len(seeds)))
+        return MacoState.start(phase, image_shape)
+
+    compiled = CompiledStep(advance=None, pixels=pixels, extras=extras, start=starting)
 
     @tf.function(input_signature=[
         state_spec,

@@ -9,6 +9,12 @@ def tutorial_noise(shape: tuple[int, int, int], seeds: list[int]) -> np.ndarray:
     return np.stack([np.random.default_rng(seed).random(shape) + 128.0 for seed in seeds]).astype(np.float32)
 
 
+def tiled(picture: np.ndarray, count: int) -> np.ndarray:
+    """A start picture (h, w, channels) once for each of `count` images: a job's images, or a sweep's features,
+    all start from the job's one start image."""
+    return np.repeat(np.asarray(picture, np.float32)[None], count, axis=0)
+
+
 # lucid's colour decorrelation: the square root of ImageNet's colour covariance (from its SVD).
 COLOR_CORRELATION_SVD_SQRT = np.array([[0.26, 0.09, 0.02],
                                        [0.27, 0.00, -0.05],
@@ -43,6 +49,33 @@ def fft_to_pixels(spectrum: tf.Tensor, shape: tuple[int, int, int]) -> tf.Tensor
     scaled = tf.complex(spectrum[..., 0], spectrum[..., 1]) * tf.cast(spectrum_scale(h, w), tf.complex64)
     planes = tf.signal.irfft2d(scaled, fft_length=[h, w]) / 4.0  # lucid's /4: a comfortable range for the sigmoid
     return 255.0 * tf.sigmoid(correlated_channels_last(planes))
+
+
+# How far from 0 and 255 a start picture's pixels are clipped before the sigmoid is inverted: half a level,
+# the rounding an 8-bit picture has anyway, keeps its logits finite (about +-6.2).
+PIXEL_MARGIN = 0.5
+
+
+def pixels_to_fft(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """fft_to_pixels inverted: images (batch, h, w, channels) in 0..255 -> the spectra that give them back.
+
+    So the robust method can start from a picture: the logit of pixels/255 (clipped
+    PIXEL_MARGIN from either end, where the sigmoid never reaches), the colour mixing
+    undone, rfft2d, x4 and / spectrum_scale. A real picture's half-spectrum is one irfft2d
+    maps back to it exactly, so fft_to_pixels returns the picture to float32 precision
+    wherever it lies inside the margin. Computed in float64: the start is made once.
+    """
+    h, w, _ = shape
+    unit = np.clip(np.asarray(images, np.float64), PIXEL_MARGIN, 255.0 - PIXEL_MARGIN) / 255.0
+    spectrum = np.fft.rfft2(4.0 * decorrelated_planes(np.log(unit / (1.0 - unit)))) / spectrum_scale(h, w)
+    return np.stack([spectrum.real, spectrum.imag], axis=-1).astype(np.float32)
+
+
+def decorrelated_planes(images: np.ndarray) -> np.ndarray:
+    """correlated_channels_last inverted, in numpy: (batch, h, w, channels) -> (batch, channels, h, w)."""
+    if images.shape[-1] == 3:
+        return np.einsum("bhwd,cd->bchw", images, np.linalg.inv(_COLOR_CORRELATION.astype(np.float64)))
+    return np.transpose(images, [0, 3, 1, 2])
 
 
 def correlated_channels_last(planes: tf.Tensor) -> tf.Tensor:

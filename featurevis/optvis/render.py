@@ -35,7 +35,9 @@ class CompiledStep:
     advance(state, terms, seeds, diversity) -> (state, StepStats) is the traced
     step (terms: objectives.Terms, or a bare (batch, channels) weights matrix); the
     state is whatever the method moves (pixels, or spectra and their Adam moments),
-    made by start(seeds) and seen as 0..255 images through pixels(state).
+    made by start(seeds) from each seed's noise, or by start(seeds, picture) from one
+    (h, w, channels) 0..255 picture at the network's input size for every image (a job's
+    start_image: DeepDream starts from a photo), and seen as 0..255 images through pixels(state).
     `extras(state)`, where a method has them, are per-image maps beside the pictures
     (`alpha`: (batch, h, w) in 0..1, published as alpha.png), read once at the end.
     `traces` counts traces of the step: it should stay at 1.
@@ -43,7 +45,7 @@ class CompiledStep:
 
     advance: Callable[..., tuple[Any, StepStats]] | None
     pixels: Callable[[Any], tf.Tensor]
-    start: Callable[[list[int]], Any]
+    start: Callable[[list[int], np.ndarray | None], Any]
     traces: int = 0
     extras: Callable[[Any], dict[str, tf.Tensor]] | None = None
 

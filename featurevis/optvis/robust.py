@@ -73,7 +73,7 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
         return {"alpha": transparent(state.spectrum, image_shape)[1][..., 0]}
 
     compiled = CompiledStep(advance=None, pixels=pixels, extras=extras if alpha else None,
-                            start=lambda seeds: RobustState.start(param.fft_spectrum_init(planes, seeds)))
+                            start=lambda seeds, picture=None: RobustState.start(start_spectrum(planes, seeds, picture)))
 
     @tf.function(input_signature=[
         state_spec,
@@ -113,6 +113,19 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     if alpha:
         extras(start)
     return compiled
+
+
+def start_spectrum(planes: tuple[int, int, int], seeds: list[int], picture: np.ndarray | None) -> np.ndarray:
+    """lucid's noise spectra, one per seed; with a start picture (h, w, channels), its colours in their place.
+
+    An opacity plane (alpha) stays the seed's noise, a half-transparent start as without a picture:
+    a fully opaque one would sit where the sigmoid is flat, and the opacity would hardly move.
+    """
+    spectrum = param.fft_spectrum_init(planes, seeds)
+    if picture is not None:
+        channels = picture.shape[-1]
+        spectrum[:, :channels] = param.pixels_to_fft(param.tiled(picture, len(seeds)), (*planes[:2], channels))
+    return spectrum
 
 
 def transparent(spectrum: tf.Tensor, image_shape: tuple[int, int, int]) -> tuple[tf.Tensor, tf.Tensor]:
