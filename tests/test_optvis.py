@@ -1,4 +1,6 @@
 """The math, run in this process: the tutorial's step, clipping, a rising loss, and the factory's caching."""
+import time
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -127,6 +129,20 @@ def test_predictions_come_when_the_cadence_says_and_always_at_the_end(conv5):
                                     classify=conv5.model.classify, cadence=render.Cadence(budget=0.0))
     assert [p.iteration for p in none_on_the_way.predictions] == [12]
     assert conv5.model.classify.cost_s > 0
+
+
+def test_the_prediction_budget_counts_what_a_prediction_cost_not_the_one_image_estimate(conv5):
+    """A classifier whose estimate (of one image) is far below what a call costs, as a batch of 32's is: with
+    the estimate, nearly every iteration would predict; with each call's own cost, at most about half do."""
+    real = conv5.model.classify
+
+    def slow(images):
+        time.sleep(0.05)
+        return real(images)
+
+    ascent = render.run(conv5.step, [1], one_hot([1]), 20, classify=render.Classifier(slow, cost_s=1e-4),
+                        cadence=render.Cadence(budget=0.5))
+    assert 2 <= len(ascent.predictions) <= 11
 
 
 def test_progress_gets_the_figures_of_its_iteration_and_the_history_all_of_them(conv5):

@@ -118,7 +118,9 @@ class Cadence:
     By default one is made whenever the job has run cost/budget seconds since
     the last and has at least as long still to run (the final prediction comes
     soon enough otherwise), so predictions cost at most `budget` of the job;
-    `predict_every` fixes the interval in iterations instead.
+    `predict_every` fixes the interval in iterations instead. The cost is what
+    the last prediction took (the classifier's own timing, of one image, until
+    then): a batch of 32 costs many times one image.
     """
 
     progress_s: float = PROGRESS_SECONDS
@@ -126,10 +128,10 @@ class Cadence:
     predict_every: int | None = None
 
     def predict_now(self, done: int, iterations: int, since_last_s: float, elapsed_s: float,
-                    classify: Classifier) -> bool:
+                    cost_s: float) -> bool:
         if self.predict_every:
             return done % self.predict_every == 0
-        interval = classify.cost_s / self.budget if self.budget > 0 else float("inf")
+        interval = cost_s / self.budget if self.budget > 0 else float("inf")
         return since_last_s >= interval and elapsed_s / done * (iterations - done) >= interval
 
 
@@ -151,6 +153,7 @@ def run(step: CompiledStep, seeds: list[int], weights: np.ndarray | objectives.T
     arguments = (objectives.as_terms(weights), tf.constant(seeds, tf.int64), tf.constant(diversity, tf.float32))
     state = step.start(seeds) if state is None else state
     history, predictions, frames = [], [], []
+    prediction_s = classify.cost_s if classify is not None else 0.0
     started = last_progress = last_prediction = time.perf_counter()
     for done in range(1, iterations + 1):
         state, stats = step.advance(state, *arguments)
@@ -158,10 +161,11 @@ def run(step: CompiledStep, seeds: list[int], weights: np.ndarray | objectives.T
         final, predicted = done == iterations, None
         now = time.perf_counter()
         if classify is not None and (final or cadence.predict_now(done, iterations, now - last_prediction,
-                                                                  now - started, classify)):
+                                                                  now - started, prediction_s)):
             predicted = Prediction(done, classify(step.pixels(state)).numpy())
             predictions.append(predicted)
             last_prediction = time.perf_counter()
+            prediction_s = last_prediction - now
         if frame_every and (done % frame_every == 0 or final):
             frames.append(step.pixels(state).numpy())
         if on_progress is not None and (final or predicted is not None or now - last_progress >= cadence.progress_s):
