@@ -70,7 +70,9 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
     channel_view = terms.channels + terms.neurons.sum(axis=(1, 2))
     scores = scoring.scores(acquired.probe, ascent.images, channel_view, final, first.layer == LOGITS,
                             factory.judge(first.model))
-    return Batch(acquired, timings, [_share(spec, rows, ascent, scores, acquired, info.class_names)
+    history = {name: np.stack([getattr(stats, name) for stats in ascent.history])  # (iterations, images)
+               for name in render.StepStats._fields}
+    return Batch(acquired, timings, [_share(spec, rows, ascent, history, scores, acquired, info.class_names)
                                      for spec, rows in zip(specs, _rows(specs))])
 
 
@@ -79,11 +81,10 @@ def _rows(specs: list[JobSpec]) -> list[slice]:
     return [slice(int(end) - spec.images, int(end)) for spec, end in zip(specs, ends)]
 
 
-def _share(spec: JobSpec, rows: slice, ascent: render.Ascent, scores: list[contract.Scores], acquired: Acquired,
-           class_names: list[str]) -> Rendered:
+def _share(spec: JobSpec, rows: slice, ascent: render.Ascent, history: dict[str, np.ndarray],
+           scores: list[contract.Scores], acquired: Acquired, class_names: list[str]) -> Rendered:
     pictures = ascent.images[rows]
-    steps = {name: [float(np.mean(getattr(stats, name)[rows])) for stats in ascent.history]
-             for name in render.StepStats._fields}
+    steps = {name: [float(value) for value in values[:, rows].mean(axis=1)] for name, values in history.items()}
     similarity = scoring.gram_similarity(acquired.probe, pictures) if spec.images > 1 else None
     return Rendered(spec, pictures, [frame[rows] for frame in ascent.frames], steps,
                     [_top_class(predicted, rows.start, class_names) for predicted in ascent.predictions],
