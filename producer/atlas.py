@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import celery.exceptions
 from celery import states
 from celery.result import AsyncResult
 
@@ -57,13 +58,22 @@ class AtlasJob:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"atlas {self.id} not done after {timeout} s ({progress.done} of "
                                    f"{progress.total} units)")
-            time.sleep(POLL_SECONDS)
+            _finished_within(self.result, POLL_SECONDS)
         if self.result.ready() and self.result.state != states.SUCCESS:
             raise JobFailed(_one_line(self.result.result))
         progress = self.progress()
         if progress.state != "done":
             raise JobFailed(f"atlas {self.id} finished with {progress.done} of {progress.total} units")
         return progress
+
+
+def _finished_within(result: AsyncResult, seconds: float) -> None:
+    """Wait up to `seconds` for the atlas's callback, through the result backend: a wait returns when the
+    atlas finishes, not at the next poll."""
+    try:
+        result.get(timeout=seconds, propagate=False, disable_sync_subtasks=False)
+    except celery.exceptions.TimeoutError:
+        pass
 
 
 def submit(producer, fields: dict[str, Any]) -> AtlasJob:
