@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from featurevis import celeryconfig, registry, store
+from featurevis import celeryconfig, datasets, registry, store
 from featurevis.registry import LOGITS
 
 # 2: conv_id in the tutorial's (creation) order, and the model version in every job id.
@@ -40,6 +40,9 @@ METHODS = {"gradient_ascent": False, "robust": True, "maco": False}
 # Methods whose step takes `alpha: true` (a transparency channel); maco always saves its own alpha.png.
 ALPHA_METHODS = ("robust",)
 ALPHA_MAPS = ("maco",)
+# Methods whose picture keeps a fixed magnitude spectrum: the mean of the model's dataset where it has one
+# (the spec names it, JobSpec.magnitude), 1/f otherwise.
+MAGNITUDE_METHODS = ("maco",)
 MAX_TARGETS = 16
 MAX_WEIGHT = 100.0
 MAX_IMAGES = 8
@@ -187,6 +190,9 @@ class JobSpec(BaseModel):
     # An uploaded picture every image of the job starts from instead of noise (each method's start, optvis/);
     # a set's images all start from it and part through their seeds' transforms and the diversity term.
     start_image: str | None = None
+    # maco: the fingerprint of the dataset whose mean magnitude spectrum the picture keeps (None: 1/f). Not on
+    # the wire (each side reads it from the registry); in the job id, so a new dataset gives new pictures.
+    magnitude: str | None = None
 
     def fields(self) -> dict[str, Any]:
         """The normalized job as the task's keyword arguments (the wire format)."""
@@ -195,7 +201,7 @@ class JobSpec(BaseModel):
             del fields["feature"]
             fields["targets"] = [{"feature": feature, "weight": weight} for feature, weight in self.targets or ()] \
                 + [term.wire() for term in self.terms or ()]
-        fields.update({name: getattr(self, name) for name in self._added_and_set() if name != "terms"})
+        fields.update({name: getattr(self, name) for name in self._added_and_set() if name not in ("terms", "magnitude")})
         return fields
 
     def _added_and_set(self) -> list[str]:
@@ -242,7 +248,8 @@ class JobSpec(BaseModel):
 
 
 # Fields added after version 1: at their defaults they leave the wire format and the job id as they were.
-ADDED_FIELDS = ("animate", "images", "diversity", "alpha", "terms", "tv", "lp", "lp_p", "blur", "start_image")
+ADDED_FIELDS = ("animate", "images", "diversity", "alpha", "terms", "tv", "lp", "lp_p", "blur", "start_image",
+                "magnitude")
 
 # What each field accepts, for messages about a value of the wrong type or range.
 FIELD_RANGES = {
@@ -312,6 +319,7 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         iterations=parsed.iterations, seed=seed, method=parsed.method, targets=targets, animate=parsed.animate,
         images=parsed.images, diversity=diversity, alpha=parsed.alpha, terms=terms, tv=float(parsed.tv),
         lp=float(parsed.lp), lp_p=_lp_power(parsed), blur=float(parsed.blur), start_image=parsed.start_image,
+        magnitude=datasets.fingerprint(models, info) if parsed.method in MAGNITUDE_METHODS else None,
     )
 
 

@@ -28,6 +28,7 @@ from featurevis.registry import ModelRefused
 from featurevis.store import DATASET, DATASET_INFO
 
 SHAPES_SIZE, SHAPES_SEED = 320, 20_261_129  # a few hundred images, drawn apart from training's seeds
+SHAPES_FINGERPRINT = f"shapes-{SHAPES_SIZE}-{SHAPES_SEED}"
 SHAPES_ARCHITECTURES = ("shapes_cnn", "shapes_cnn_b")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -39,15 +40,23 @@ class Dataset:
     source: str
 
 
+def fingerprint(models: registry.Registry, info: registry.ModelInfo) -> str | None:
+    """The model's dataset's fingerprint, None when it has none, read without its images (the contract
+    names the dataset a maco job's magnitude spectrum comes from)."""
+    if _is_shapes(info):
+        return SHAPES_FINGERPRINT
+    described = _described(models, info)
+    return None if described is None else described["sha256"][:16]
+
+
 def for_model(models: registry.Registry, info: registry.ModelInfo) -> Dataset | None:
     """The model's dataset, or None when it has none."""
-    if info.source.get("builtin") and info.source.get("architecture") in SHAPES_ARCHITECTURES:
+    if _is_shapes(info):
         return shapes_dataset()
-    store, key = models.store, models.key(info.name, info.sha256)
-    try:
-        described = json.loads(store.read_bytes(key, DATASET_INFO))
-    except FileNotFoundError:
+    described = _described(models, info)
+    if described is None:
         return None
+    store, key = models.store, models.key(info.name, info.sha256)
     if store.local:
         images = np.load(store.path(key, DATASET), mmap_mode="r")
     else:  # a worker copies it once per version, as it does the model file
@@ -59,13 +68,24 @@ def for_model(models: registry.Registry, info: registry.ModelInfo) -> Dataset | 
     return Dataset(images, described["sha256"][:16], described["source"])
 
 
+def _is_shapes(info: registry.ModelInfo) -> bool:
+    return bool(info.source.get("builtin")) and info.source.get("architecture") in SHAPES_ARCHITECTURES
+
+
+def _described(models: registry.Registry, info: registry.ModelInfo) -> dict | None:
+    """dataset.json beside the model version: {sha256, size, source}; None when it has no dataset."""
+    try:
+        return json.loads(models.store.read_bytes(models.key(info.name, info.sha256), DATASET_INFO))
+    except FileNotFoundError:
+        return None
+
+
 @lru_cache(maxsize=1)
 def shapes_dataset() -> Dataset:
     images, _ = shapes.generate(SHAPES_SIZE, SHAPES_SEED)
     images = np.round(images).astype(np.uint8)
     images.setflags(write=False)
-    return Dataset(images, f"shapes-{SHAPES_SIZE}-{SHAPES_SEED}", f"featurevis.shapes.generate({SHAPES_SIZE}, "
-                                                                   f"seed={SHAPES_SEED})")
+    return Dataset(images, SHAPES_FINGERPRINT, f"featurevis.shapes.generate({SHAPES_SIZE}, seed={SHAPES_SEED})")
 
 
 def load(path: str | Path, input_shape: tuple[int, int, int]) -> np.ndarray:

@@ -22,8 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from featurevis import images, registry, scoring, zoo
-from featurevis.optvis import methods, objectives, render
+from featurevis import datasets, images, registry, scoring, zoo
+from featurevis.optvis import methods, objectives, param, render
 from featurevis.registry import LOGITS, ModelInfo
 from featurevis.store import MODEL_FILE
 
@@ -215,17 +215,24 @@ class ModelFactory:
             for step in [step for step in self._steps if step[:2] == oldest]:
                 del self._steps[step]
 
-    @staticmethod
-    def _compile(loaded: LoadedModel, layer: str, step_name: str) -> Compiled:
+    def _compile(self, loaded: LoadedModel, layer: str, step_name: str) -> Compiled:
         """`step_name` is a method's name, or a method and an option that changes its state ("robust+alpha",
         contract.JobSpec.step): such a variant is a step of its own, compiled once like the others."""
         method_name, _, option = step_name.partition("+")
         method = methods.BY_NAME[method_name]
         network, objective = target_network(loaded, layer, with_style=method.needs_style)
         shape = loaded.info.input_shape
-        return Compiled(method.compile_step(network, loaded.preprocess, objective, shape,
-                                            **({option: True} if option else {})),
+        options = {option: True} if option else {}
+        if method.takes_magnitude:
+            options["magnitude"] = self._dataset_magnitude(loaded.info)
+        return Compiled(method.compile_step(network, loaded.preprocess, objective, shape, **options),
                         scoring.feature_probe(network, loaded.preprocess, shape))
+
+    def _dataset_magnitude(self, info: ModelInfo) -> np.ndarray | None:
+        """The mean magnitude spectrum of the model's dataset (None without one: the method's default), read
+        when a step that fixes it is compiled; the job's spec names the dataset (JobSpec.magnitude)."""
+        dataset = datasets.for_model(self._registry(), info)
+        return None if dataset is None else param.mean_magnitude(dataset.images)
 
 
 def target_network(loaded: LoadedModel, layer: str, with_style: bool = False) -> tuple[keras.Model, Callable]:

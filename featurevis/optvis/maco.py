@@ -11,10 +11,10 @@ As Xplique does, the step also sums the gradient's size at each pixel over the s
 objective looks. It comes back as `alpha` (CompiledStep.extras), published as alpha.png.
 
 Where this differs from Xplique, and why:
-- The magnitude is 1/f (lucid's spectrum_scale, in the decorrelated colour space) for every model.
-  Xplique loads ImageNet's mean spectrum; the issue asks for the mean spectrum of a model's registered
-  dataset where it has one, which no registered model has yet (`compile_step` takes `magnitude`; the
-  registry does not yet carry one).
+- The magnitude is the mean spectrum of the model's registered dataset (param.mean_magnitude, in the
+  decorrelated colour space; the factory passes it), and 1/f (lucid's spectrum_scale) for a model
+  without one. Xplique loads ImageNet's mean spectrum for every model: a model's own dataset is the
+  natural images it was made for, whatever they are.
 - Pixels are the decorrelated planes mixed through ImageNet's colour correlation, then min-max
   normalized into 0..255 per image, not standardized and squashed by a sigmoid: every step from the
   phase to the pixels is affine, so the magnitude spectrum of the picture itself is the fixed one,
@@ -190,4 +190,4 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     return compiled
 
 
-METHOD = Method("maco", compile_step)
+METHOD = Method("maco", compile_step, takes_magnitude=True)

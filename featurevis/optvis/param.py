@@ -71,6 +71,17 @@ def pixels_to_fft(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray
     return np.stack([spectrum.real, spectrum.imag], axis=-1).astype(np.float32)
 
 
+def mean_magnitude(images: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """The mean magnitude spectrum (channels, h, w//2+1) of 0..255 images' decorrelated planes, DC set to 0:
+    what MACO fixes a picture's magnitude to, from the images a model was made for (optvis/maco.py).
+    Streamed `chunk` images at a time, since a dataset may be a map of a large file."""
+    total = sum(np.abs(np.fft.rfft2(decorrelated_planes(np.asarray(images[first:first + chunk], np.float64))))
+                .sum(axis=0) for first in range(0, len(images), chunk))
+    magnitude = (total / len(images)).astype(np.float32)
+    magnitude[:, 0, 0] = 0.0  # the mean pixel: min-max normalization sets it anyway
+    return magnitude
+
+
 def decorrelated_planes(images: np.ndarray) -> np.ndarray:
     """correlated_channels_last inverted, in numpy: (batch, h, w, channels) -> (batch, channels, h, w)."""
     if images.shape[-1] == 3:
