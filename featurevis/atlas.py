@@ -152,9 +152,9 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         if detail["type"] == "extra_forbidden":
             raise JobError(field, f"unknown field; valid fields are {', '.join(FIELD_RANGES)}") from None
         raise JobError(field, f"must be {FIELD_RANGES.get(field, 'valid')}, got "
-                              f"{contract._shown(detail['input'])}") from None
+                              f"{contract.shown(detail['input'])}") from None
     models = models or registry.Registry.from_env()
-    info = contract._model_info(models, parsed.model, parsed.model_sha256)
+    info = contract.model_info(models, parsed.model, parsed.model_sha256)
     seed = parsed.seed
     if seed is None:
         if not draw_seed:
@@ -185,9 +185,9 @@ def _layers(info: registry.ModelInfo, wanted) -> list[tuple[int | None, str]]:
     resolved = []
     for item in wanted:
         conv_id, layer = (item, None) if isinstance(item, int) else (None, item)
-        resolved.append(contract._resolve_target(info, conv_id, layer))
+        resolved.append(contract.resolve_target(info, conv_id, layer))
     if len({name for _, name in resolved}) != len(resolved):
-        raise JobError("layers", f"names a layer twice: {contract._shown(wanted)}")
+        raise JobError("layers", f"names a layer twice: {contract.shown(wanted)}")
     return resolved
 
 
@@ -207,7 +207,7 @@ def batch_request(fields: dict[str, Any], models: registry.Registry | None = Non
         raise JobError("atlas_batch", "must be {atlas_id, request, layer, features}")
     atlas = normalize(fields["request"], draw_seed=False, models=models)
     if atlas.atlas_id != fields["atlas_id"]:
-        raise JobError("atlas_id", f"{contract._shown(fields['atlas_id'])} is not the id of this request "
+        raise JobError("atlas_id", f"{contract.shown(fields['atlas_id'])} is not the id of this request "
                                    f"({atlas.atlas_id})")
     layer = atlas.layer(fields["layer"])
     features = fields["features"]

@@ -294,8 +294,8 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
     except pydantic.ValidationError as error:
         raise _first_error(error) from None
     models = models or registry.Registry.from_env()
-    info = _model_info(models, parsed.model, parsed.model_sha256)
-    conv_id, layer = _resolve_target(info, parsed.conv_id, parsed.layer)
+    info = model_info(models, parsed.model, parsed.model_sha256)
+    conv_id, layer = resolve_target(info, parsed.conv_id, parsed.layer)
     targets, terms = _normalize_targets(parsed, fields, info, layer, models)
     feature = _class_feature(info, parsed, fields, layer) if parsed.class_ is not None else parsed.feature
     if targets or terms:  # the job's feature, as meta.json names it: its first channel, else its first neuron's
@@ -343,7 +343,7 @@ def _class_feature(info: registry.ModelInfo, parsed: JobFields, fields: dict, la
     try:
         return info.class_index(parsed.class_)
     except ValueError as error:
-        raise JobError("class", f"{_shown(parsed.class_)}: {error}") from None
+        raise JobError("class", f"{shown(parsed.class_)}: {error}") from None
 
 
 def _diversity(parsed: JobFields) -> float:
@@ -466,7 +466,7 @@ def normalize_sweep(fields: dict[str, Any], draw_seed: bool = True,
     if (not isinstance(features, list) or not 1 <= len(features) <= MAX_SWEEP_FEATURES
             or len(set(map(repr, features))) != len(features)):
         raise JobError("features", f"must be a list of 1..{MAX_SWEEP_FEATURES} distinct feature indices, "
-                                   f"got {_shown(features)}")
+                                   f"got {shown(features)}")
     first = normalize({**fields, "feature": features[0]}, draw_seed=draw_seed, models=models)
     pinned = {**fields, "seed": first.seed, "model_sha256": first.model_sha256}  # every feature on one version
     return [first] + [normalize({**pinned, "feature": f}, models=models) for f in features[1:]]
@@ -504,28 +504,28 @@ def _first_error(error: pydantic.ValidationError) -> JobError:
     detail = error.errors()[0]
     field = str(detail["loc"][0]) if detail["loc"] else "job"
     if field == "targets" and len(detail["loc"]) > 1:  # a nested problem: report the whole field
-        return JobError(field, f"must be {FIELD_RANGES[field]}, got {_shown(detail['input'])}")
+        return JobError(field, f"must be {FIELD_RANGES[field]}, got {shown(detail['input'])}")
     if detail["type"] == "extra_forbidden":
-        return JobError(_shown(field).strip('"'), f"unknown field; valid fields are {', '.join(FIELD_RANGES)}")
-    return JobError(field, f"must be {FIELD_RANGES[field]}, got {_shown(detail['input'])}")
+        return JobError(shown(field).strip('"'), f"unknown field; valid fields are {', '.join(FIELD_RANGES)}")
+    return JobError(field, f"must be {FIELD_RANGES[field]}, got {shown(detail['input'])}")
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value quoted on one short line, whatever it holds."""
     text = json.dumps(value, ensure_ascii=True, default=repr)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _model_info(models: registry.Registry, name: str, version: str | None) -> registry.ModelInfo:
+def model_info(models: registry.Registry, name: str, version: str | None) -> registry.ModelInfo:
     try:
         return models.get(name, version)
     except KeyError:
         if version is not None and models.current_version(name) is not None:
             raise JobError("model_sha256", f"{version[:12]}... is not a registered version of {name}") from None
-        raise JobError("model", f"unknown model {_shown(name)}; registered: {', '.join(models.names())}") from None
+        raise JobError("model", f"unknown model {shown(name)}; registered: {', '.join(models.names())}") from None
 
 
-def _resolve_target(info: registry.ModelInfo, conv_id: int | None, layer: str | None) -> tuple[int | None, str]:
+def resolve_target(info: registry.ModelInfo, conv_id: int | None, layer: str | None) -> tuple[int | None, str]:
     """(conv_id, Keras layer name) of the target; a tutorial layer name resolves to the Keras one."""
     conv_layers = info.conv_layers
     if conv_id is not None and not 0 <= conv_id < len(conv_layers):
@@ -539,12 +539,12 @@ def _resolve_target(info: registry.ModelInfo, conv_id: int | None, layer: str | 
         named = None
     elif (named := info.layer(layer)) is None:
         examples = f"{info.layers[0].name}..{info.layers[-1].name}"
-        raise JobError("layer", f"unknown layer {_shown(layer)} for {info.name}; must be "
+        raise JobError("layer", f"unknown layer {shown(layer)} for {info.name}; must be "
                                 f"{f'{LOGITS!r} or ' if info.classes else ''}a layer with a (height, width, channels) "
                                 f"output such as {examples} (`python -m producer models show {info.name}`)")
     named_id = None if named is None else named.conv_id
     if conv_id is not None and conv_id != named_id:
-        raise JobError("layer", f"{_shown(layer)} is not conv_id {conv_id}; give one of conv_id and layer, or both agreeing")
+        raise JobError("layer", f"{shown(layer)} is not conv_id {conv_id}; give one of conv_id and layer, or both agreeing")
     return named_id, LOGITS if named is None else named.name
 
 

@@ -7,7 +7,7 @@ whose task id is the atlas id. Sent from a worker, the chord's hundreds of
 tasks cost the producer one message and leave it no result subscriptions.
 
 `featurevis.atlas_batch` runs up to `batch` units of one layer through the path
-every job takes (featurevis.batch and tasks._publish: one batched pass, each unit an ordinary
+every job takes (featurevis.batch and tasks.publish: one batched pass, each unit an ordinary
 job with its own meta.json). Units whose meta.json exists are not computed again,
 so a batch redelivered after its worker died finishes only what is missing, and
 units single jobs already made cost nothing. When the model has a dataset,
@@ -108,7 +108,7 @@ def _render(task, store: ResultStore, specs: list, ranked: dict | None) -> list:
             dataclasses.replace(job, scores=[{**row, **_versus(row, ranked, job.spec.feature)} for row in job.scores])
             for job in rendered.jobs])
     with ThreadPoolExecutor(PUBLISHERS) as pool:
-        return list(pool.map(lambda job: tasks._publish(task, store, job, rendered), rendered.jobs))
+        return list(pool.map(lambda job: tasks.publish(task, store, job, rendered), rendered.jobs))
 
 
 def _examples(store: ResultStore, request: atlas.Atlas, layer: str) -> tuple[dict | None, str | None]:

@@ -151,7 +151,7 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
     from featurevis import batch  # noqa: F811 - the TensorFlow side, imported here in pool children only
 
     rendered = batch.run(runtime.factory(), specs, ProgressPublisher(task).publish)
-    return [_publish(task, store, job, rendered) for job in rendered.jobs]
+    return [publish(task, store, job, rendered) for job in rendered.jobs]
 
 
 class Published(NamedTuple):
@@ -159,7 +159,7 @@ class Published(NamedTuple):
     picture: np.ndarray  # the job's (first) picture: what a sweep's contact sheet shows
 
 
-def _publish(task: celery.Task, store: ResultStore, job: batch.Rendered, rendered: batch.Batch) -> Published:
+def publish(task: celery.Task, store: ResultStore, job: batch.Rendered, rendered: batch.Batch) -> Published:
     """Write one job's files, meta.json last: a picture (and its alpha.png), or a set as a sheet, its array and
     each PNG."""
     spec, pictures = job.spec, job.pictures
