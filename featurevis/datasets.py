@@ -8,8 +8,9 @@ A registered model may have one, stored in the registry's layout beside its file
 It comes from a `.npz` (its `images` array, or its only one) or a folder of
 PNG/JPEG files (resized to the model's input). Stored as `.npy` so a worker
 maps it from disk and streams it in batches: memory stays bounded whatever its
-size. The shapes models need no upload: their dataset is drawn by the project's
-generator (featurevis/shapes.py) from a fixed seed, the same on every machine.
+size. The built-in shapes models need no upload: their dataset is drawn from a fixed
+seed by the generator each learnt from (featurevis/shapes.py for shapes_cnn and
+shapes_cnn_b, featurevis/shapes_judge.py for the judge), the same on every machine.
 """
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featurevis import registry, shapes
+from featurevis import registry, shapes, shapes_judge
 from featurevis.registry import ModelRefused
 from featurevis.store import DATASET, DATASET_INFO
 
-SHAPES_SIZE, SHAPES_SEED = 320, 20_261_129  # a few hundred images, drawn apart from training's seeds
-SHAPES_FINGERPRINT = f"shapes-{SHAPES_SIZE}-{SHAPES_SEED}"
-SHAPES_ARCHITECTURES = ("shapes_cnn", "shapes_cnn_b")
+# The built-in models' datasets: drawn from a fixed seed by the generator each learnt from (its module).
+GENERATORS = {"shapes": shapes.generate, "shapes_judge": shapes_judge.generate}
+DRAWN_BY = {"shapes_cnn": "shapes", "shapes_cnn_b": "shapes", "shapes_judge": "shapes_judge"}
+DRAWN_SIZE, DRAWN_SEED = 320, 20_261_129  # a few hundred images, drawn apart from training's seeds
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -43,16 +45,16 @@ class Dataset:
 def fingerprint(models: registry.Registry, info: registry.ModelInfo) -> str | None:
     """The model's dataset's fingerprint, None when it has none, read without its images (the contract
     names the dataset a maco job's magnitude spectrum comes from)."""
-    if _is_shapes(info):
-        return SHAPES_FINGERPRINT
+    if _generator(info):
+        return drawn_fingerprint(_generator(info))
     described = _described(models, info)
     return None if described is None else described["sha256"][:16]
 
 
 def for_model(models: registry.Registry, info: registry.ModelInfo) -> Dataset | None:
     """The model's dataset, or None when it has none."""
-    if _is_shapes(info):
-        return shapes_dataset()
+    if _generator(info):
+        return drawn(_generator(info))
     described = _described(models, info)
     if described is None:
         return None
@@ -68,8 +70,13 @@ def for_model(models: registry.Registry, info: registry.ModelInfo) -> Dataset | 
     return Dataset(images, described["sha256"][:16], described["source"])
 
 
-def _is_shapes(info: registry.ModelInfo) -> bool:
-    return bool(info.source.get("builtin")) and info.source.get("architecture") in SHAPES_ARCHITECTURES
+def _generator(info: registry.ModelInfo) -> str | None:
+    """The generator a built-in model's dataset is drawn by; None for a model with an uploaded one, or none."""
+    return DRAWN_BY.get(info.source.get("architecture")) if info.source.get("builtin") else None
+
+
+def drawn_fingerprint(generator: str) -> str:
+    return f"{generator}-{DRAWN_SIZE}-{DRAWN_SEED}"
 
 
 def _described(models: registry.Registry, info: registry.ModelInfo) -> dict | None:
@@ -80,12 +87,14 @@ def _described(models: registry.Registry, info: registry.ModelInfo) -> dict | No
         return None
 
 
-@lru_cache(maxsize=1)
-def shapes_dataset() -> Dataset:
-    images, _ = shapes.generate(SHAPES_SIZE, SHAPES_SEED)
+@lru_cache(maxsize=len(GENERATORS))
+def drawn(generator: str) -> Dataset:
+    """A built-in model's dataset, the same on every machine."""
+    images, _ = GENERATORS[generator](DRAWN_SIZE, DRAWN_SEED)
     images = np.round(images).astype(np.uint8)
     images.setflags(write=False)
-    return Dataset(images, SHAPES_FINGERPRINT, f"featurevis.shapes.generate({SHAPES_SIZE}, seed={SHAPES_SEED})")
+    return Dataset(images, drawn_fingerprint(generator),
+                   f"featurevis.{generator}.generate({DRAWN_SIZE}, seed={DRAWN_SEED})")
 
 
 def load(path: str | Path, input_shape: tuple[int, int, int]) -> np.ndarray:

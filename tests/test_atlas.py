@@ -107,8 +107,8 @@ def test_a_full_shapes_cnn_atlas_on_two_workers_computes_every_unit_once(fleet, 
     store = ResultStore(fleet.results_dir)
     for layer in SHAPES_UNITS:  # ranked once per layer, beside the model
         info = registry.builtin_info("shapes_cnn")
-        ranked = examples.read(store, info, datasets.shapes_dataset(), layer)
-        assert ranked["images"] == datasets.SHAPES_SIZE and len(ranked["top"]["indices"]) == SHAPES_UNITS[layer]
+        ranked = examples.read(store, info, datasets.drawn("shapes"), layer)
+        assert ranked["images"] == datasets.DRAWN_SIZE and len(ranked["top"]["indices"]) == SHAPES_UNITS[layer]
     status = json.loads(_cli(fleet, "status", wanted.atlas_id).stdout)
     assert status["state"] == "done" and status["info"]["done"] == 176
 
@@ -325,8 +325,12 @@ def test_a_dataset_is_stored_beside_a_model_from_a_folder_or_refused_in_one_line
         datasets.put(models, info, wrong)
     assert str(caught.value) == "dataset: must be images of the model's input, (n, 299, 299, 3) with n >= 1, got (3, 64, 64, 3)"
     shapes = datasets.for_model(models, registry.builtin_info("shapes_cnn"))
-    assert shapes.images.shape == (datasets.SHAPES_SIZE, 64, 64, 3)
-    assert np.array_equal(shapes.images, datasets.shapes_dataset().images)  # drawn, the same every time
+    assert shapes.images.shape == (datasets.DRAWN_SIZE, 64, 64, 3)
+    assert np.array_equal(shapes.images, datasets.drawn("shapes").images)  # drawn, the same every time
+    # The judge's is drawn by the generator it learnt from, not shapes_cnn's.
+    judge = datasets.for_model(models, registry.builtin_info("shapes_judge"))
+    assert judge.images.shape == shapes.images.shape and not np.array_equal(judge.images, shapes.images)
+    assert judge.fingerprint == datasets.fingerprint(models, registry.builtin_info("shapes_judge")) != shapes.fingerprint
 
 
 def test_a_run_queues_what_the_atlas_lacks_once_and_a_redelivered_start_still_queues(tmp_path):

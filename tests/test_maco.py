@@ -115,9 +115,9 @@ def test_a_maco_job_writes_its_picture_its_alpha_map_and_meta(stack, producer_ap
     meta = json.loads((results / result.meta).read_text())
     assert meta["method"] == "maco" and len(meta["loss"]) == 4 and meta["factory"]["step_traces"] == 1
     # shapes_cnn has a dataset: the picture keeps its mean spectrum, which is not 1/f.
-    assert meta["spec"]["magnitude"] == datasets.SHAPES_FINGERPRINT
+    assert meta["spec"]["magnitude"] == datasets.drawn_fingerprint("shapes")
     picture_array = np.load(results / result.array)[None]
-    assert_fixed_magnitude(picture_array, param.mean_magnitude(datasets.shapes_dataset().images).astype(np.float64))
+    assert_fixed_magnitude(picture_array, param.mean_magnitude(datasets.drawn("shapes").images).astype(np.float64))
     with pytest.raises(AssertionError):
         assert_fixed_magnitude(picture_array, maco.one_over_f((64, 64, 3)).astype(np.float64))
     transparent = producer_api.enqueue({**fields, "method": "robust", "alpha": True}).wait(timeout=300)
@@ -130,7 +130,7 @@ def test_a_maco_job_names_the_dataset_its_magnitude_comes_from_and_other_jobs_no
     """In the spec and the job id (a new dataset, new pictures), never on the wire: each side reads it."""
     job = {"model": "shapes_cnn", "conv_id": 2, "feature": 5, "method": "maco", "iterations": 4, "seed": 1}
     spec = contract.normalize(job)
-    assert spec.magnitude == datasets.SHAPES_FINGERPRINT and "magnitude" not in spec.fields()
+    assert spec.magnitude == datasets.drawn_fingerprint("shapes") and "magnitude" not in spec.fields()
     assert contract.normalize(spec.fields()) == spec
     assert spec.job_id != spec.model_copy(update={"magnitude": None}).job_id
     assert contract.normalize({**job, "model": "inception_v3_untrained"}).magnitude is None  # no dataset: 1/f
