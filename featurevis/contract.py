@@ -282,7 +282,7 @@ FIELD_RANGES = {
     "layer": f"null, '{LOGITS}', or the name of a layer whose output is (batch, height, width, channels)",
     "feature": "an integer channel or class index, >= 0",
     "class": "null, a class index or a class name (exact or a unique prefix), for the logits",
-    "iterations": f"an integer in 1..{MAX_ITERATIONS} (absent: the method's default, {ITERATIONS_BY_METHOD})",
+    "iterations": f"an integer in 1..{MAX_ITERATIONS}",
     "seed": f"null or an integer in 0..{MAX_SEED}",
     "method": f"one of {', '.join(METHODS)}",
     "targets": f"null or a list of 1..{MAX_TARGETS} objects {{objective: {'|'.join(OBJECTIVES)} (default "
