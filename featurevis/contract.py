@@ -38,6 +38,9 @@ MAX_SEED = 2**32 - 1
 # Each method by name, and whether its step carries the diversity term a set of images needs. The
 # TensorFlow side of each is featurevis/optvis/<name>.py, listed in optvis/methods.py.
 METHODS = {"gradient_ascent": False, "robust": True, "maco": False}
+# Methods whose step takes `alpha: true` (a transparency channel); maco always saves its own alpha.png.
+ALPHA_METHODS = ("robust",)
+ALPHA_MAPS = ("maco",)
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,8 @@ def iterations_field() -> Any:
 
 def iterations(method: str, given: int | None) -> int:
     return METHOD_DEFAULTS[method].iterations if given is None else given
-# Methods whose step takes `alpha: true` (a transparency channel); maco always saves its own alpha.png.
-ALPHA_METHODS = ("robust",)
-ALPHA_MAPS = ("maco",)
+
+
 MAX_TARGETS = 16
 MAX_WEIGHT = 100.0
 MAX_IMAGES = 8
