@@ -46,11 +46,12 @@ bench: setup
 bench-quick: setup
 	$(PY) -m bench.run --quick
 
-# The robust method against the tutorial's, scored; writes quality/results.json and quality/contact_sheet.png.
+# Every method at its defaults, scored; writes quality/results.json and quality/contact_sheet.png.
 quality: setup
 	$(PY) quality/run.py
 
-# The robust method's learning rate x transform strength, scored; writes quality/defaults.json (about 2.5 minutes).
+# Each method's iterations, learning rate and transform strength, scored on other seeds; writes
+# quality/defaults.json, and fails when contract.METHOD_DEFAULTS is not what it chose.
 quality-defaults: setup
 	$(PY) quality/defaults.py
 

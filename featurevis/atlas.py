@@ -60,7 +60,7 @@ class AtlasFields(BaseModel):
     layers: Literal["all"] | list[int | str] = Field(default="all")
     units: int | None = Field(default=None, ge=1)
     method: Literal[tuple(contract.METHODS)] = "gradient_ascent"  # type: ignore[valid-type]
-    iterations: int = Field(default=30, ge=1, le=contract.MAX_ITERATIONS)
+    iterations: int = contract.iterations_field()
     seed: int | None = Field(default=None, ge=0, le=contract.MAX_SEED)
     batch: int = Field(default=DEFAULT_BATCH, ge=1, le=MAX_BATCH)
 
@@ -168,8 +168,8 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         features = tuple(range(min(channels, parsed.units or channels)))
         layers.append(AtlasLayer(layer=name, conv_id=conv_id, features=features))
     atlas = Atlas(model=info.name, model_sha256=info.sha256, layers=tuple(layers), units=parsed.units,
-                  method=parsed.method,
-                  iterations=parsed.iterations, seed=seed, batch=parsed.batch)
+                  method=parsed.method, iterations=contract.iterations(parsed.method, parsed.iterations), seed=seed,
+                  batch=parsed.batch)
     contract.normalize(atlas.unit_fields(atlas.layers[0], atlas.layers[0].features[0]), models=models)  # the rest agree
     return atlas
 

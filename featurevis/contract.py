@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -43,6 +44,41 @@ ALPHA_MAPS = ("maco",)
 # Methods whose picture keeps a fixed magnitude spectrum: the mean of the model's dataset where it has one
 # (the spec names it, JobSpec.magnitude), 1/f otherwise.
 MAGNITUDE_METHODS = ("maco",)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """A method's settings where a job leaves them out: what a default job runs, chosen per method because a
+    count of iterations right for one method's step stops another's before its picture forms.
+
+    The TensorFlow side (optvis/robust.py, optvis/maco.py) reads its step's settings here too, so the table
+    `make quality-defaults` chooses (README, "How good the pictures are") is the one place they are set.
+    """
+
+    iterations: int
+    learning_rate: float | None = None  # Adam's rate; None: the method's own step rule
+    moves: float | None = None  # how far the transforms move the picture, in lucid's amounts; None: none
+
+
+METHOD_DEFAULTS = {
+    "gradient_ascent": Defaults(iterations=30),  # the tutorial's: its step is 1/std(grad), on the pixels
+    "robust": Defaults(iterations=50, learning_rate=0.05, moves=1.0),
+    "maco": Defaults(iterations=200, learning_rate=0.2, moves=1.0),
+}
+ITERATIONS_BY_METHOD = ", ".join(f"{name} {defaults.iterations}" for name, defaults in METHOD_DEFAULTS.items())
+
+
+def iterations_field() -> Any:
+    """The `iterations` wire field of jobs and atlases. Absent (never null) it is the method's (`iterations`
+    fills it in), so the JSON Schema names no one default; an explicit value keeps the job id it always had."""
+    return Field(default=None, ge=1, le=MAX_ITERATIONS, description=f"default: the method's ({ITERATIONS_BY_METHOD})",
+                 json_schema_extra=lambda schema: schema.pop("default"))
+
+
+def iterations(method: str, given: int | None) -> int:
+    return METHOD_DEFAULTS[method].iterations if given is None else given
+
+
 MAX_TARGETS = 16
 MAX_WEIGHT = 100.0
 MAX_IMAGES = 8
@@ -147,7 +183,7 @@ class JobFields(BaseModel):
     layer: str | None = None
     feature: int = Field(default=0, ge=0)
     class_: int | str | None = Field(default=None, alias="class")
-    iterations: int = Field(default=30, ge=1, le=MAX_ITERATIONS)
+    iterations: int = iterations_field()
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     method: Literal[tuple(METHODS)] = "gradient_ascent"  # type: ignore[valid-type]
     targets: list[Target] | None = Field(default=None, min_length=1, max_length=MAX_TARGETS)
@@ -304,7 +340,8 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         _check_feature(info, layer, checked)
     if targets and len(targets) == 1 and targets[0][1] == 1.0 and not terms:
         targets = None  # one target of weight 1 is the plain job it always meant
-    _check_duration(parsed.iterations)
+    steps = iterations(parsed.method, parsed.iterations)
+    _check_duration(steps)
     diversity = _diversity(parsed)
     _check_alpha(parsed)
     if parsed.start_image is not None:
@@ -316,7 +353,7 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         seed = secrets.randbelow(MAX_SEED + 1)
     return JobSpec(
         model=parsed.model, model_sha256=info.sha256, conv_id=conv_id, layer=layer, feature=feature,
-        iterations=parsed.iterations, seed=seed, method=parsed.method, targets=targets, animate=parsed.animate,
+        iterations=steps, seed=seed, method=parsed.method, targets=targets, animate=parsed.animate,
         images=parsed.images, diversity=diversity, alpha=parsed.alpha, terms=terms, tv=float(parsed.tv),
         lp=float(parsed.lp), lp_p=_lp_power(parsed), blur=float(parsed.blur), start_image=parsed.start_image,
         magnitude=datasets.fingerprint(models, info) if parsed.method in MAGNITUDE_METHODS else None,

@@ -78,9 +78,14 @@ def read(store: ResultStore, info: registry.ModelInfo, dataset: Dataset, layer: 
         return None
 
 
+def ranking(loaded, dataset: Dataset, layer: str) -> dict:
+    """The dataset ranked for every unit of `layer`, unpublished: `make quality` compares pictures with it too."""
+    return rank(_scores(loaded, layer), dataset.images)
+
+
 def compute(store: ResultStore, loaded, dataset: Dataset, layer: str) -> dict:
     """Rank the dataset for every unit of `layer` and publish it: the pictures first, the ranking last."""
-    ranked = rank(_scores(loaded, layer), dataset.images)
+    ranked = ranking(loaded, dataset, layer)
     ranked.update(dataset=dataset.fingerprint, source=dataset.source, layer=layer)
     folder = key(loaded.info, dataset)
     shown = {index for part in ("top", "bottom") for row in ranked[part]["indices"] for index in row}

@@ -98,7 +98,7 @@ JOB_OPTIONS = (
     ("--conv-id", _scalar, "index into the model's Conv2D layers; omit (and omit --layer) for the class logits"),
     ("--layer", str, "a layer name (any (h, w, channels) output; for inception_v3 also the tutorial's, e.g. "
                      "mixed/conv), or 'logits'"),
-    ("--iterations", _scalar, "1..10000, default 30"),
+    ("--iterations", _scalar, f"1..{contract.MAX_ITERATIONS}, default the method's: {contract.ITERATIONS_BY_METHOD}"),
     ("--seed", _scalar, "drawn and recorded when absent"),
     ("--method", str, "gradient_ascent (default), robust or maco"),
     ("--tv", _scalar, "regularizer: weight of the picture's total variation, 0..1000 (default 0: off)"),
@@ -144,7 +144,8 @@ def _atlas_parser(command: argparse.ArgumentParser) -> None:
                          help="all (every Conv2D layer, the default) or layer names and conv_ids, e.g. conv1,3")
     command.add_argument("--units", type=_scalar, default=None, help="the first K units of each layer (default all)")
     command.add_argument("--method", default=None, help="default gradient_ascent")
-    command.add_argument("--iterations", type=_scalar, default=None, help="1..10000, default 30")
+    command.add_argument("--iterations", type=_scalar, default=None,
+                         help=f"1..{contract.MAX_ITERATIONS}, default the method's: {contract.ITERATIONS_BY_METHOD}")
     command.add_argument("--seed", type=_scalar, default=None, help="drawn and recorded when absent")
     command.add_argument("--batch", type=_scalar, default=None, help="units of one layer per task, default 32")
     command.add_argument("--wait", action="store_true", help="show progress over all units and print the atlas page")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from featurevis.optvis import objectives, param, render, robust, transform
+from featurevis.contract import METHOD_DEFAULTS
+from featurevis.optvis import maco, objectives, param, render, robust, transform
 
 SHAPE = (64, 64, 3)
 CHANNELS, CLASSES = 16, 5
@@ -77,9 +78,27 @@ def test_transforms_without_movement_are_the_identity():
     np.testing.assert_allclose(moved(images, [1, 2], moves=still), images, atol=1e-3)
 
 
-def test_lucids_pixel_amounts_scale_with_the_image():
+def test_lucids_pixel_amounts_scale_with_the_image_and_a_strength_scales_them_all():
     assert transform.Moves.lucid(224) == transform.Moves(12, 8, (0.9, 1.1), 10.0, 4)
     assert transform.Moves.lucid(448).pad == 24
+    assert transform.Moves.lucid(224, 2.0) == transform.Moves(24, 16, (0.8, 1.2), 20.0, 8)
+    assert transform.Moves.lucid(224, 0.0) == transform.Moves(0, 0, (1.0, 1.0), 0.0, 0)
+
+
+@pytest.mark.parametrize("method", [robust, maco])
+def test_a_steps_rate_and_moves_are_its_methods_defaults_in_the_contract(tiny, method):
+    """What a worker compiles (the network and objective only) is the step at the contract's rate and strength:
+    the same pictures, step for step, as that step named in full, and not those of another strength."""
+    defaults = METHOD_DEFAULTS[method.METHOD.name]
+    seeds, weights = [1, 2], one_hot_rows([3, 5], CHANNELS)
+    climbed = lambda **settings: render.run(method.compile_step(tiny[0], preprocess, objectives.weighted_channels,
+                                                                SHAPE, **settings), seeds, weights, 3)
+    default = climbed()
+    assert [stats.step_size[0] for stats in default.history] == pytest.approx([defaults.learning_rate] * 3)
+    named = climbed(learning_rate=defaults.learning_rate, moves=transform.Moves.lucid(max(SHAPE), defaults.moves))
+    np.testing.assert_array_equal(default.images, named.images)
+    other = climbed(moves=transform.Moves.lucid(max(SHAPE), defaults.moves + 1.0))
+    assert np.abs(other.images - default.images).max() > 1.0
 
 
 def test_weighted_objectives_are_linear_and_one_hot_is_the_tutorials_loss():

@@ -37,14 +37,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from featurevis.contract import METHOD_DEFAULTS
 from featurevis.optvis import objectives, param, robust, transform
 from featurevis.optvis.render import CompiledStep, Method, Objective, StepStats
 
-# Adam's rate on the phase, in radians a step. Measured on shapes_cnn, 4 features (seeds 1-4), 60 iterations:
-# mean objective reached at conv3 (conv_id 2) 1.00 / 1.02 / 1.07 / 1.05 and at the logits 6.9 / 9.2 / 8.9 / 6.6
-# for rates 0.05 / 0.2 / 0.5 / 1.0 (Xplique's Nadam rate, on a phase it standardizes each step). 0.2 is best
-# on the logits and within 5% of the best at the conv layer. Not yet chosen by `make quality-defaults`.
-LEARNING_RATE = 0.2
+DEFAULTS = METHOD_DEFAULTS["maco"]  # Adam's rate on the phase (radians a step) and the transforms' strength
 
 
 class MacoState(NamedTuple):
@@ -121,7 +118,7 @@ def _hermitian(phase: tf.Tensor, w: int) -> tf.Tensor:
 
 
 def compile_step(network: keras.Model, preprocess: Callable, objective: Objective, image_shape: tuple[int, int, int],
-                 learning_rate: float = LEARNING_RATE, moves: transform.Moves | None = None,
+                 learning_rate: float = DEFAULTS.learning_rate, moves: transform.Moves | None = None,
                  magnitude: np.ndarray | None = None) -> CompiledStep:
     """MACO's step, compiled once: one Adam update of the phases, the loss seen through random moves.
 
@@ -135,7 +132,9 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     `magnitude` (channels, h, w//2+1) defaults to one_over_f; a dataset's mean spectrum goes here.
     A start picture (a job's `start_image`) gives the start its phase alone (picture_phase): the magnitude
     stays `magnitude`, since fixing it is the method, so the first picture is the image's layout, not the image.
+    `moves` defaults to lucid's at the strength DEFAULTS names.
     """
+    moves = moves or transform.Moves.lucid(max(image_shape[:2]), DEFAULTS.moves)
     magnitude = tf.constant(one_over_f(image_shape) if magnitude is None else magnitude, tf.float32)
     channels, h, w_half, _ = param.fft_spectrum_shape(image_shape)
     phase_spec = tf.TensorSpec([None, channels, h, w_half], tf.float32)

@@ -7,15 +7,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from featurevis.contract import METHOD_DEFAULTS
 from featurevis.optvis import objectives, param, transform
 from featurevis.optvis.render import CompiledStep, Method, Objective, StepStats
 
-LEARNING_RATE = 0.05  # lucid's Adam rate for the FFT parameterization
+DEFAULTS = METHOD_DEFAULTS["robust"]  # Adam's rate and the transforms' strength, chosen with the iterations
 # With alpha, the loss also pays this share of the objective's size times the mean opacity, so a pixel stays
 # opaque only where it earns it; scaled by the objective, as the diversity term is, to mean the same on any layer.
-# Measured on shapes_cnn's logits (classes 0, 1, 5, 7; 100 iterations): cost 0 / 0.3 / 1 gave mean opacity
-# 0.62 / 0.61 / 0.57 and a mean logit of 7.3 / 7.2 / 7.0; at lucid's rate the opacity plane moves slowly, so
-# the cost matters little either way. Not yet chosen by `make quality-defaults`.
+# Set by hand on shapes_cnn's logits, not by `make quality-defaults` (bench/RESULTS.md, "Measurements behind
+# defaults").
 OPACITY_COST = 0.3
 
 
@@ -38,7 +38,7 @@ class RobustState(NamedTuple):
 
 
 def compile_step(network: keras.Model, preprocess: Callable, objective: Objective, image_shape: tuple[int, int, int],
-                 learning_rate: float = LEARNING_RATE, moves: transform.Moves | None = None,
+                 learning_rate: float = DEFAULTS.learning_rate, moves: transform.Moves | None = None,
                  alpha: bool = False) -> CompiledStep:
     """lucid's render step, compiled once: one Adam update of FFT spectra, the loss seen through random moves.
 
@@ -58,8 +58,10 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     nothing retraces.
     The stats' gradient figures are of the spectra, which is what Adam moves;
     their step size is the learning rate. With `alpha`, see `transparent`. Regularizers
-    (objectives.penalty) are taken on the picture itself, not on the moved copy.
+    (objectives.penalty) are taken on the picture itself, not on the moved copy. `moves` defaults to
+    lucid's at the strength DEFAULTS names.
     """
+    moves = moves or transform.Moves.lucid(max(image_shape[:2]), DEFAULTS.moves)
     planes = (*image_shape[:2], image_shape[2] + alpha)  # with alpha, one more plane: the opacity
     spectrum_spec = tf.TensorSpec([None, *param.fft_spectrum_shape(planes)], tf.float32)
     state_spec = RobustState(spectrum_spec, spectrum_spec, spectrum_spec, tf.TensorSpec([], tf.int64))

@@ -34,12 +34,14 @@ class Moves:
     jitter_after: float
 
     @classmethod
-    def lucid(cls, size: int) -> Moves:
+    def lucid(cls, size: int, strength: float = 1.0) -> Moves:
         """lucid's defaults (pad 12, jitter 8, scale 0.9..1.1, rotate ±10°, jitter 4 at 224 px), with the
         pixel amounts scaled by size/224 so they move the picture as far relative to its size: a 299-px
-        image gets pad 16, jitter 10.7, jitter 5.3."""
-        factor = size / LUCID_SIZE
-        return cls(pad=12 * factor, jitter=8 * factor, scale=(0.9, 1.1), degrees=10.0, jitter_after=4 * factor)
+        image gets pad 16, jitter 10.7, jitter 5.3. `strength` scales every amount (and the scale's distance
+        from 1), so one number says how hard a method's transforms move (contract.Defaults.moves); 0: not at all."""
+        factor = size / LUCID_SIZE * strength
+        return cls(pad=12 * factor, jitter=8 * factor, scale=(1 - 0.1 * strength, 1 + 0.1 * strength),
+                   degrees=10.0 * strength, jitter_after=4 * factor)
 
 
 def standard(images: tf.Tensor, seeds: tf.Tensor, step: tf.Tensor, moves: Moves | None = None) -> tf.Tensor:
