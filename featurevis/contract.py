@@ -41,9 +41,10 @@ METHODS = {"gradient_ascent": False, "robust": True, "maco": False}
 # Methods whose step takes `alpha: true` (a transparency channel); maco always saves its own alpha.png.
 ALPHA_METHODS = ("robust",)
 ALPHA_MAPS = ("maco",)
-# Methods whose picture keeps a fixed magnitude spectrum: the mean of the model's dataset where it has one
-# (the spec names it, JobSpec.magnitude), 1/f otherwise.
+# Methods whose picture keeps a fixed magnitude spectrum, and the spectra a job may fix it to: 1/f, or the
+# mean of the model's registered dataset (the spec names the dataset, JobSpec.magnitude).
 MAGNITUDE_METHODS = ("maco",)
+MAGNITUDES = ("1/f", "dataset")
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,13 @@ class Defaults:
     iterations: int
     learning_rate: float | None = None  # Adam's rate; None: the method's own step rule
     moves: float | None = None  # how far the transforms move the picture, in lucid's amounts; None: none
+    magnitude: str | None = None  # the fixed magnitude spectrum (MAGNITUDES) of a method that keeps one
 
 
 METHOD_DEFAULTS = {
     "gradient_ascent": Defaults(iterations=30),  # the tutorial's: its step is 1/std(grad), on the pixels
     "robust": Defaults(iterations=50, learning_rate=0.05, moves=1.0),
-    "maco": Defaults(iterations=200, learning_rate=0.2, moves=1.0),
+    "maco": Defaults(iterations=200, learning_rate=0.2, moves=1.0, magnitude="1/f"),
 }
 ITERATIONS_BY_METHOD = ", ".join(f"{name} {defaults.iterations}" for name, defaults in METHOD_DEFAULTS.items())
 
@@ -196,6 +198,7 @@ class JobFields(BaseModel):
     lp_p: float | None = Field(default=None, ge=LP_P_RANGE[0], le=LP_P_RANGE[1], allow_inf_nan=False)
     blur: float = Field(default=0.0, ge=0.0, le=MAX_PENALTY, allow_inf_nan=False)
     start_image: str | None = Field(default=None, pattern=store.UPLOAD_PATTERN)
+    magnitude: Literal[MAGNITUDES] | None = None  # type: ignore[valid-type]
 
 
 class JobSpec(BaseModel):
@@ -226,8 +229,9 @@ class JobSpec(BaseModel):
     # An uploaded picture every image of the job starts from instead of noise (each method's start, optvis/);
     # a set's images all start from it and part through their seeds' transforms and the diversity term.
     start_image: str | None = None
-    # maco: the fingerprint of the dataset whose mean magnitude spectrum the picture keeps (None: 1/f). Not on
-    # the wire (each side reads it from the registry); in the job id, so a new dataset gives new pictures.
+    # maco with `magnitude: dataset`: the fingerprint of the dataset whose mean magnitude spectrum the picture
+    # keeps (None: 1/f). On the wire as "dataset"; the fingerprint is in the job id, so a new dataset gives new
+    # pictures.
     magnitude: str | None = None
 
     def fields(self) -> dict[str, Any]:
@@ -238,6 +242,8 @@ class JobSpec(BaseModel):
             fields["targets"] = [{"feature": feature, "weight": weight} for feature, weight in self.targets or ()] \
                 + [term.wire() for term in self.terms or ()]
         fields.update({name: getattr(self, name) for name in self._added_and_set() if name not in ("terms", "magnitude")})
+        if self.magnitude:
+            fields["magnitude"] = "dataset"
         return fields
 
     def _added_and_set(self) -> list[str]:
@@ -248,7 +254,7 @@ class JobSpec(BaseModel):
     @property
     def step(self) -> str:
         """The compiled step a job needs: its method, or a variant whose state has another shape (factory)."""
-        return f"{self.method}+alpha" if self.alpha else self.method
+        return f"{self.method}+alpha" if self.alpha else f"{self.method}+dataset" if self.magnitude else self.method
 
     @property
     def saves_alpha(self) -> bool:
@@ -313,6 +319,8 @@ FIELD_RANGES = {
     "lp_p": f"null or a number in {LP_P_RANGE[0]:g}..{LP_P_RANGE[1]:g}: the power of the lp norm (default "
             f"{DEFAULT_LP_P:g}; needs lp > 0)",
     "blur": f"a number in 0..{MAX_PENALTY:g}: how hard each step is pulled towards its own 3x3 blur (0: off)",
+    "magnitude": f"null (the method's default) or one of {', '.join(MAGNITUDES)}: the magnitude spectrum a "
+                 f"{' or '.join(MAGNITUDE_METHODS)} picture keeps (dataset: the mean of the model's registered dataset)",
     "start_image": f"null or an uploaded image's key {store.UPLOADS}/<sha256>.<{'|'.join(store.UPLOAD_FORMATS)}> "
                    f"(Producer.upload_image): the picture the job starts from instead of noise",
 }
@@ -356,8 +364,25 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         iterations=steps, seed=seed, method=parsed.method, targets=targets, animate=parsed.animate,
         images=parsed.images, diversity=diversity, alpha=parsed.alpha, terms=terms, tv=float(parsed.tv),
         lp=float(parsed.lp), lp_p=_lp_power(parsed), blur=float(parsed.blur), start_image=parsed.start_image,
-        magnitude=datasets.fingerprint(models, info) if parsed.method in MAGNITUDE_METHODS else None,
+        magnitude=_magnitude(parsed, models, info),
     )
+
+
+def _magnitude(parsed: JobFields, models: registry.Registry, info: registry.ModelInfo) -> str | None:
+    """The fingerprint of the dataset a job's magnitude spectrum comes from; None for 1/f, and for methods
+    that keep none."""
+    if parsed.method not in MAGNITUDE_METHODS:
+        if parsed.magnitude is not None:
+            raise JobError("magnitude", f"only method {' or '.join(MAGNITUDE_METHODS)} keeps a fixed magnitude "
+                                        f"spectrum; this job's is {parsed.method}")
+        return None
+    if (parsed.magnitude or METHOD_DEFAULTS[parsed.method].magnitude) != "dataset":
+        return None
+    fingerprint = datasets.fingerprint(models, info)
+    if fingerprint is None:
+        raise JobError("magnitude", f"'dataset' needs a model with a dataset; {info.name} has none (`python -m "
+                                    f"producer models dataset {info.name} PATH`), or use 1/f")
+    return fingerprint
 
 
 def _lp_power(parsed: JobFields) -> float:

@@ -216,23 +216,22 @@ class ModelFactory:
                 del self._steps[step]
 
     def _compile(self, loaded: LoadedModel, layer: str, step_name: str) -> Compiled:
-        """`step_name` is a method's name, or a method and an option that changes its state ("robust+alpha",
-        contract.JobSpec.step): such a variant is a step of its own, compiled once like the others."""
-        method_name, _, option = step_name.partition("+")
+        """`step_name` is a method's name, or a method and a variant of it (contract.JobSpec.step): "robust+alpha"
+        (a state with an opacity plane), "maco+dataset" (the dataset's magnitude spectrum). A variant is a step of
+        its own, compiled once like the others."""
+        method_name, _, variant = step_name.partition("+")
         method = methods.BY_NAME[method_name]
         network, objective = target_network(loaded, layer, with_style=method.needs_style)
         shape = loaded.info.input_shape
-        options = {option: True} if option else {}
-        if method.takes_magnitude:
-            options["magnitude"] = self._dataset_magnitude(loaded.info)
+        options = {"magnitude": self.dataset_magnitude(loaded.info)} if variant == "dataset" \
+            else {variant: True} if variant else {}
         return Compiled(method.compile_step(network, loaded.preprocess, objective, shape, **options),
                         scoring.feature_probe(network, loaded.preprocess, shape))
 
-    def _dataset_magnitude(self, info: ModelInfo) -> np.ndarray | None:
-        """The mean magnitude spectrum of the model's dataset (None without one: the method's default), read
-        when a step that fixes it is compiled; the job's spec names the dataset (JobSpec.magnitude)."""
-        dataset = datasets.for_model(self._registry(), info)
-        return None if dataset is None else param.mean_magnitude(dataset.images)
+    def dataset_magnitude(self, info: ModelInfo) -> np.ndarray:
+        """The mean magnitude spectrum of the model's dataset (the contract checked it has one), read when a
+        step that keeps it is compiled; the job's spec names the dataset (JobSpec.magnitude)."""
+        return param.mean_magnitude(datasets.for_model(self._registry(), info).images)
 
 
 def target_network(loaded: LoadedModel, layer: str, with_style: bool = False) -> tuple[keras.Model, Callable]:

@@ -106,6 +106,7 @@ JOB_OPTIONS = (
     ("--lp-p", _scalar, "the power of --lp's norm, 1..10 (default 2)"),
     ("--blur", _scalar, "regularizer: how hard each step is pulled to its own 3x3 blur, 0..1000 (default 0: off)"),
     ("--start-image", str, "a PNG, JPEG or .npy picture to start from instead of noise (DeepDream): uploaded first"),
+    ("--magnitude", str, "maco's fixed magnitude spectrum: 1/f (the default) or dataset (the mean of the model's)"),
 )
 
 

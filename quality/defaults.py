@@ -3,7 +3,9 @@
 A setting is Adam's learning rate, how hard the transforms move the picture (a multiple of lucid's
 amounts, transform.Moves.lucid) and the iterations. Per method (robust and maco) the sweep is:
 1. each rate of RATES[method], at lucid's moves (strength 1);
-2. each strength of STRENGTHS at the rate step 1 chose.
+2. each strength of STRENGTHS at the rate step 1 chose;
+3. for maco, which keeps a magnitude spectrum, the other spectrum (contract.MAGNITUDES: 1/f, or the mean of
+   the model's dataset) at the rate and strength steps 1 and 2 chose.
 Every setting runs ITERATIONS[-1] iterations once and its pictures are read at each count of ITERATIONS on
 the way: a step does not depend on how many follow, so the picture after 30 steps of a 200-step run is a
 30-iteration job's, and the iterations cost nothing more. This coordinate search replaces the full product
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from featurevis import registry, scoring
-from featurevis.contract import METHOD_DEFAULTS
+from featurevis.contract import MAGNITUDES, METHOD_DEFAULTS
 from featurevis.factory import ModelFactory, target_network
 from featurevis.optvis import methods, objectives, render, transform
 
@@ -52,13 +54,16 @@ CLOSE = 0.02  # one picture in 50
 
 
 def pictures(factory: ModelFactory, method: str, conv_id: int | None, rate: float | None, strength: float | None,
-             features: list[int], seeds: list[int]) -> tuple[dict[int, np.ndarray], np.ndarray, scoring.Probe]:
+             magnitude: str | None, features: list[int],
+             seeds: list[int]) -> tuple[dict[int, np.ndarray], np.ndarray, scoring.Probe]:
     """The batch's pictures after each count of ITERATIONS, from one run of a step compiled for these settings."""
     loaded = factory.model(MODEL)
     network, objective = target_network(loaded, loaded.info.target_layer(conv_id),
                                         with_style=methods.BY_NAME[method].needs_style)
     shape = loaded.info.input_shape
     settings = {} if rate is None else {"learning_rate": rate, "moves": transform.Moves.lucid(max(shape[:2]), strength)}
+    if magnitude == "dataset":  # the dataset's spectrum, as a worker's "maco+dataset" step has it
+        settings["magnitude"] = factory.dataset_magnitude(loaded.info)
     step = methods.BY_NAME[method].compile_step(network, loaded.preprocess, objective, shape, **settings)
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], loaded.info.feature_count(conv_id))
     every = math.gcd(*ITERATIONS)
@@ -67,21 +72,23 @@ def pictures(factory: ModelFactory, method: str, conv_id: int | None, rate: floa
             scoring.feature_probe(network, loaded.preprocess, shape))
 
 
-def setting(factory: ModelFactory, method: str, rate: float | None, strength: float | None) -> list[dict]:
+def setting(factory: ModelFactory, method: str, rate: float | None, strength: float | None,
+            magnitude: str | None = None) -> list[dict]:
     """One row per count of ITERATIONS: the setting's scores after that many steps."""
     loaded = factory.model(MODEL)
     classes = loaded.info.classes
-    rows = {count: {"method": method, "learning_rate": rate, "moves": strength, "iterations": count}
-            for count in ITERATIONS}
-    by_count, weights, probe = pictures(factory, method, None, rate, strength, list(range(classes)) * len(SEEDS),
-                                        [seed for seed in SEEDS for _ in range(classes)])
+    magnitude = magnitude or METHOD_DEFAULTS[method].magnitude
+    rows = {count: {"method": method, "learning_rate": rate, "moves": strength, "magnitude": magnitude,
+                    "iterations": count} for count in ITERATIONS}
+    by_count, weights, probe = pictures(factory, method, None, rate, strength, magnitude,
+                                        list(range(classes)) * len(SEEDS), [seed for seed in SEEDS for _ in range(classes)])
     for count, batch in by_count.items():
         scores = scoring.scores(probe, batch, weights, loaded.classify(batch).numpy(), True, factory.judge(MODEL))
         rows[count].update(transferability=float(np.mean([row["judge_agrees"] for row in scores])),
                            robustness=float(np.mean([row["robustness"] for row in scores])))
     for conv_id in CONV_IDS:
-        by_count, weights, probe = pictures(factory, method, conv_id, rate, strength, [CHANNEL] * len(SEEDS),
-                                            list(SEEDS))
+        by_count, weights, probe = pictures(factory, method, conv_id, rate, strength, magnitude,
+                                            [CHANNEL] * len(SEEDS), list(SEEDS))
         for count, batch in by_count.items():
             scores = scoring.scores(probe, batch, weights, None, False)
             rows[count].update({f"conv{conv_id}_robustness": float(np.mean([row["robustness"] for row in scores])),
@@ -97,23 +104,34 @@ def choose(rows: list[dict]) -> dict:
     best = max(row["transferability"] for row in rows)
     close = [row for row in rows if row["transferability"] >= best - CLOSE - 1e-9]
     held = METHOD_DEFAULTS[rows[0]["method"]]
-    kept = [row for row in close if (row["learning_rate"], row["moves"]) == (held.learning_rate, held.moves)]
+    kept = [row for row in close if settings_of(row) == (held.learning_rate, held.moves, held.magnitude)]
     return min(kept or close, key=lambda row: (row["iterations"], -row["robustness"]))
 
 
+def settings_of(row: dict) -> tuple:
+    return row["learning_rate"], row["moves"], row["magnitude"]
+
+
 def sweep(factory: ModelFactory, method: str) -> list[dict]:
-    """Step 1, the rates at lucid's moves; step 2, the other strengths at the rate step 1 chose."""
+    """Step 1, the rates at lucid's moves; step 2, the other strengths at the rate step 1 chose; step 3, for a
+    method that keeps a magnitude spectrum, the other spectra at the rate and strength chosen so far."""
     rows = [row for rate in RATES[method] for row in setting(factory, method, rate, 1.0)]
     rate = choose(rows)["learning_rate"]
-    return rows + [row for strength in STRENGTHS if strength != 1.0 for row in setting(factory, method, rate, strength)]
+    rows += [row for strength in STRENGTHS if strength != 1.0 for row in setting(factory, method, rate, strength)]
+    if METHOD_DEFAULTS[method].magnitude is None:
+        return rows
+    chosen = choose(rows)
+    return rows + [row for magnitude in MAGNITUDES if magnitude != chosen["magnitude"]
+                   for row in setting(factory, method, chosen["learning_rate"], chosen["moves"], magnitude)]
 
 
 def line(row: dict) -> str:
     rate = "-" if row["learning_rate"] is None else f"{row['learning_rate']:g}"
     moves = "-" if row["moves"] is None else f"{row['moves']:g}"
+    magnitude = row["magnitude"] or "-"
     convs = "  ".join(f"{row[f'conv{conv_id}_robustness']:6.2f} {row[f'conv{conv_id}_specificity_z']:5.2f}"
                       for conv_id in CONV_IDS)
-    return (f"{row['method']:16s} {rate:>5} {moves:>5} {row['iterations']:5d} {row['transferability']:7.0%} "
+    return (f"{row['method']:16s} {rate:>5} {moves:>5} {magnitude:>8} {row['iterations']:5d} {row['transferability']:7.0%} "
             f"{row['robustness']:7.2f}  {convs}")
 
 
@@ -122,7 +140,7 @@ def main() -> int:
     factory = ModelFactory()
     print(f"{MODEL}, seeds {SEEDS[0]}-{SEEDS[-1]}; judged by {registry.JUDGES[MODEL]}; channel {CHANNEL} of conv "
           f"{' and '.join(map(str, CONV_IDS))}: robustness and specificity z")
-    print(f"{'method':16s} {'rate':>5} {'moves':>5} {'iters':>5} {'judged':>7} {'robust':>7}  "
+    print(f"{'method':16s} {'rate':>5} {'moves':>5} {'spectrum':>8} {'iters':>5} {'judged':>7} {'robust':>7}  "
           + "  ".join(f"{f'conv{conv_id} rob':>6} {'z':>5}" for conv_id in CONV_IDS))
     rows = setting(factory, "gradient_ascent", None, None)
     for method in RATES:
@@ -133,8 +151,8 @@ def main() -> int:
     differ = []
     for method, row in chosen.items():
         defaults = METHOD_DEFAULTS[method]
-        held = (defaults.iterations, defaults.learning_rate, defaults.moves)
-        if held != (row["iterations"], row["learning_rate"], row["moves"]):
+        held = (defaults.iterations, defaults.learning_rate, defaults.moves, defaults.magnitude)
+        if held != (row["iterations"], *settings_of(row)):
             differ.append(method)
         print(f"chosen: {line(row)}   contract: {f'{held}, differs' if method in differ else 'the same'}")
     results = {"date": time.strftime("%Y-%m-%d"), "model": MODEL, "seeds": list(SEEDS), "channel": CHANNEL,

@@ -114,24 +114,39 @@ def test_a_maco_job_writes_its_picture_its_alpha_map_and_meta(stack, producer_ap
     assert (picture.mode, picture.size, alpha.mode, alpha.size) == ("RGB", (64, 64), "L", (64, 64))
     meta = json.loads((results / result.meta).read_text())
     assert meta["method"] == "maco" and len(meta["loss"]) == 4 and meta["factory"]["step_traces"] == 1
-    # shapes_cnn has a dataset: the picture keeps its mean spectrum, which is not 1/f.
-    assert meta["spec"]["magnitude"] == datasets.drawn_fingerprint("shapes")
-    picture_array = np.load(results / result.array)[None]
-    assert_fixed_magnitude(picture_array, param.mean_magnitude(datasets.drawn("shapes").images).astype(np.float64))
+    # By default the picture keeps 1/f; with `magnitude: dataset`, the mean spectrum of shapes_cnn's dataset.
+    one_over_f = maco.one_over_f((64, 64, 3)).astype(np.float64)
+    dataset_spectrum = param.mean_magnitude(datasets.drawn("shapes").images).astype(np.float64)
+    assert_fixed_magnitude(np.load(results / result.array)[None], one_over_f)
+    from_dataset = producer_api.enqueue({**fields, "magnitude": "dataset"}).wait(timeout=300)
+    assert json.loads((results / from_dataset.meta).read_text())["spec"]["magnitude"] == \
+        datasets.drawn_fingerprint("shapes")
+    assert_fixed_magnitude(np.load(results / from_dataset.array)[None], dataset_spectrum)
     with pytest.raises(AssertionError):
-        assert_fixed_magnitude(picture_array, maco.one_over_f((64, 64, 3)).astype(np.float64))
+        assert_fixed_magnitude(np.load(results / from_dataset.array)[None], one_over_f)
     transparent = producer_api.enqueue({**fields, "method": "robust", "alpha": True}).wait(timeout=300)
     opacity = Image.open(io.BytesIO((results / transparent.alpha).read_bytes()))
     assert (opacity.mode, opacity.size) == ("L", (64, 64)) and transparent.job_id != result.job_id
     assert np.load(results / transparent.array).shape == (64, 64, 3)  # image.npy keeps the colours only
 
 
-def test_a_maco_job_names_the_dataset_its_magnitude_comes_from_and_other_jobs_nothing():
-    """In the spec and the job id (a new dataset, new pictures), never on the wire: each side reads it."""
+def test_a_maco_job_names_the_dataset_its_magnitude_comes_from_and_refuses_one_it_cannot_have():
+    """1/f by default (the ids maco jobs had); `dataset` puts the dataset's fingerprint in the spec and the id
+    (a new dataset, new pictures) and travels as "dataset"; refusals name the field, in one line."""
     job = {"model": "shapes_cnn", "conv_id": 2, "feature": 5, "method": "maco", "iterations": 4, "seed": 1}
-    spec = contract.normalize(job)
-    assert spec.magnitude == datasets.drawn_fingerprint("shapes") and "magnitude" not in spec.fields()
-    assert contract.normalize(spec.fields()) == spec
-    assert spec.job_id != spec.model_copy(update={"magnitude": None}).job_id
-    assert contract.normalize({**job, "model": "inception_v3_untrained"}).magnitude is None  # no dataset: 1/f
-    assert contract.normalize({**job, "method": "robust"}).magnitude is None
+    plain, spectrum = contract.normalize(job), contract.normalize({**job, "magnitude": "dataset"})
+    assert plain.magnitude is None and contract.normalize({**job, "magnitude": "1/f"}) == plain
+    assert spectrum.magnitude == datasets.drawn_fingerprint("shapes") and spectrum.job_id != plain.job_id
+    assert spectrum.fields()["magnitude"] == "dataset" and contract.normalize(spectrum.fields()) == spectrum
+    assert (plain.step, spectrum.step) == ("maco", "maco+dataset")
+    for fields, message in [
+        ({**job, "model": "inception_v3_untrained", "magnitude": "dataset"},
+         "magnitude: 'dataset' needs a model with a dataset; inception_v3_untrained has none (`python -m producer "
+         "models dataset inception_v3_untrained PATH`), or use 1/f"),
+        ({**job, "method": "robust", "magnitude": "1/f"},
+         "magnitude: only method maco keeps a fixed magnitude spectrum; this job's is robust"),
+        ({**job, "magnitude": "imagenet"}, f"magnitude: must be {contract.FIELD_RANGES['magnitude']}, got \"imagenet\""),
+    ]:
+        with pytest.raises(contract.JobError) as refused:
+            contract.normalize(fields)
+        assert str(refused.value) == message

@@ -16,9 +16,7 @@ CHANNEL_JOB = {"model": "shapes_cnn", "conv_id": 2, "feature": 1, "seed": 3}
 IDS_BEFORE = {
     "robust class, 30 iterations": ({"model": "shapes_cnn", "class": "circle", "method": "robust", "iterations": 30,
                                      "seed": 3}, "986e810e05f9a50dc75df7cc"),
-    # On a model without a dataset: on the shapes models a maco job's id now names their dataset's spectrum.
-    "maco channel, 30 iterations": ({**CHANNEL_JOB, "model": "inception_v3_untrained", "method": "maco",
-                                     "iterations": 30}, "5333b7704c10724a725c81a7"),
+    "maco channel, 30 iterations": ({**CHANNEL_JOB, "method": "maco", "iterations": 30}, "96caddad4794cbe1124cf4f6"),
     "gradient_ascent class, no iterations": ({"model": "shapes_cnn", "class": "circle", "seed": 3},
                                              "92cc623a11416d1bdb410254"),
 }

@@ -11,10 +11,11 @@ As Xplique does, the step also sums the gradient's size at each pixel over the s
 objective looks. It comes back as `alpha` (CompiledStep.extras), published as alpha.png.
 
 Where this differs from Xplique, and why:
-- The magnitude is the mean spectrum of the model's registered dataset (param.mean_magnitude, in the
-  decorrelated colour space; the factory passes it), and 1/f (lucid's spectrum_scale) for a model
-  without one. Xplique loads ImageNet's mean spectrum for every model: a model's own dataset is the
-  natural images it was made for, whatever they are.
+- The magnitude is 1/f (lucid's spectrum_scale, in the decorrelated colour space) by default, or, with
+  a job's `magnitude: dataset`, the mean spectrum of the model's registered dataset (param.mean_magnitude;
+  the factory passes it). Xplique loads ImageNet's mean spectrum for every model. On the shapes models
+  their dataset's spectrum is recognized less often than 1/f, so 1/f is the default `make
+  quality-defaults` keeps (README).
 - Pixels are the decorrelated planes mixed through ImageNet's colour correlation, then min-max
   normalized into 0..255 per image, not standardized and squashed by a sigmoid: every step from the
   phase to the pixels is affine, so the magnitude spectrum of the picture itself is the fixed one,
@@ -189,4 +190,4 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     return compiled
 
 
-METHOD = Method("maco", compile_step, takes_magnitude=True)
+METHOD = Method("maco", compile_step)

@@ -55,15 +55,12 @@ class Method:
     """A way to climb an objective: how its step is compiled for a network ending at the target layer.
 
     `needs_style`: the step also takes a style layer beside a class target (for the
-    diversity between a set's images; objectives.target_and_style). `takes_magnitude`:
-    compile_step takes a fixed Fourier `magnitude`, the mean spectrum of the model's
-    dataset where it has one (param.mean_magnitude), its own default otherwise.
+    diversity between a set's images; objectives.target_and_style).
     """
 
     name: str
     compile_step: Callable[[keras.Model, Callable, Objective, tuple[int, int, int]], CompiledStep]
     needs_style: bool = False
-    takes_magnitude: bool = False
 
 
 @dataclass(frozen=True)
