@@ -47,6 +47,8 @@ FIELD_RANGES = {
     "iterations": contract.FIELD_RANGES["iterations"],
     "seed": contract.FIELD_RANGES["seed"],
     "batch": f"an integer in 1..{MAX_BATCH}: units of one layer per task",
+    "force": "true or false: queue what the atlas lacks even while an earlier run looks unfinished (its chord "
+             "lost when Redis lost its data)",
 }
 
 
@@ -63,6 +65,7 @@ class AtlasFields(BaseModel):
     iterations: int = contract.iterations_field()
     seed: int | None = Field(default=None, ge=0, le=contract.MAX_SEED)
     batch: int = Field(default=DEFAULT_BATCH, ge=1, le=MAX_BATCH)
+    force: bool = False
 
 
 class AtlasLayer(BaseModel):
@@ -86,11 +89,12 @@ class Atlas(BaseModel):
     iterations: int
     seed: int
     batch: int
+    force: bool = False  # this submission queues what is missing even while an earlier run looks unfinished
 
     @property
     def atlas_id(self) -> str:
-        # `batch` only splits the work: the same units at another batch size are the same atlas.
-        identity = self.model_dump(exclude={"batch"})
+        # `batch` only splits the work and `force` only says how to submit it: the same units are the same atlas.
+        identity = self.model_dump(exclude={"batch", "force"})
         canonical = json.dumps({"atlas": ATLAS_VERSION, **identity}, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
@@ -127,7 +131,8 @@ class Atlas(BaseModel):
         """The normalized request as wire fields: normalizing it again gives this atlas."""
         return {"model": self.model, "model_sha256": self.model_sha256,
                 "layers": [layer.layer for layer in self.layers], "units": self.units, "method": self.method,
-                "iterations": self.iterations, "seed": self.seed, "batch": self.batch}
+                "iterations": self.iterations, "seed": self.seed, "batch": self.batch,
+                **({"force": True} if self.force else {})}
 
     def layer(self, name: str) -> AtlasLayer:
         for layer in self.layers:
@@ -169,7 +174,7 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         layers.append(AtlasLayer(layer=name, conv_id=conv_id, features=features))
     atlas = Atlas(model=info.name, model_sha256=info.sha256, layers=tuple(layers), units=parsed.units,
                   method=parsed.method, iterations=contract.iterations(parsed.method, parsed.iterations), seed=seed,
-                  batch=parsed.batch)
+                  batch=parsed.batch, force=parsed.force)
     contract.normalize(atlas.unit_fields(atlas.layers[0], atlas.layers[0].features[0]), models=models)  # the rest agree
     return atlas
 

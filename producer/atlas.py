@@ -83,7 +83,7 @@ def submit(producer, fields: dict[str, Any]) -> AtlasJob:
     producer._check_broker()
     result = producer.app.AsyncResult(atlas.atlas_id)
     previous = atlas_pages.read_progress(store, atlas.atlas_id)
-    if previous is not None and (previous.state == "done" or
+    if previous is not None and (previous.state == "done" or not atlas.force and
                                  previous.state == "running" and result.state not in states.READY_STATES):
         return AtlasJob(atlas.atlas_id, atlas, 0, store, result)
     if result.state in states.READY_STATES:

@@ -149,6 +149,8 @@ def _atlas_parser(command: argparse.ArgumentParser) -> None:
                          help=f"1..{contract.MAX_ITERATIONS}, default the method's: {contract.ITERATIONS_BY_METHOD}")
     command.add_argument("--seed", type=_scalar, default=None, help="drawn and recorded when absent")
     command.add_argument("--batch", type=_scalar, default=None, help="units of one layer per task, default 32")
+    command.add_argument("--force", action="store_const", const=True, default=None,
+                         help="queue what the atlas lacks even while an earlier run looks unfinished (its chord lost)")
     command.add_argument("--wait", action="store_true", help="show progress over all units and print the atlas page")
 
 
@@ -235,7 +237,8 @@ def _atlas(producer: Producer, args: argparse.Namespace) -> int:
     print(job.id, flush=True)
     if not job.queued:
         state = job.progress().state
-        print(f"note: atlas {'complete' if state == 'done' else 'already running'}; nothing queued", file=sys.stderr)
+        print(f"note: atlas {'complete' if state == 'done' else 'already running'}; nothing queued"
+              + ("" if state == "done" else " (--force queues what it lacks, if that run was lost)"), file=sys.stderr)
     else:
         print(f"queued {job.queued} of {job.atlas.total} units", file=sys.stderr)
     if args.wait:

@@ -133,6 +133,24 @@ def test_resubmitting_a_finished_atlas_queues_nothing(fleet, finished):
     assert circle.count('class="example"') == 18 and "activation_vs_dataset" in circle
 
 
+def test_an_atlas_whose_chord_was_lost_waits_for_nothing_until_forced(fleet):
+    """Redis lost the chord (flushed, or restarted without its data): progress.json still says running and no
+    callback will come. A plain resubmission cannot tell it from a run in flight and queues nothing; --force
+    queues what is missing, and the atlas completes under the same id."""
+    fields = {"model": "shapes_cnn", "iterations": 3, "seed": 77, "units": 2, "layers": ["conv2"]}
+    store = ResultStore(fleet.results_dir)
+    lost = atlas.normalize(fields)
+    assert atlas_pages.begin(store, lost, lambda: False, run="a run whose chord was lost") == {"conv2": [0, 1]}
+    producer = Producer(fleet.redis_url, fleet.results_dir)
+    assert producer.atlas(fields).queued == 0 and atlas_pages.read_progress(store, lost.atlas_id).state == "running"
+    forced = _cli(fleet, "atlas", "--model", "shapes_cnn", "--iterations", "3", "--seed", "77", "--units", "2",
+                  "--layers", "conv2", "--force", "--wait")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.split()[0] == lost.atlas_id and "queued 2 of 2 units" in forced.stderr
+    progress = atlas_pages.read_progress(store, lost.atlas_id)
+    assert progress.state == "done" and progress.layers[0].done == [0, 1]
+
+
 def test_atlas_tasks_sent_by_name_refuse_bad_fields_in_one_line(fleet):
     app = Producer(fleet.redis_url, fleet.results_dir).app
     for task, kwargs, message in (

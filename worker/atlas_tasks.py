@@ -43,7 +43,7 @@ def atlas_start(self, **fields) -> dict:
     store = ResultStore.from_env()
     callback = app.AsyncResult(request.atlas_id)
     with atlas.page_lock(runtime.redis_client(), request.atlas_id):
-        wanted = atlas_pages.begin(store, request, lambda: callback.state not in states.READY_STATES,
+        wanted = atlas_pages.begin(store, request, lambda: not request.force and callback.state not in states.READY_STATES,
                                    run=self.request.id)
     if wanted:
         if callback.state in states.READY_STATES:
