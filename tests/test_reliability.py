@@ -187,7 +187,7 @@ def test_redis_restart_with_twenty_jobs_waiting_loses_none(tmp_path):
         assert stack.processes["w1"].pid == worker_pid and stack.processes["w1"].poll() is None
 
 
-@pytest.mark.slow  # about 2 minutes on 2 cores: `make test-scale`
+@pytest.mark.slow  # about a minute on 2 idle cores: `pytest -m 'not slow'` leaves it out
 def test_two_hundred_jobs_over_twenty_layers_none_lost_none_twice_rss_bounded(tmp_path):
     cache = 4
     with LocalStack(results_dir=tmp_path / "results", workers=2, preload=UNTRAINED, log_dir=tmp_path / "logs",
