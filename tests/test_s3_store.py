@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 import subprocess
 import sys
 
@@ -101,3 +103,27 @@ def test_a_model_registered_through_s3_is_fetched_once_and_served(s3, tmp_path):
             assert store.read_meta(key)["model_sha256"] == version
         cached = list(cache.rglob("model.keras"))
         assert [path.parent.name for path in cached] == [version]  # one copy per version, for both jobs
+
+
+def test_an_atlas_on_s3_ranks_its_dataset_and_publishes_pages_whose_images_are_there(s3, tmp_path):
+    """The atlas's pages, progress.json and dataset examples go through the same store: on S3, every
+    image a page shows is an object beside it (its relative link resolves), and nothing lands on disk."""
+    url = "s3://featurevis-results/runs"
+    with LocalStack(results_dir=tmp_path / "unused", preload="shapes_cnn", log_dir=tmp_path / "logs",
+                    redis_dir=tmp_path / "redis", extra_env={**s3, "RESULTS_DIR": url}) as stack:
+        done = subprocess.run([sys.executable, "-m", "producer", "atlas", "--model", "shapes_cnn", "--layers", "conv1",
+                               "--units", "2", "--iterations", "2", "--seed", "4", "--wait"], cwd=REPO_ROOT,
+                              env={**stack.env(), "RESULTS_DIR": url}, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    atlas_id, page = done.stdout.split()[0], done.stdout.split()[-1]
+    assert page == f"{url}/atlases/{atlas_id}/index.html"
+    store = ResultStore(url)
+    assert json.loads(store.read_bytes(f"atlases/{atlas_id}", "progress.json"))["state"] == "done"
+    for key, name in ((f"atlases/{atlas_id}", "index.html"), (f"atlases/{atlas_id}/conv1", "index.html"),
+                      (f"atlases/{atlas_id}/conv1", "unit_0000.html")):
+        html = store.read_bytes(key, name).decode()
+        sources = re.findall(r'<img[^>]* src="([^"]+)"', html)
+        assert sources or name == "index.html" and key.count("/") == 1  # the atlas's own page shows no image
+        for source in sources:
+            assert store.exists(posixpath.normpath(posixpath.join(key, source))), (key, source)
+    assert not (tmp_path / "unused").exists()
