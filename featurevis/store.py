@@ -134,7 +134,11 @@ DEFAULT_ROOT = "./results"
 
 class ResultStore:
     def __init__(self, root: str | os.PathLike):
-        self.fs, path = fsspec.core.url_to_fs(str(root))
+        # No listings cache on object stores: other processes write there, and s3fs answers a read of a
+        # file its cached listing of the folder lacks with FileNotFoundError (a worker would not see a
+        # dataset, a model or another worker's result stored after it first looked).
+        remote = "://" in str(root) and not str(root).startswith("file://")
+        self.fs, path = fsspec.core.url_to_fs(str(root), **({"use_listings_cache": False} if remote else {}))
         self.local = isinstance(self.fs, LocalFileSystem)
         self.root = str(Path(path).resolve()) if self.local else path.rstrip("/")
 

@@ -7,7 +7,9 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from devstack.redis_server import free_port
 from devstack.stack import REPO_ROOT, LocalStack, wait_until
@@ -103,6 +105,19 @@ def test_a_model_registered_through_s3_is_fetched_once_and_served(s3, tmp_path):
             assert store.read_meta(key)["model_sha256"] == version
         cached = list(cache.rglob("model.keras"))
         assert [path.parent.name for path in cached] == [version]  # one copy per version, for both jobs
+        # A dataset stored beside it on S3: a worker copies it once, as the model, and ranks it for an atlas.
+        folder = tmp_path / "pictures"
+        folder.mkdir()
+        for index in range(3):
+            Image.fromarray(np.full((24, 24, 3), 60 * index, np.uint8)).save(folder / f"{index}.png")
+        assert cli("models", "dataset", "mine", str(folder)).returncode == 0
+        assert store.exists(f"models/mine/{version}", "dataset.npy")
+        atlas = cli("atlas", "--model", "mine", "--layers", "edges", "--units", "2", "--iterations", "2", "--seed", "1",
+                    "--wait")
+        assert atlas.returncode == 0, atlas.stderr
+        unit = store.read_bytes(f"atlases/{atlas.stdout.split()[0]}/edges", "unit_0000.html").decode()
+        assert unit.count('class="example"') == 6  # the top and bottom 3: all the dataset has
+        assert [path.parent.name for path in cache.rglob("dataset.npy")] == [version]
 
 
 def test_an_atlas_on_s3_ranks_its_dataset_and_publishes_pages_whose_images_are_there(s3, tmp_path):
