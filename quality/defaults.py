@@ -8,8 +8,8 @@ amounts, transform.Moves.lucid) and the iterations. Per method (robust and maco)
    the model's dataset) at the rate and strength steps 1 and 2 chose.
 Every setting runs ITERATIONS[-1] iterations once and its pictures are read at each count of ITERATIONS on
 the way: a step does not depend on how many follow, so the picture after 30 steps of a 200-step run is a
-30-iteration job's, and the iterations cost nothing more. This coordinate search replaces the full product
-of rates and strengths (28 runs instead of 13: about 11 minutes on 2 cores instead of 5): on the earlier
+30-iteration job's, and the iterations cost nothing more. This coordinate search (15 runs, about 4 minutes
+on 2 idle cores) replaces the full product of rates, strengths and spectra (45 runs): on the earlier
 full grid of robust's rates and transforms (bench/RESULTS.md), rate 0.05 was within one picture in 50 of
 the best at every strength. gradient_ascent has no rate and no transforms; its iterations are read the same way, for
 comparison, and its default stays the tutorial's 30, so a job that leaves iterations out keeps its id.
