@@ -246,6 +246,8 @@ def test_an_atlas_request_normalizes_to_one_id_and_bad_fields_get_one_line():
     assert [(layer.layer, layer.conv_id, layer.features) for layer in first.layers] == \
         [("conv2", 1, tuple(range(5))), ("conv1", 0, tuple(range(5)))]
     assert atlas.normalize({**first.request(), "batch": 7}, draw_seed=False).atlas_id == first.atlas_id
+    forced = atlas.normalize({**first.request(), "force": True}, draw_seed=False)
+    assert forced.atlas_id == first.atlas_id and forced.request()["force"] is True and "force" not in first.request()
     assert atlas.normalize({**first.request(), "iterations": 31}).atlas_id != first.atlas_id
     spec = first.specs(first.layers[0], [3])[0]
     assert spec.job_id == contract.normalize({"model": "shapes_cnn", "conv_id": 1, "feature": 3, "seed": 1}).job_id
@@ -256,6 +258,7 @@ def test_an_atlas_request_normalizes_to_one_id_and_bad_fields_get_one_line():
             ({"units": 0}, "units: must be null (every unit) or an integer >= 1: the first that many units of each "
                            "layer, got 0"),
             ({"batch": 257}, "batch: must be an integer in 1..256: units of one layer per task, got 257"),
+            ({"force": "yes"}, f"force: must be {atlas.FIELD_RANGES['force']}, got \"yes\""),
             ({"layers": [7]}, "conv_id: must be in 0..3 for shapes_cnn (or null for the class logits), got 7"),
             ({"layers": ["nope"]}, "layer: unknown layer"),
             ({"layers": ["conv1", 0]}, "layers: names a layer twice"),
