@@ -21,6 +21,7 @@ Measures, in one run on inception_v3_untrained at 299x299, and writes bench/resu
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -28,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import tensorflow as tf
@@ -61,6 +64,18 @@ ATLAS_COST_ITERATIONS = 512  # lucid's render length
 TARGETS_GOALS = {"speedup_vs_tutorial": {"conv5": 6.0, "logits": 1.8}, "service_over_bare": 1.05,
                  "warm_start_latency_ms_p50": 50, "batched_6_speedup": 1.1, "rss_growth": 1.10,
                  "job_efficiency": 0.85, "atlas_over_bare": 0.8, "atlas_over_single": 3.0}
+
+
+@contextmanager
+def scratch_stack(preload: str):
+    """A local stack in a temporary folder. Results that waited on its Redis are collected before it stops:
+    they unsubscribe when collected, and after Redis is gone that fails at the interpreter's exit."""
+    with tempfile.TemporaryDirectory() as folder, \
+            LocalStack(results_dir=Path(folder) / "results", preload=preload, log_dir=Path(folder) / "logs") as stack:
+        try:
+            yield stack
+        finally:
+            gc.collect()
 
 
 class Service:
@@ -314,6 +329,37 @@ def atlas_throughput(service: Service, factory: ModelFactory, repeats: int, iter
     return row
 
 
+def batch_breakdown(factory: ModelFactory, iterations: int, repeats: int = 3) -> dict:
+    """Where one atlas batch's time goes beside the bare loop, in this process (median of `repeats`): the bare
+    climb; batch.run, the climb with its final prediction, each unit's scores and its share; and the results'
+    files, published into a scratch store as an atlas batch publishes them (worker/atlas_tasks.py)."""
+    from featurevis import batch
+    from worker import atlas_tasks
+
+    layer = registry.builtin_info(ATLAS_MODEL).conv_layers[ATLAS_CONV_ID]
+    units = list(range(min(DEFAULT_BATCH, layer.channels)))
+    step = factory.acquire(ATLAS_MODEL, ATLAS_CONV_ID).step
+    weights = objectives.weights_matrix([{unit: 1.0} for unit in units], layer.channels)
+    publisher = SimpleNamespace(request=SimpleNamespace(hostname="bench"))  # what tasks.publish reads of its task
+    runs = []
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in range(500, 500 + repeats):
+            specs = [contract.normalize({"model": ATLAS_MODEL, "conv_id": ATLAS_CONV_ID, "feature": unit,
+                                         "iterations": iterations, "seed": seed}) for unit in units]
+            began = time.perf_counter()
+            render.run(step, [seed] * len(units), weights, iterations)
+            bare = time.perf_counter() - began
+            rendered = batch.run(factory, specs, lambda progress: None)
+            scored = time.perf_counter() - began - bare
+            atlas_tasks.publish_side_by_side(publisher, ResultStore(folder), rendered)
+            runs.append((bare, scored, time.perf_counter() - began - bare - scored))
+    bare, scored, files = (statistics.median(run[index] for run in runs) for index in range(3))
+    print(f"  one {len(units)}-unit batch, {iterations} iterations, in this process: bare climb {bare:.3f} s, "
+          f"batch.run {scored:.3f} s (with the final prediction and the scores), the results' files {files:.3f} s",
+          flush=True)
+    return {"units": len(units), "bare_climb_s": bare, "batch_run_s": scored, "files_s": files}
+
+
 def batching_curve(factory: ModelFactory) -> dict:
     """The bare loop's seconds per unit and iteration on InceptionV3 at several batch sizes, and what the
     curve's best batch makes of an InceptionV3 atlas (gradient ascent, ATLAS_COST_ITERATIONS per unit)."""
@@ -339,8 +385,7 @@ def batching_curve(factory: ModelFactory) -> dict:
 
 def atlas_only() -> int:
     results = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count()}
-    with tempfile.TemporaryDirectory() as folder, \
-            LocalStack(results_dir=Path(folder) / "results", preload=ATLAS_MODEL, log_dir=Path(folder) / "logs") as stack:
+    with scratch_stack(ATLAS_MODEL) as stack:
         results["device"] = device_name()
         run_atlas(results, Service(stack), ModelFactory(), repeats=2)
     written = ROOT / "bench" / "results-atlas.json"
@@ -354,6 +399,7 @@ def run_atlas(results: dict, service: Service, factory: ModelFactory, repeats: i
           flush=True)
     results["atlas"] = {str(iterations): atlas_throughput(service, factory, repeats, iterations)
                         for iterations in ATLAS_ITERATIONS}
+    results["atlas_batch"] = {str(iterations): batch_breakdown(factory, iterations) for iterations in ATLAS_ITERATIONS}
     print("9b. the bare loop's batching curve on inception_v3_untrained", flush=True)
     results["atlas_cost"] = batching_curve(factory)
 
@@ -373,6 +419,9 @@ def print_atlas(r: dict, header: bool = True) -> None:
               f">= {goals['atlas_over_bare']} |")
         print(f"| atlas / single jobs, {iterations} iterations | {row['atlas_over_single']:.2f} | "
               f">= {goals['atlas_over_single']} |")
+    for iterations, row in r.get("atlas_batch", {}).items():
+        print(f"| one {row['units']}-unit atlas batch, {iterations} iterations, in process: bare climb / batch.run / "
+              f"files, s | {row['bare_climb_s']:.3f} / {row['batch_run_s']:.3f} / {row['files_s']:.3f} | |")
     for batch, hours in r["atlas_cost"]["inception_atlas_cpu_hours"].items():
         print(f"| InceptionV3 atlas, {r['atlas_cost']['inception_atlas_iterations']} iterations, bare loop at batch "
               f"{batch}: CPU worker-hours (estimate from the curve) | {hours:.0f} | |")
@@ -385,8 +434,7 @@ def _rss_mb(pid: int) -> float:
 
 def efficiency_only() -> int:
     results = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count()}
-    with tempfile.TemporaryDirectory() as folder, \
-            LocalStack(results_dir=Path(folder) / "results", preload=MODEL, log_dir=Path(folder) / "logs") as stack:
+    with scratch_stack(MODEL) as stack:
         service = Service(stack)
         factory = ModelFactory()
         results["device"] = device_name()
@@ -415,8 +463,7 @@ def main() -> int:
     repeats = 1 if quick else 2
     results = {"date": time.strftime("%Y-%m-%d"), "quick": quick, "model": MODEL, "iterations": ITERATIONS,
                "cpu_cores": os.cpu_count()}
-    with tempfile.TemporaryDirectory() as folder, \
-            LocalStack(results_dir=Path(folder) / "results", preload=MODEL, log_dir=Path(folder) / "logs") as stack:
+    with scratch_stack(MODEL) as stack:
         service = Service(stack)
         factory = ModelFactory()
         results["device"] = device_name()

@@ -47,18 +47,23 @@ class AtlasJob:
         from producer.client import JobFailed, _one_line
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            progress = self.progress()
-            if on_progress:
-                on_progress(progress)
-            if self.result.ready() or progress.state == "done":
-                break
-            if self.start is not None and self.start.failed():  # refused by the worker: no chord was sent
-                raise JobFailed(_one_line(self.start.result))
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"atlas {self.id} not done after {timeout} s ({progress.done} of "
-                                   f"{progress.total} units)")
-            _finished_within(self.result, POLL_SECONDS)
+        try:
+            while True:
+                progress = self.progress()
+                if on_progress:
+                    on_progress(progress)
+                if self.result.ready() or progress.state == "done":
+                    break
+                if self.start is not None and self.start.failed():  # refused by the worker: no chord was sent
+                    raise JobFailed(_one_line(self.start.result))
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"atlas {self.id} not done after {timeout} s ({progress.done} of "
+                                       f"{progress.total} units)")
+                _finished_within(self.result, POLL_SECONDS)
+        finally:
+            # The waits subscribed to the callback's result: unsubscribe now, while Redis answers, not when the
+            # result is collected (after a test's or the bench's Redis has stopped, that fails noisily).
+            self.result.backend.remove_pending_result(self.result)
         if self.result.ready() and self.result.state != states.SUCCESS:
             raise JobFailed(_one_line(self.result.result))
         progress = self.progress()

@@ -107,6 +107,11 @@ def _render(task, store: ResultStore, specs: list, ranked: dict | None) -> list:
         rendered = dataclasses.replace(rendered, jobs=[
             dataclasses.replace(job, scores=[{**row, **_versus(row, ranked, job.spec.feature)} for row in job.scores])
             for job in rendered.jobs])
+    return publish_side_by_side(task, store, rendered)
+
+
+def publish_side_by_side(task, store: ResultStore, rendered) -> list:
+    """Every job of a rendered batch (featurevis.batch.Batch) published, PUBLISHERS at a time: their syncs overlap."""
     with ThreadPoolExecutor(PUBLISHERS) as pool:
         return list(pool.map(lambda job: tasks.publish(task, store, job, rendered), rendered.jobs))
 
