@@ -97,6 +97,9 @@ class JobLock:
             self._lock.release()
         except LockError:
             pass  # it lapsed (Redis was away longer than its lifetime): nothing left to release
+        except redis.RedisError as error:  # Redis away as the job ends: its result is published, so it succeeded
+            log.warning("could not release job lock %s (%s): it lapses within %.0f s", self._lock.name, error,
+                        self._lifetime)
 
     def _renew(self) -> None:
         while not self._stop.wait(self._lifetime / 3):
