@@ -254,7 +254,10 @@ class JobSpec(BaseModel):
     @property
     def step(self) -> str:
         """The compiled step a job needs: its method, or a variant whose state has another shape (factory)."""
-        return f"{self.method}+alpha" if self.alpha else f"{self.method}+dataset" if self.magnitude else self.method
+        if self.alpha:
+            return f"{self.method}+alpha"
+        # The dataset's fingerprint names the step: a new dataset is another spectrum, so another compiled step.
+        return f"{self.method}+dataset-{self.magnitude}" if self.magnitude else self.method
 
     @property
     def saves_alpha(self) -> bool:

@@ -217,21 +217,25 @@ class ModelFactory:
 
     def _compile(self, loaded: LoadedModel, layer: str, step_name: str) -> Compiled:
         """`step_name` is a method's name, or a method and a variant of it (contract.JobSpec.step): "robust+alpha"
-        (a state with an opacity plane), "maco+dataset" (the dataset's magnitude spectrum). A variant is a step of
-        its own, compiled once like the others."""
+        (a state with an opacity plane), "maco+dataset-<fingerprint>" (that dataset's magnitude spectrum). A
+        variant is a step of its own, compiled once like the others."""
         method_name, _, variant = step_name.partition("+")
         method = methods.BY_NAME[method_name]
         network, objective = target_network(loaded, layer, with_style=method.needs_style)
         shape = loaded.info.input_shape
-        options = {"magnitude": self.dataset_magnitude(loaded.info)} if variant == "dataset" \
-            else {variant: True} if variant else {}
+        options = {"magnitude": self.dataset_magnitude(loaded.info, variant.removeprefix("dataset-"))} \
+            if variant.startswith("dataset-") else {variant: True} if variant else {}
         return Compiled(method.compile_step(network, loaded.preprocess, objective, shape, **options),
                         scoring.feature_probe(network, loaded.preprocess, shape))
 
-    def dataset_magnitude(self, info: ModelInfo) -> np.ndarray:
-        """The mean magnitude spectrum of the model's dataset (the contract checked it has one), read when a
-        step that keeps it is compiled; the job's spec names the dataset (JobSpec.magnitude)."""
-        return param.mean_magnitude(datasets.for_model(self._registry(), info).images)
+    def dataset_magnitude(self, info: ModelInfo, fingerprint: str | None = None) -> np.ndarray:
+        """The mean magnitude spectrum of the model's dataset (the contract checked it has one). With the
+        `fingerprint` a job was validated with, a ValueError of one line if the dataset was replaced since."""
+        dataset = datasets.for_model(self._registry(), info)
+        if fingerprint is not None and dataset.fingerprint != fingerprint:
+            raise ValueError(f"magnitude: {info.name}'s dataset changed since this job was validated "
+                             f"({fingerprint} -> {dataset.fingerprint}); submit it again")
+        return param.mean_magnitude(dataset.images)
 
 
 def target_network(loaded: LoadedModel, layer: str, with_style: bool = False) -> tuple[keras.Model, Callable]:

@@ -62,7 +62,7 @@ def pictures(factory: ModelFactory, method: str, conv_id: int | None, rate: floa
                                         with_style=methods.BY_NAME[method].needs_style)
     shape = loaded.info.input_shape
     settings = {} if rate is None else {"learning_rate": rate, "moves": transform.Moves.lucid(max(shape[:2]), strength)}
-    if magnitude == "dataset":  # the dataset's spectrum, as a worker's "maco+dataset" step has it
+    if magnitude == "dataset":  # the dataset's spectrum, as a worker's "maco+dataset-..." step has it
         settings["magnitude"] = factory.dataset_magnitude(loaded.info)
     step = methods.BY_NAME[method].compile_step(network, loaded.preprocess, objective, shape, **settings)
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], loaded.info.feature_count(conv_id))

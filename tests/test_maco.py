@@ -138,7 +138,7 @@ def test_a_maco_job_names_the_dataset_its_magnitude_comes_from_and_refuses_one_i
     assert plain.magnitude is None and contract.normalize({**job, "magnitude": "1/f"}) == plain
     assert spectrum.magnitude == datasets.drawn_fingerprint("shapes") and spectrum.job_id != plain.job_id
     assert spectrum.fields()["magnitude"] == "dataset" and contract.normalize(spectrum.fields()) == spectrum
-    assert (plain.step, spectrum.step) == ("maco", "maco+dataset")
+    assert (plain.step, spectrum.step) == ("maco", f"maco+dataset-{datasets.drawn_fingerprint('shapes')}")
     for fields, message in [
         ({**job, "model": "inception_v3_untrained", "magnitude": "dataset"},
          "magnitude: 'dataset' needs a model with a dataset; inception_v3_untrained has none (`python -m producer "
@@ -150,3 +150,26 @@ def test_a_maco_job_names_the_dataset_its_magnitude_comes_from_and_refuses_one_i
         with pytest.raises(contract.JobError) as refused:
             contract.normalize(fields)
         assert str(refused.value) == message
+
+
+def test_a_dataset_replaced_after_a_job_was_validated_fails_it_in_one_line_not_with_the_new_spectrum(tmp_path):
+    """The job id names the dataset it was validated with; a worker must not render it with another."""
+    from featurevis import registry
+    from featurevis.factory import ModelFactory
+    from featurevis.store import ResultStore
+
+    models = registry.Registry(ResultStore(tmp_path / "results"))
+    info = models.get("inception_v3_untrained")
+    for colour in ((255, 0, 0), (0, 0, 255)):
+        folder = tmp_path / f"pictures-{colour}"
+        folder.mkdir()
+        Image.new("RGB", (40, 30), colour).save(folder / "only.png")
+        datasets.put(models, info, folder)
+        if colour == (255, 0, 0):
+            validated = datasets.fingerprint(models, info)
+    factory = ModelFactory(models=models)
+    assert factory.dataset_magnitude(info, datasets.fingerprint(models, info)).shape == (3, 299, 150)
+    with pytest.raises(ValueError) as refused:
+        factory.dataset_magnitude(info, validated)
+    assert str(refused.value) == (f"magnitude: inception_v3_untrained's dataset changed since this job was validated "
+                                  f"({validated} -> {datasets.fingerprint(models, info)}); submit it again")
