@@ -48,7 +48,7 @@ def fingerprint(models: registry.Registry, info: registry.ModelInfo) -> str | No
     if _generator(info):
         return drawn_fingerprint(_generator(info))
     described = _described(models, info)
-    return None if described is None else described["sha256"][:16]
+    return None if described is None else _uploaded_fingerprint(described)
 
 
 def for_model(models: registry.Registry, info: registry.ModelInfo) -> Dataset | None:
@@ -67,12 +67,17 @@ def for_model(models: registry.Registry, info: registry.ModelInfo) -> Dataset | 
             local.parent.mkdir(parents=True, exist_ok=True)
             store.fs.get_file(store.path(key, DATASET), str(local))
         images = np.load(local, mmap_mode="r")
-    return Dataset(images, described["sha256"][:16], described["source"])
+    return Dataset(images, _uploaded_fingerprint(described), described["source"])
 
 
 def _generator(info: registry.ModelInfo) -> str | None:
     """The generator a built-in model's dataset is drawn by; None for a model with an uploaded one, or none."""
     return DRAWN_BY.get(info.source.get("architecture")) if info.source.get("builtin") else None
+
+
+def _uploaded_fingerprint(described: dict) -> str:
+    """An uploaded dataset's name in examples' keys and maco jobs' ids: its file's sha256, shortened."""
+    return described["sha256"][:16]
 
 
 def drawn_fingerprint(generator: str) -> str:
