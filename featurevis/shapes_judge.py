@@ -16,8 +16,9 @@ shapes.py and draws the same ten classes, in the same order, otherwise:
   pattern covers) of 0.3-0.7 and a tilt of up to 8 degrees;
 - the background is a linear gradient between two colours; the pattern's colour
   differs from both ends by at least MIN_LUMINANCE_GAP in luminance, on the
-  same side (shapes.py asks for an RGB distance instead, so hue-only contrasts
-  exist there and not here);
+  same side, or by MIN_CHROMA_GAP in chroma (YCbCr's Cb-Cr plane), so some
+  patterns differ from their background in hue alone (shapes.py asks for an
+  RGB distance instead);
 - noise: Gaussian (std 0-10), salt and pepper in half the images (up to 3% of
   the pixels), and a blur of up to 0.25 of a pixel's weight to each neighbour.
 
@@ -43,6 +44,7 @@ PERIODS = (4.5, 20.0)
 DUTY = (0.3, 0.7)
 TILT_DEGREES = 8.0
 MIN_LUMINANCE_GAP = 55.0
+MIN_CHROMA_GAP = 60.0
 GRADIENT_SPREAD = 60.0  # per channel, between the background's two ends
 GAUSSIAN_STD = (0.0, 10.0)
 SALT_PEPPER = 0.03
@@ -205,16 +207,25 @@ _TEXTURES = (_stripes_at(math.pi / 2), _stripes_at(0.0), _diagonal, _checkerboar
 # Colour and noise.
 
 _LUMA = np.array([0.299, 0.587, 0.114])
+_CHROMA = np.array([[-0.1687, -0.3313, 0.5], [0.5, -0.4187, -0.0813]])  # RGB to YCbCr's Cb and Cr
+
+
+def _visible(pattern: np.ndarray, start: np.ndarray, end: np.ndarray) -> bool:
+    """Whether a pattern colour stands out from both ends of the background: lighter than both or darker than
+    both by MIN_LUMINANCE_GAP, or MIN_CHROMA_GAP away from each in hue and saturation."""
+    gaps = np.array([(pattern - start) @ _LUMA, (pattern - end) @ _LUMA])
+    if np.all(np.abs(gaps) >= MIN_LUMINANCE_GAP) and np.sign(gaps[0]) == np.sign(gaps[1]):
+        return True
+    return min(np.linalg.norm(_CHROMA @ (pattern - start)), np.linalg.norm(_CHROMA @ (pattern - end))) >= MIN_CHROMA_GAP
 
 
 def _colour(rng: np.random.Generator, coverage: np.ndarray) -> np.ndarray:
-    """A gradient background and a pattern colour MIN_LUMINANCE_GAP away from both its ends, then noise."""
+    """A gradient background and a pattern colour that stands out from both its ends (_visible), then noise."""
     start = rng.uniform(0, 255, 3)
     end = np.clip(start + rng.uniform(-GRADIENT_SPREAD, GRADIENT_SPREAD, 3), 0, 255)
     while True:
         pattern = rng.uniform(0, 255, 3)
-        gaps = np.array([pattern @ _LUMA - start @ _LUMA, pattern @ _LUMA - end @ _LUMA])
-        if np.all(np.abs(gaps) >= MIN_LUMINANCE_GAP) and np.sign(gaps[0]) == np.sign(gaps[1]):
+        if _visible(pattern, start, end):
             break
         if rng.random() < 0.2:  # a background with no room for a pattern: draw another one
             start = rng.uniform(0, 255, 3)

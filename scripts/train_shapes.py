@@ -71,7 +71,7 @@ class Recipe:
 RECIPES = {
     "shapes_cnn": Recipe(seed=1, samples=16_000, epochs=6),
     "shapes_cnn_b": Recipe(seed=2, samples=16_000, epochs=6),
-    "shapes_judge": Recipe(seed=3, samples=12_000, epochs=6, generator="featurevis.shapes_judge"),
+    "shapes_judge": Recipe(seed=3, samples=24_000, epochs=10, generator="featurevis.shapes_judge"),
 }
 
 
