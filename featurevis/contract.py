@@ -65,7 +65,7 @@ class Defaults:
 METHOD_DEFAULTS = {
     "gradient_ascent": Defaults(iterations=30),  # the tutorial's: its step is 1/std(grad), on the pixels
     "robust": Defaults(iterations=50, learning_rate=0.05, moves=1.0),
-    "maco": Defaults(iterations=200, learning_rate=0.2, moves=1.0, magnitude="1/f"),
+    "maco": Defaults(iterations=200, learning_rate=0.5, moves=1.0, magnitude="1/f"),
 }
 ITERATIONS_BY_METHOD = ", ".join(f"{name} {defaults.iterations}" for name, defaults in METHOD_DEFAULTS.items())
 
