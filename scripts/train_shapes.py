@@ -2,7 +2,7 @@
 featurevis.shapes_judge (another generator of the same classes); writes their weights and descriptions.
 
 Run in a fresh process: `.venv/bin/python scripts/train_shapes.py [name ...]`
-(each model about 4 minutes on 2 CPU cores; no names: all three). It writes, in
+(shapes_cnn and shapes_cnn_b about 4 minutes each on 2 CPU cores, shapes_judge about 21; no names: all three). It writes, in
 featurevis/models/,
 `<architecture>.weights.h5`, `<architecture>.json` (the registry's description
 plus `accuracy` on fresh data of its own generator, `accuracy_by_generator` on

@@ -41,6 +41,15 @@ def test_judge_generator_draws_other_images_than_shapes():
     assert np.median(_corner_spread(own[shaped])) > 10 > 5 > np.median(_corner_spread(other[other_labels < 4]))
 
 
+def test_judge_generator_draws_patterns_that_differ_in_hue_alone():
+    luma, red = shapes_judge._LUMA, np.array([200.0, 60.0, 60.0])
+    green = np.array([60.0, (red @ luma - 60.0 * (luma[0] + luma[2])) / luma[1], 60.0])  # exactly as light
+    assert abs((green - red) @ luma) < 1e-9
+    assert shapes_judge._visible(green, red, red)
+    assert not shapes_judge._visible(red + 10.0, red, red)  # a little lighter: not a pattern
+    assert shapes_judge._visible(red + 70.0, red, red)  # clearly lighter
+
+
 def test_judge_recognizes_fresh_samples_of_both_generators(factory):
     judge = factory.model("shapes_judge")
     for generator, wanted in ((shapes_judge, OWN_ACCURACY), (shapes, CROSS_ACCURACY)):
