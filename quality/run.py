@@ -80,6 +80,7 @@ def shapes(factory: ModelFactory) -> tuple[dict, dict]:
     """Part 1: every class x seed of a method in one batch (batching never changes a picture)."""
     classes = registry.builtin_info(MODEL).classes
     judge = registry.JUDGES[MODEL]
+    judged_as, names = factory.model(judge).classify, registry.builtin_info(MODEL).class_names
     same_generator = factory.model(SAME_GENERATOR_MODEL).classify
     ranked = ranking(factory, None)
     summary, pictures = {}, {}
@@ -95,13 +96,36 @@ def shapes(factory: ModelFactory) -> tuple[dict, dict]:
             "iterations": iterations, "judge": judge, "transferability": float(agrees.mean()),
             "same_generator_model": SAME_GENERATOR_MODEL, "same_generator_agreement": float(same.mean()),
             **means(rows), "per_class_transferability": agrees.mean(axis=0).tolist(),
+            "misses": _misses(judged_as(batch).numpy().argmax(axis=1), classes, names),
         }
         print(f"  {MODEL} {method:16s} {iterations:4d} iterations: transferability to {judge} "
               f"{summary[method]['transferability']:.0%} (to {SAME_GENERATOR_MODEL} "
               f"{summary[method]['same_generator_agreement']:.0%}), robustness "
               f"{summary[method]['robustness_mean']:.2f}, activation_vs_dataset "
-              f"{summary[method]['activation_vs_dataset_mean']:.2f}", flush=True)
+              f"{summary[method]['activation_vs_dataset_mean']:.2f}; the judge's misses: "
+              + (", ".join(f"{name} as {', '.join(seen)}" for name, seen in summary[method]["misses"].items())
+                 or "none"), flush=True)
     return summary, pictures
+
+
+def _misses(verdicts: np.ndarray, classes: int, names: list[str]) -> dict[str, list[str]]:
+    """For each class with a picture the judge read as another: what it read, one name per such picture."""
+    targets = np.tile(np.arange(classes), len(SEEDS))
+    return {names[c]: [names[v] for v in verdicts[(targets == c) & (verdicts != c)]]
+            for c in range(classes) if np.any((targets == c) & (verdicts != c))}
+
+
+def flat_pictures(factory: ModelFactory) -> dict[str, dict]:
+    """The judge's class for a picture with nothing on it (black, grey, white): a class it gives these
+    flatters every method's figure for that class."""
+    names, size = registry.builtin_info(MODEL).class_names, registry.builtin_info(MODEL).input_shape
+    flat = np.stack([np.full(size, level, np.float32) for level in (0.0, 127.5, 255.0)])
+    verdicts = factory.model(registry.JUDGES[MODEL]).classify(flat).numpy()
+    found = {f"{level:g}": {"class": names[int(row.argmax())], "probability": float(row.max())}
+             for level, row in zip((0.0, 127.5, 255.0), verdicts)}
+    print("  the judge on flat pictures (black, grey, white): " + ", ".join(
+        f"{verdict['class']} ({verdict['probability']:.2f})" for verdict in found.values()), flush=True)
+    return found
 
 
 def shapes_channels(factory: ModelFactory) -> dict:
@@ -167,11 +191,12 @@ def main() -> int:
     print(f"1. {MODEL}: 10 classes x {len(SEEDS)} seeds, judged by {registry.JUDGES[MODEL]} (and by "
           f"{SAME_GENERATOR_MODEL}, same generator)", flush=True)
     shapes_summary, pictures = shapes(factory)
+    judge_on_flat = flat_pictures(factory)
     print(f"2. held-out robustness, specificity and activation_vs_dataset: {MODEL} channel {CHANNEL} of each conv "
           f"layer; inception_v3_untrained at {INCEPTION_ITERATIONS} iterations", flush=True)
     results = {"date": time.strftime("%Y-%m-%d"), "defaults": defaults, MODEL: shapes_summary,
                "shapes_cnn_channels": shapes_channels(factory), "inception_v3_untrained": inception(factory),
-               "inception_iterations": INCEPTION_ITERATIONS,
+               "inception_iterations": INCEPTION_ITERATIONS, "judge_on_flat_pictures": judge_on_flat,
                "class_names": list(registry.builtin_info(MODEL).class_names), "seconds": None}
     best = max(METHODS, key=lambda method: shapes_summary[method]["transferability"])
     results["goal"] = {"best_method": best, "transferability": shapes_summary[best]["transferability"],
