@@ -1,7 +1,7 @@
 """No job lost or run twice: worker kills, time limits, Redis restarts, duplicates, load and memory.
 
 Each scenario runs real worker processes against its own Redis with short
-limits (soft 8 s < hard 12 s < visibility 20 s) so redelivery is observable
+limits (soft 8 s < hard 16 s < visibility 20 s) so redelivery is observable
 within the suite's time budget. Figures are printed (pytest -s shows them).
 """
 from __future__ import annotations
@@ -23,7 +23,9 @@ from producer import BrokerUnavailable, JobFailed, Producer
 from tests.conftest import UNTRAINED
 from tests.events import EventLog
 
-SHORT_LIMITS = {"FEATUREVIS_SOFT_TIME_LIMIT": "8", "FEATUREVIS_TIME_LIMIT": "12", "FEATUREVIS_VISIBILITY_TIMEOUT": "20"}
+# The hard limit leaves 8 s for the soft limit's exception to surface: it waits for the TensorFlow call in
+# progress, and at 12 s an AVX2 EPYC's first conv5 job was killed by the hard limit instead.
+SHORT_LIMITS = {"FEATUREVIS_SOFT_TIME_LIMIT": "8", "FEATUREVIS_TIME_LIMIT": "16", "FEATUREVIS_VISIBILITY_TIMEOUT": "20"}
 
 
 def _children(pid: int) -> list[int]:
