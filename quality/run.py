@@ -111,15 +111,16 @@ def shapes(factory: ModelFactory) -> tuple[dict, dict]:
 def _misses(verdicts: np.ndarray, classes: int, names: list[str]) -> dict[str, list[str]]:
     """For each class with a picture the judge read as another: what it read, one name per such picture."""
     targets = np.tile(np.arange(classes), len(SEEDS))
-    return {names[c]: [names[v] for v in verdicts[(targets == c) & (verdicts != c)]]
-            for c in range(classes) if np.any((targets == c) & (verdicts != c))}
+    wrong = verdicts != targets
+    return {names[c]: [names[v] for v in verdicts[wrong & (targets == c)]] for c in sorted(set(targets[wrong]))}
 
 
 def flat_pictures(factory: ModelFactory) -> dict[str, dict]:
     """The judge's class for a picture with nothing on it (black, grey, white): a class it gives these
     flatters every method's figure for that class."""
-    names, size = registry.builtin_info(MODEL).class_names, registry.builtin_info(MODEL).input_shape
-    flat = np.stack([np.full(size, level, np.float32) for level in (0.0, 127.5, 255.0)])
+    info = registry.builtin_info(MODEL)
+    names = info.class_names
+    flat = np.stack([np.full(info.input_shape, level, np.float32) for level in (0.0, 127.5, 255.0)])
     verdicts = factory.model(registry.JUDGES[MODEL]).classify(flat).numpy()
     found = {f"{level:g}": {"class": names[int(row.argmax())], "probability": float(row.max())}
              for level, row in zip((0.0, 127.5, 255.0), verdicts)}
