@@ -334,7 +334,7 @@ def batch_breakdown(factory: ModelFactory, iterations: int, repeats: int = 3) ->
     climb; batch.run, the climb with its final prediction, each unit's scores and its share; and the results'
     files, published into a scratch store as an atlas batch publishes them (worker/atlas_tasks.py)."""
     from featurevis import batch
-    from worker import atlas_tasks
+    from worker import tasks
 
     layer = registry.builtin_info(ATLAS_MODEL).conv_layers[ATLAS_CONV_ID]
     units = list(range(min(DEFAULT_BATCH, layer.channels)))
@@ -351,7 +351,7 @@ def batch_breakdown(factory: ModelFactory, iterations: int, repeats: int = 3) ->
             bare = time.perf_counter() - began
             rendered = batch.run(factory, specs, lambda progress: None)
             scored = time.perf_counter() - began - bare
-            atlas_tasks.publish_side_by_side(publisher, ResultStore(folder), rendered)
+            tasks.publish(publisher, ResultStore(folder), rendered)
             runs.append((bare, scored, time.perf_counter() - began - bare - scored))
     bare, scored, files = (statistics.median(run[index] for run in runs) for index in range(3))
     print(f"  one {len(units)}-unit batch, {iterations} iterations, in this process: bare climb {bare:.3f} s, "

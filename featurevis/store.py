@@ -35,6 +35,7 @@ meta.json, not from its path.
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
@@ -42,6 +43,7 @@ import posixpath
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import fsspec
 import numpy as np
@@ -178,16 +180,37 @@ class ResultStore:
 
     def write(self, key: str, artefacts: dict[str, bytes], meta: dict) -> None:
         """Publish artefacts, then meta.json."""
-        for name, data in artefacts.items():
-            self.put(key, name, data)
-        self.put(key, META, json.dumps(meta, indent=1, sort_keys=True).encode())
+        self.write_all([Result(key, artefacts, meta)])
+
+    def write_all(self, results: Iterable[Result]) -> None:
+        """Publish results together, each one's meta.json after its artefacts.
+
+        Locally every file is written under a temporary name, the filesystem synced once, and each file
+        renamed into place: a batch's results cost one sync, where a sync per file cost more than the
+        rest of publishing them (bench/RESULTS.md, Atlas).
+        """
+        files = [(result.key, name, data) for result in results
+                 for name, data in {**result.artefacts, META: _meta_bytes(result.meta)}.items()]
+        if not self.local:
+            for key, name, data in files:
+                self.put(key, name, data)
+            return
+        staged = []
+        try:
+            for key, name, data in files:
+                staged.append((self._stage(key, name, data), self.path(key, name)))
+            if staged:
+                _sync_filesystem(staged[0][0])
+            for temporary, target in staged:
+                os.replace(temporary, target)
+        finally:
+            for temporary, _ in staged:
+                if os.path.exists(temporary):
+                    os.unlink(temporary)
 
     def write_image_result(self, key: str, image: np.ndarray, png: bytes, meta: dict,
                            extra: dict[str, bytes] | None = None) -> None:
-        """A job's picture, its raw pixels, any extra artefacts (an animation), then its meta."""
-        raw = io.BytesIO()
-        np.save(raw, image.astype(np.float32))
-        self.write(key, {IMAGE_PNG: png, IMAGE_NPY: raw.getvalue(), **(extra or {})}, meta)
+        self.write_all([image_result(key, image, png, meta, extra)])
 
     def put(self, key: str, name: str, data: bytes, content_type: str | None = None, durable: bool = True) -> None:
         """One file, whole or not at all: a temporary name and a rename locally, one upload on S3.
@@ -196,19 +219,67 @@ class ResultStore:
         rebuilt from others (an atlas's pages) skip the sync, which cost more than writing them
         (bench/RESULTS.md, Atlas).
         """
-        target = self.path(key, name)
         if not self.local:
-            self.fs.pipe_file(target, data, **({"ContentType": content_type} if content_type else {}))
+            self.fs.pipe_file(self.path(key, name), data, **({"ContentType": content_type} if content_type else {}))
             return
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        temporary = os.path.join(os.path.dirname(target), f".{name}.{uuid.uuid4().hex}.tmp")
+        temporary = self._stage(key, name, data, durable)
+        try:
+            os.replace(temporary, self.path(key, name))
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+
+    def _stage(self, key: str, name: str, data: bytes, durable: bool = False) -> str:
+        """The file written beside its place under a temporary name (synced if `durable`); returns that name."""
+        target = self.path(key, name)
+        folder = os.path.dirname(target)
+        os.makedirs(folder, exist_ok=True)
+        temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
         try:
             with open(temporary, "wb") as handle:
                 handle.write(data)
                 if durable:
                     handle.flush()
                     os.fsync(handle.fileno())
-            os.replace(temporary, target)
-        finally:
+        except BaseException:
             if os.path.exists(temporary):
                 os.unlink(temporary)
+            raise
+        return temporary
+
+
+class Result(NamedTuple):
+    """One result to publish: its key, its artefacts by file name, and its meta (meta.json, written last)."""
+
+    key: str
+    artefacts: dict[str, bytes]
+    meta: dict
+
+
+def image_result(key: str, image: np.ndarray, png: bytes, meta: dict, extra: dict[str, bytes] | None = None) -> Result:
+    """A job's picture, its raw pixels (float32), any extra artefacts (an animation), then its meta."""
+    raw = io.BytesIO()
+    np.save(raw, image.astype(np.float32))
+    return Result(key, {IMAGE_PNG: png, IMAGE_NPY: raw.getvalue(), **(extra or {})}, meta)
+
+
+def _meta_bytes(meta: dict) -> bytes:
+    return json.dumps(meta, indent=1, sort_keys=True).encode()
+
+
+def _sync_filesystem(path: str) -> None:
+    """Everything written so far on `path`'s filesystem on disk: syncfs(2) where Linux has it, else sync(2)."""
+    syncfs = getattr(_LIBC, "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(descriptor) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, f"syncfs: {os.strerror(number)}", path)
+    finally:
+        os.close(descriptor)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)

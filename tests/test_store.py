@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featurevis import images
-from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore
+from featurevis import images, store as store_module
+from featurevis.store import IMAGE_NPY, IMAGE_PNG, META, ResultStore, image_result
 
 KEY = "inception_v3_untrained/conv2d_8/feature_0002/abc123"
 
@@ -46,6 +46,39 @@ def test_meta_json_is_published_last_so_a_crash_leaves_no_result(tmp_path, monke
     assert published == [IMAGE_PNG, IMAGE_NPY]
     assert store.read_meta(KEY) is None  # a reader (and the cache check) sees no result
     assert not [name for name in os.listdir(tmp_path / KEY) if name.endswith(".tmp")]
+
+
+def _batch_of_results(count: int) -> list:
+    return [image_result(f"{KEY}{index}", _image(), images.png_bytes(_image()), {"job_id": f"abc{index}"})
+            for index in range(count)]
+
+
+def test_a_batch_of_results_is_synced_once_before_any_file_takes_its_place(tmp_path, monkeypatch):
+    store, events = ResultStore(tmp_path), []
+    real_sync, real_replace = store_module._sync_filesystem, os.replace
+    monkeypatch.setattr(store_module, "_sync_filesystem", lambda path: (events.append("sync"), real_sync(path)))
+    monkeypatch.setattr(os, "replace", lambda source, target: (events.append(os.path.relpath(target, tmp_path)),
+                                                               real_replace(source, target)))
+    store.write_all(_batch_of_results(3))
+    assert events[0] == "sync" and events.count("sync") == 1
+    for index in range(3):
+        key = f"{KEY}{index}"
+        assert store.read_meta(key) == {"job_id": f"abc{index}"}
+        assert sorted(os.listdir(tmp_path / key)) == [IMAGE_NPY, IMAGE_PNG, META]
+        mine = [event for event in events if event.startswith(key + "/")]
+        assert mine[-1] == f"{key}/{META}"  # each result's meta.json after its own files
+
+
+def test_a_batch_whose_sync_fails_publishes_nothing(tmp_path, monkeypatch):
+    store = ResultStore(tmp_path)
+
+    def sync_fails(path):
+        raise OSError("I/O error")
+
+    monkeypatch.setattr(store_module, "_sync_filesystem", sync_fails)
+    with pytest.raises(OSError, match="I/O error"):
+        store.write_all(_batch_of_results(3))
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == []  # no result, no temporary
 
 
 def test_rewriting_a_result_replaces_it_whole(tmp_path):

@@ -22,7 +22,6 @@ of once per batch.
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from celery import chord, group, states
@@ -33,8 +32,6 @@ from featurevis.store import ResultStore
 from worker import runtime, tasks
 from worker.app import app
 from worker.progress import ProgressPublisher
-
-PUBLISHERS = 8  # threads writing a batch's results, so their disk syncs overlap
 
 
 @app.task(bind=True, name="featurevis.atlas")
@@ -97,9 +94,7 @@ def atlas_finish(self, batches: list | None = None, atlas_id: str = "") -> dict:
 
 def _render(task, store: ResultStore, specs: list, ranked: dict | None) -> list:
     """tasks._render for an atlas's units: one batched pass, each unit's scores compared with its dataset
-    examples before its meta.json is written, and the units published side by side: each result is a few
-    synced files, and one after another their syncs were the largest cost around the climb
-    (bench/RESULTS.md, Atlas)."""
+    examples before its meta.json is written."""
     from featurevis import batch  # TensorFlow side: imported in pool children only
 
     rendered = batch.run(runtime.factory(), specs, ProgressPublisher(task).publish)
@@ -107,13 +102,7 @@ def _render(task, store: ResultStore, specs: list, ranked: dict | None) -> list:
         rendered = dataclasses.replace(rendered, jobs=[
             dataclasses.replace(job, scores=[{**row, **_versus(row, ranked, job.spec.feature)} for row in job.scores])
             for job in rendered.jobs])
-    return publish_side_by_side(task, store, rendered)
-
-
-def publish_side_by_side(task, store: ResultStore, rendered) -> list:
-    """Every job of a rendered batch (featurevis.batch.Batch) published, PUBLISHERS at a time: their syncs overlap."""
-    with ThreadPoolExecutor(PUBLISHERS) as pool:
-        return list(pool.map(lambda job: tasks.publish(task, store, job, rendered), rendered.jobs))
+    return tasks.publish(task, store, rendered)
 
 
 def _examples(store: ResultStore, request: atlas.Atlas, layer: str) -> tuple[dict | None, str | None]:

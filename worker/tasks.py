@@ -20,7 +20,8 @@ import featurevis
 from featurevis import contract, gallery, images, registry
 from featurevis.contract import JobSpec
 from featurevis.registry import LOGITS, ModelRefused, WeightsUnavailable
-from featurevis.store import ALPHA, ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, META, ResultStore, set_png
+from featurevis.store import (ALPHA, ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, META, Result, ResultStore,
+                              image_result, set_png)
 from worker import runtime
 from worker.app import app
 from worker.progress import ProgressPublisher
@@ -150,8 +151,7 @@ def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list
     """Optimize specs of one layer as one batch, then publish each job's result."""
     from featurevis import batch  # noqa: F811 - the TensorFlow side, imported here in pool children only
 
-    rendered = batch.run(runtime.factory(), specs, ProgressPublisher(task).publish)
-    return [publish(task, store, job, rendered) for job in rendered.jobs]
+    return publish(task, store, batch.run(runtime.factory(), specs, ProgressPublisher(task).publish))
 
 
 class Published(NamedTuple):
@@ -159,22 +159,28 @@ class Published(NamedTuple):
     picture: np.ndarray  # the job's (first) picture: what a sweep's contact sheet shows
 
 
-def publish(task: celery.Task, store: ResultStore, job: batch.Rendered, rendered: batch.Batch) -> Published:
-    """Write one job's files, meta.json last: a picture (and its alpha.png), or a set as a sheet, its array and
-    each PNG."""
+def publish(task: celery.Task, store: ResultStore, rendered: batch.Batch) -> list[Published]:
+    """Write every job of a batch, each one's meta.json after its files, with one disk sync for them all."""
+    results = [_result(task, job, rendered) for job in rendered.jobs]
+    store.write_all(result for result, _ in results)
+    return [published for _, published in results]
+
+
+def _result(task: celery.Task, job: batch.Rendered, rendered: batch.Batch) -> tuple[Result, Published]:
+    """One job's files: a picture (and its alpha.png), or a set as a sheet, its array and each PNG."""
     spec, pictures = job.spec, job.pictures
     meta = _meta(task, job, rendered)
     animation = {ANIMATION: images.animation_bytes([_sheet_or_picture(frame) for frame in job.frames])} \
         if spec.animate else {}
     if spec.images == 1:
         alpha = {ALPHA: images.alpha_png(job.extras["alpha"][0])} if spec.saves_alpha else {}
-        store.write_image_result(spec.key, pictures[0], images.png_bytes(pictures[0]), meta.to_json(),
-                                 {**animation, **alpha})
+        result = image_result(spec.key, pictures[0], images.png_bytes(pictures[0]), meta.to_json(),
+                              {**animation, **alpha})
     else:
         each = {set_png(index): images.png_bytes(picture) for index, picture in enumerate(pictures)}
-        store.write_image_result(spec.key, pictures, images.contact_sheet(list(pictures), SET_COLUMNS),
-                                 meta.to_json(), {**each, **animation})
-    return Published(meta, pictures[0])
+        result = image_result(spec.key, pictures, images.contact_sheet(list(pictures), SET_COLUMNS),
+                              meta.to_json(), {**each, **animation})
+    return result, Published(meta, pictures[0])
 
 
 def _sheet_or_picture(frame: np.ndarray) -> np.ndarray:
