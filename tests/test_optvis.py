@@ -145,6 +145,29 @@ def test_the_prediction_budget_counts_what_a_prediction_cost_not_the_one_image_e
     assert 2 <= len(ascent.predictions) <= 11
 
 
+def test_a_batch_s_first_prediction_waits_for_the_cost_of_the_whole_batch():
+    """A step of 10 ms and a classifier of 1 ms an image, at a 5% budget: one image may be predicted every
+    20 ms, so a job of one image predicts on its way; a batch of 16 costs 16 ms a call, one every 320 ms, more
+    than its 100 ms job, so it predicts only at the end (with one image's estimate it predicted at once)."""
+
+    def advance(state, *arguments):
+        time.sleep(0.01)
+        zeros = np.zeros(len(state), np.float32)
+        return state, render.StepStats(zeros, zeros, zeros, zeros)
+
+    def classify(images):
+        time.sleep(0.001 * len(images))
+        return tf.zeros([len(images), 3])
+
+    step = render.CompiledStep(advance, pixels=tf.constant,
+                               start=lambda seeds, picture=None: np.zeros((len(seeds), 2, 2, 3), np.float32))
+    predicted = {batch: [p.iteration for p in render.run(step, list(range(batch)), np.ones((batch, 1), np.float32),
+                                                         10, classify=render.Classifier(classify, cost_s=0.001),
+                                                         cadence=render.Cadence(budget=0.05)).predictions]
+                 for batch in (1, 16)}
+    assert len(predicted[1]) > 1 and predicted[16] == [10]
+
+
 def test_progress_gets_the_figures_of_its_iteration_and_the_history_all_of_them(conv5):
     seen = []
     ascent = render.run(conv5.step, [4], one_hot([3]), 6, on_progress=lambda *call: seen.append(call),

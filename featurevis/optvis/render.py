@@ -119,8 +119,9 @@ class Cadence:
     the last and has at least as long still to run (the final prediction comes
     soon enough otherwise), so predictions cost at most `budget` of the job;
     `predict_every` fixes the interval in iterations instead. The cost is what
-    the last prediction took (the classifier's own timing, of one image, until
-    then): a batch of 32 costs many times one image.
+    the last prediction took; until the first, the classifier's own timing of
+    one image times the batch: a batch of 32 costs many times one image, and
+    the budget holds from the first prediction on.
     """
 
     progress_s: float = PROGRESS_SECONDS
@@ -153,7 +154,7 @@ def run(step: CompiledStep, seeds: list[int], weights: np.ndarray | objectives.T
     arguments = (objectives.as_terms(weights), tf.constant(seeds, tf.int64), tf.constant(diversity, tf.float32))
     state = step.start(seeds) if state is None else state
     history, predictions, frames = [], [], []
-    prediction_s = classify.cost_s if classify is not None else 0.0
+    prediction_s = classify.cost_s * len(seeds) if classify is not None else 0.0
     started = last_progress = last_prediction = time.perf_counter()
     for done in range(1, iterations + 1):
         state, stats = step.advance(state, *arguments)
