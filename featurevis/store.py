@@ -208,6 +208,23 @@ class ResultStore:
                 if os.path.exists(temporary):
                     os.unlink(temporary)
 
+    def make_folders(self, keys: Iterable[str]) -> list[str]:
+        """The results' folders, made before their files; returns those it made (an object store has none)."""
+        made = []
+        for key in keys if self.local else ():
+            folder = Path(self.path(key))
+            made.extend(str(path) for path in reversed([folder, *folder.parents]) if not path.exists())
+            folder.mkdir(parents=True, exist_ok=True)
+        return made
+
+    def remove_empty(self, folders: Iterable[str]) -> None:
+        """Take back folders make_folders made for results that never came, where they are still empty."""
+        for folder in sorted(folders, reverse=True):  # a folder's children before it
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty: a result, or another job's folder, is in it
+                pass
+
     def write_image_result(self, key: str, image: np.ndarray, png: bytes, meta: dict,
                            extra: dict[str, bytes] | None = None) -> None:
         self.write_all([image_result(key, image, png, meta, extra)])

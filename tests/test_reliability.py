@@ -75,6 +75,7 @@ def test_a_job_over_its_time_limit_fails_clearly_and_the_worker_goes_on(short_st
     with pytest.raises(JobFailed, match=r"^job exceeded its time limit of 8 s \(FEATUREVIS_SOFT_TIME_LIMIT\)"):
         slow.wait(timeout=120)
     assert ResultStore(short_stack.results_dir).read_meta(slow.specs[0].key) is None
+    assert not (short_stack.results_dir / slow.specs[0].key).exists()  # not even an empty folder
     after = producer.enqueue({"model": UNTRAINED, "conv_id": 1, "feature": 4, "iterations": 2, "seed": 1})
     assert after.wait(timeout=120).cached is False
     assert short_stack.processes["w1"].pid == worker_pid and short_stack.processes["w1"].poll() is None

@@ -31,7 +31,6 @@ from featurevis.contract import JobError
 from featurevis.store import ResultStore
 from worker import runtime, tasks
 from worker.app import app
-from worker.progress import ProgressPublisher
 
 
 @app.task(bind=True, name="featurevis.atlas")
@@ -95,9 +94,7 @@ def atlas_finish(self, batches: list | None = None, atlas_id: str = "") -> dict:
 def _render(task, store: ResultStore, specs: list, ranked: dict | None) -> list:
     """tasks._render for an atlas's units: one batched pass, each unit's scores compared with its dataset
     examples before its meta.json is written."""
-    from featurevis import batch  # TensorFlow side: imported in pool children only
-
-    rendered = batch.run(runtime.factory(), specs, ProgressPublisher(task).publish)
+    rendered = tasks.climb(task, store, specs)
     if ranked:
         rendered = dataclasses.replace(rendered, jobs=[
             dataclasses.replace(job, scores=[{**row, **_versus(row, ranked, job.spec.feature)} for row in job.scores])

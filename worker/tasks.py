@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
@@ -149,9 +150,23 @@ def plain_errors(function: Callable, *args):
 
 def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[Published]:
     """Optimize specs of one layer as one batch, then publish each job's result."""
+    return publish(task, store, climb(task, store, specs))
+
+
+def climb(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> batch.Batch:
+    """One batched pass (featurevis.batch.run), while another thread makes the results' folders: making a
+    folder and the first file in it cost most of what writing a result cost, and the climb leaves time."""
     from featurevis import batch  # noqa: F811 - the TensorFlow side, imported here in pool children only
 
-    return publish(task, store, batch.run(runtime.factory(), specs, ProgressPublisher(task).publish))
+    with ThreadPoolExecutor(1) as folders:
+        made = folders.submit(store.make_folders, [spec.key for spec in specs])
+        try:
+            rendered = batch.run(runtime.factory(), specs, ProgressPublisher(task).publish)
+        except BaseException:  # a failed job leaves no trace, not even an empty folder
+            store.remove_empty(made.result())
+            raise
+        made.result()
+    return rendered
 
 
 class Published(NamedTuple):
