@@ -95,13 +95,14 @@ def _progress(specs: list[JobSpec], class_names: list[str],
               publish: Callable[[contract.Progress], None]) -> render.ProgressCallback:
     """The render loop's figures as the batch's Progress record (the first image's latest prediction)."""
     latest: contract.Prediction | None = None
+    job_ids = [spec.job_id for spec in specs]
 
     def on_progress(done: int, stats: render.StepStats, predicted: render.Prediction | None) -> None:
         nonlocal latest
         if predicted is not None:
             latest = _top_class(predicted, 0, class_names)
         publish(contract.Progress(
-            job_ids=[spec.job_id for spec in specs], iteration=done, iterations=specs[0].iterations,
+            job_ids=job_ids, iteration=done, iterations=specs[0].iterations,
             loss=float(np.mean(stats.loss)), grad_min=float(np.min(stats.grad_min)),
             grad_max=float(np.max(stats.grad_max)), step_size=float(np.mean(stats.step_size)), prediction=latest))
 
