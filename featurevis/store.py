@@ -197,8 +197,8 @@ class ResultStore:
             return
         staged = []
         try:
-            for key, name, data in files:
-                staged.append((self._stage(key, name, data), self.path(key, name)))
+            for key, name, data in files:  # one by one: a failure leaves the ones before it for `finally`
+                staged.append(self._stage(key, name, data))
             if staged:
                 _sync_filesystem(staged[0][0])
             for temporary, target in staged:
@@ -239,15 +239,15 @@ class ResultStore:
         if not self.local:
             self.fs.pipe_file(self.path(key, name), data, **({"ContentType": content_type} if content_type else {}))
             return
-        temporary = self._stage(key, name, data, durable)
+        temporary, target = self._stage(key, name, data, durable)
         try:
-            os.replace(temporary, self.path(key, name))
+            os.replace(temporary, target)
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
 
-    def _stage(self, key: str, name: str, data: bytes, durable: bool = False) -> str:
-        """The file written beside its place under a temporary name (synced if `durable`); returns that name."""
+    def _stage(self, key: str, name: str, data: bytes, durable: bool = False) -> tuple[str, str]:
+        """The file written beside its place under a temporary name (synced if `durable`): (temporary, place)."""
         target = self.path(key, name)
         folder = os.path.dirname(target)
         os.makedirs(folder, exist_ok=True)
@@ -262,7 +262,7 @@ class ResultStore:
             if os.path.exists(temporary):
                 os.unlink(temporary)
             raise
-        return temporary
+        return temporary, target
 
 
 class Result(NamedTuple):

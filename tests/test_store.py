@@ -81,6 +81,21 @@ def test_a_batch_whose_sync_fails_publishes_nothing(tmp_path, monkeypatch):
     assert [path for path in tmp_path.rglob("*") if path.is_file()] == []  # no result, no temporary
 
 
+def test_a_batch_that_fails_halfway_through_its_files_leaves_none_of_them(tmp_path, monkeypatch):
+    store, real_stage, calls = ResultStore(tmp_path), ResultStore._stage, []
+
+    def disk_full_at_the_fifth_file(self, key, name, data, durable=False):
+        calls.append(name)
+        if len(calls) == 5:
+            raise OSError("No space left on device")
+        return real_stage(self, key, name, data, durable)
+
+    monkeypatch.setattr(ResultStore, "_stage", disk_full_at_the_fifth_file)
+    with pytest.raises(OSError, match="No space"):
+        store.write_all(_batch_of_results(3))
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == []
+
+
 def test_rewriting_a_result_replaces_it_whole(tmp_path):
     store = ResultStore(tmp_path)
     store.write(KEY, {"image.png": b"old"}, {"v": 1})
