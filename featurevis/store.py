@@ -285,7 +285,10 @@ def _meta_bytes(meta: dict) -> bytes:
 
 
 def _sync_filesystem(path: str) -> None:
-    """Everything written so far on `path`'s filesystem on disk: syncfs(2) where Linux has it, else sync(2)."""
+    """Everything written so far on `path`'s filesystem on disk: syncfs(2) where Linux has it, else sync(2).
+
+    It waits for other writers' data on that filesystem too: a results volume of its own keeps it short.
+    """
     syncfs = getattr(_LIBC, "syncfs", None)
     if syncfs is None:
         os.sync()
