@@ -285,7 +285,7 @@ def cold_start(stack: LocalStack, service: Service) -> dict:
     return rows
 
 
-def atlas_throughput(service: Service, factory: ModelFactory, repeats: int, iterations: int) -> dict:
+def atlas_throughput(service: Service, factory: ModelFactory, iterations: int) -> dict:
     """Units per minute for one layer's units: single jobs, the atlas's batched tasks, a bare batched loop.
 
     The worker's step for the layer is compiled and its dataset ranked beforehand (an atlas of one unit),
@@ -302,7 +302,7 @@ def atlas_throughput(service: Service, factory: ModelFactory, repeats: int, iter
     acquired = factory.acquire(ATLAS_MODEL, ATLAS_CONV_ID)
     batches = [units[first:first + DEFAULT_BATCH] for first in range(0, len(units), DEFAULT_BATCH)]
     runs = []
-    for _ in range(repeats):
+    for _ in range(ATLAS_REPEATS):
         service.seed += 1
         began = time.perf_counter()
         jobs = [producer.enqueue({"model": ATLAS_MODEL, "conv_id": ATLAS_CONV_ID, "feature": unit,
@@ -337,7 +337,8 @@ def atlas_throughput(service: Service, factory: ModelFactory, repeats: int, iter
 def batch_breakdown(factory: ModelFactory, iterations: int, repeats: int = 3) -> dict:
     """Where one atlas batch's time goes beside the bare loop, in this process (median of `repeats`): the bare
     climb; batch.run, the climb with its final prediction, each unit's scores and its share; and the results'
-    files, published into a scratch store as an atlas batch publishes them (worker/atlas_tasks.py)."""
+    files, published into a scratch store with one sync as an atlas batch publishes them, their folders made
+    here with them (a worker makes them during the climb: tasks.results_folders)."""
     from featurevis import batch
     from worker import tasks
 
@@ -402,7 +403,7 @@ def atlas_only() -> int:
 def run_atlas(results: dict, service: Service, factory: ModelFactory) -> None:
     print("9. the atlas: one layer's units as single jobs, as the atlas's batched tasks, as a bare batched loop",
           flush=True)
-    results["atlas"] = {str(iterations): atlas_throughput(service, factory, ATLAS_REPEATS, iterations)
+    results["atlas"] = {str(iterations): atlas_throughput(service, factory, iterations)
                         for iterations in ATLAS_ITERATIONS}
     results["atlas_batch"] = {str(iterations): batch_breakdown(factory, iterations) for iterations in ATLAS_ITERATIONS}
     print("9b. the bare loop's batching curve on inception_v3_untrained", flush=True)

@@ -6,8 +6,8 @@ or an S3-compatible URL, `s3://bucket/prefix`, reached through fsspec/s3fs
 
 A result is complete exactly when its `meta.json` exists. Artefacts go in
 first and `meta.json` last; on a local filesystem each is written under a
-temporary name and renamed into place, on S3 each object appears whole when
-its upload completes. So a reader (the cache check, a gallery, another host)
+temporary name and renamed into place once the batch's files are synced to
+disk, on S3 each object appears whole when its upload completes. So a reader (the cache check, a gallery, another host)
 never sees half a result. Keys come from the validated contract, and every
 path is checked to stay inside the root anyway.
 
@@ -36,12 +36,13 @@ meta.json, not from its path.
 from __future__ import annotations
 
 import ctypes
+import functools
 import io
 import json
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -186,8 +187,8 @@ class ResultStore:
         """Publish results together, each one's meta.json after its artefacts.
 
         Locally every file is written under a temporary name, the filesystem synced once, and each file
-        renamed into place: a batch's results cost one sync, where a sync per file cost more than the
-        rest of publishing them (bench/RESULTS.md, Atlas).
+        renamed into place: a batch's results cost one sync, where a sync per file made writing an atlas
+        batch's files take about twice as long (bench/RESULTS.md, Atlas, runs O and G).
         """
         files = [(result.key, name, data) for result in results
                  for name, data in {**result.artefacts, META: _meta_bytes(result.meta)}.items()]
@@ -198,22 +199,25 @@ class ResultStore:
         staged = []
         try:
             for key, name, data in files:  # one by one: a failure leaves the ones before it for `finally`
-                staged.append(self._stage(key, name, data))
+                staged.append(self._stage(key, name, data, durable=False))
             if staged:
                 _sync_filesystem(staged[0][0])
             for temporary, target in staged:
                 os.replace(temporary, target)
         finally:
             for temporary, _ in staged:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
+                _discard(temporary)
 
     def make_folders(self, keys: Iterable[str]) -> list[str]:
-        """The results' folders, made before their files; returns those it made (an object store has none)."""
+        """The results' folders, made before their files; returns those it made, all inside the root (an object
+        store has no folders to make)."""
+        if not self.local:
+            return []
         made = []
-        for key in keys if self.local else ():
+        for key in keys:
             folder = Path(self.path(key))
-            made.extend(str(path) for path in reversed([folder, *folder.parents]) if not path.exists())
+            below_root = [folder, *folder.parents][:len(folder.relative_to(self.root).parts)]
+            made.extend(str(path) for path in reversed(below_root) if not path.exists())
             folder.mkdir(parents=True, exist_ok=True)
         return made
 
@@ -224,10 +228,6 @@ class ResultStore:
                 os.rmdir(folder)
             except OSError:  # not empty: a result, or another job's folder, is in it
                 pass
-
-    def write_image_result(self, key: str, image: np.ndarray, png: bytes, meta: dict,
-                           extra: dict[str, bytes] | None = None) -> None:
-        self.write_all([image_result(key, image, png, meta, extra)])
 
     def put(self, key: str, name: str, data: bytes, content_type: str | None = None, durable: bool = True) -> None:
         """One file, whole or not at all: a temporary name and a rename locally, one upload on S3.
@@ -243,24 +243,26 @@ class ResultStore:
         try:
             os.replace(temporary, target)
         finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+            _discard(temporary)
 
-    def _stage(self, key: str, name: str, data: bytes, durable: bool = False) -> tuple[str, str]:
+    def _stage(self, key: str, name: str, data: bytes, durable: bool) -> tuple[str, str]:
         """The file written beside its place under a temporary name (synced if `durable`): (temporary, place)."""
         target = self.path(key, name)
         folder = os.path.dirname(target)
-        os.makedirs(folder, exist_ok=True)
         temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
         try:
-            with open(temporary, "wb") as handle:
+            try:
+                handle = open(temporary, "wb")
+            except FileNotFoundError:  # no folder yet, or a failed job of the same key just took it back
+                os.makedirs(folder, exist_ok=True)
+                handle = open(temporary, "wb")
+            with handle:
                 handle.write(data)
                 if durable:
                     handle.flush()
                     os.fsync(handle.fileno())
         except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+            _discard(temporary)
             raise
         return temporary, target
 
@@ -284,12 +286,19 @@ def _meta_bytes(meta: dict) -> bytes:
     return json.dumps(meta, indent=1, sort_keys=True).encode()
 
 
+def _discard(temporary: str) -> None:
+    """A temporary file that was not renamed into place, removed."""
+    if os.path.exists(temporary):
+        os.unlink(temporary)
+
+
 def _sync_filesystem(path: str) -> None:
     """Everything written so far on `path`'s filesystem on disk: syncfs(2) where Linux has it, else sync(2).
 
     It waits for other writers' data on that filesystem too: a results volume of its own keeps it short.
+    On a network or FUSE mount a result is as durable as that filesystem's syncfs makes it.
     """
-    syncfs = getattr(_LIBC, "syncfs", None)
+    syncfs = _syncfs()
     if syncfs is None:
         os.sync()
         return
@@ -302,4 +311,12 @@ def _sync_filesystem(path: str) -> None:
         os.close(descriptor)
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
+@functools.lru_cache(maxsize=None)
+def _syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(int fd) -> int, or None where the C library has none."""
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError, TypeError):
+        return None
+    syncfs.argtypes, syncfs.restype = [ctypes.c_int], ctypes.c_int
+    return syncfs

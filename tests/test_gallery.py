@@ -16,7 +16,7 @@ from PIL import Image, ImageSequence
 
 from devstack.redis_server import free_port
 from featurevis import gallery, images
-from featurevis.store import ResultStore
+from featurevis.store import ResultStore, image_result
 
 NASTY = "<script>alert('x')</script>"
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
@@ -60,7 +60,7 @@ def store(tmp_path):
 
 def _fill(store: ResultStore) -> None:
     for key, (image, extra) in RESULTS.items():
-        store.write_image_result(key, image, images.png_bytes(image), _meta(key, **extra))
+        store.write_all([image_result(key, image, images.png_bytes(image), _meta(key, **extra))])
     jobs = [{"key": f"tiny_cnn/conv2d_2/feature_{feature:04d}/x{feature}"} for feature in (3, 4, 5)]
     store.write(SWEEP, {"contact_sheet.png": images.contact_sheet([_solid(YELLOW)] * 3)},
                 {"sweep_id": "eeee5555", "model": "tiny_cnn", "layer": "conv2d_2", "features": [3, 4, 5], "jobs": jobs})
@@ -100,8 +100,8 @@ def test_every_meta_string_is_escaped_and_the_page_is_self_contained(store):
 def test_rebuild_replaces_the_page_atomically_and_leaves_no_temporaries(store, monkeypatch):
     gallery.rebuild(store)
     before = open(store.path("", "index.html"), encoding="utf-8").read()
-    store.write_image_result("tiny_cnn/conv2d_2/feature_0007/gggg7777", _solid(RED), images.png_bytes(_solid(RED)),
-                             _meta("tiny_cnn/conv2d_2/feature_0007/gggg7777"))
+    store.write_all([image_result("tiny_cnn/conv2d_2/feature_0007/gggg7777", _solid(RED), images.png_bytes(_solid(RED)),
+                                  _meta("tiny_cnn/conv2d_2/feature_0007/gggg7777"))])
 
     def crash(source, target):
         raise OSError("disk full")

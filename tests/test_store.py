@@ -20,7 +20,7 @@ def _image():
 def test_a_written_result_is_complete_and_leaves_no_temporaries(tmp_path):
     store = ResultStore(tmp_path)
     image = _image()
-    store.write_image_result(KEY, image, images.png_bytes(image), {"job_id": "abc123"})
+    store.write_all([image_result(KEY, image, images.png_bytes(image), {"job_id": "abc123"})])
     folder = tmp_path / KEY
     assert sorted(os.listdir(folder)) == [IMAGE_NPY, IMAGE_PNG, META]
     assert store.read_meta(KEY) == {"job_id": "abc123"}
@@ -42,7 +42,7 @@ def test_meta_json_is_published_last_so_a_crash_leaves_no_result(tmp_path, monke
 
     monkeypatch.setattr(os, "replace", replace_then_crash_before_meta)
     with pytest.raises(OSError):
-        store.write_image_result(KEY, _image(), images.png_bytes(_image()), {"job_id": "abc123"})
+        store.write_all([image_result(KEY, _image(), images.png_bytes(_image()), {"job_id": "abc123"})])
     assert published == [IMAGE_PNG, IMAGE_NPY]
     assert store.read_meta(KEY) is None  # a reader (and the cache check) sees no result
     assert not [name for name in os.listdir(tmp_path / KEY) if name.endswith(".tmp")]
@@ -81,7 +81,7 @@ def test_a_batch_whose_sync_fails_publishes_nothing(tmp_path, monkeypatch):
     assert [path for path in tmp_path.rglob("*") if path.is_file()] == []  # no result, no temporary
 
 
-def test_a_batch_that_fails_halfway_through_its_files_leaves_none_of_them(tmp_path, monkeypatch):
+def test_a_batch_that_fails_halfway_through_writing_its_files_leaves_none_of_them(tmp_path, monkeypatch):
     store, real_stage, calls = ResultStore(tmp_path), ResultStore._stage, []
 
     def disk_full_at_the_fifth_file(self, key, name, data, durable=False):
@@ -94,6 +94,31 @@ def test_a_batch_that_fails_halfway_through_its_files_leaves_none_of_them(tmp_pa
     with pytest.raises(OSError, match="No space"):
         store.write_all(_batch_of_results(3))
     assert [path for path in tmp_path.rglob("*") if path.is_file()] == []
+
+
+def test_without_syncfs_a_batch_is_synced_by_sync(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(store_module, "_syncfs", lambda: None)
+    monkeypatch.setattr(os, "sync", lambda: synced.append(True))
+    store = ResultStore(tmp_path)
+    store.write_all(_batch_of_results(2))
+    assert synced == [True] and store.read_meta(f"{KEY}1") == {"job_id": "abc1"}
+
+
+def test_folders_made_for_results_are_taken_back_where_empty_and_never_above_the_root(tmp_path):
+    fresh = ResultStore(tmp_path / "volume" / "results")  # neither the root nor its parent exists yet
+    made = fresh.make_folders(["m/l/feature_0001/mine"])
+    assert made == [fresh.path(key) for key in ("m", "m/l", "m/l/feature_0001", "m/l/feature_0001/mine")]
+    fresh.remove_empty(made)
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["results", "volume"]
+
+    (tmp_path / "volume" / "results" / "m" / "l" / "feature_0001" / "other").mkdir(parents=True)
+    made = fresh.make_folders(["m/l/feature_0001/mine", "m/l/feature_0002/mine"])
+    assert made == [fresh.path(key) for key in ("m/l/feature_0001/mine", "m/l/feature_0002", "m/l/feature_0002/mine")]
+    fresh.remove_empty(made)
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*"))[-1] == \
+        "volume/results/m/l/feature_0001/other"
+    assert not (tmp_path / "volume" / "results" / "m" / "l" / "feature_0002").exists()
 
 
 def test_rewriting_a_result_replaces_it_whole(tmp_path):

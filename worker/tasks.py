@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 import celery
 import numpy as np
@@ -150,23 +151,31 @@ def plain_errors(function: Callable, *args):
 
 def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[Published]:
     """Optimize specs of one layer as one batch, then publish each job's result."""
-    return publish(task, store, climb(task, store, specs))
+    with results_folders(store, specs):
+        return publish(task, store, climb(task, specs))
 
 
-def climb(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> batch.Batch:
-    """One batched pass (featurevis.batch.run), while another thread makes the results' folders: making a
-    folder and the first file in it cost most of what writing a result cost, and the climb leaves time."""
+def climb(task: celery.Task, specs: list[JobSpec]) -> batch.Batch:
+    """One batched pass (featurevis.batch.run), its progress published for the task."""
     from featurevis import batch  # noqa: F811 - the TensorFlow side, imported here in pool children only
 
+    return batch.run(runtime.factory(), specs, ProgressPublisher(task).publish)
+
+
+@contextmanager
+def results_folders(store: ResultStore, specs: list[JobSpec]) -> Iterator[None]:
+    """The jobs' result folders, made on another thread while the body climbs: making a result's folder costs
+    more than writing a file into one, and during the climb Python only waits on TensorFlow. A body that
+    fails takes back the folders that are still empty, so a failed job leaves no trace."""
     with ThreadPoolExecutor(1) as folders:
         made = folders.submit(store.make_folders, [spec.key for spec in specs])
         try:
-            rendered = batch.run(runtime.factory(), specs, ProgressPublisher(task).publish)
-        except BaseException:  # a failed job leaves no trace, not even an empty folder
-            store.remove_empty(made.result())
+            yield
+        except BaseException:
+            if made.exception() is None:  # the body's error is the one to report, not the folders'
+                store.remove_empty(made.result())
             raise
         made.result()
-    return rendered
 
 
 class Published(NamedTuple):
@@ -177,7 +186,7 @@ class Published(NamedTuple):
 def publish(task: celery.Task, store: ResultStore, rendered: batch.Batch) -> list[Published]:
     """Write every job of a batch, each one's meta.json after its files, with one disk sync for them all."""
     results = [_result(task, job, rendered) for job in rendered.jobs]
-    store.write_all(result for result, _ in results)
+    store.write_all([result for result, _ in results])
     return [published for _, published in results]
 
 

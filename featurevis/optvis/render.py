@@ -65,7 +65,8 @@ class Method:
 
 @dataclass(frozen=True)
 class Classifier:
-    """Softmax class probabilities of the full model, and what one call costs (it sets how often a job asks)."""
+    """Softmax class probabilities of the full model, and what a call on one image costs (it sets how often a job
+    asks)."""
 
     fn: Callable[[tf.Tensor], tf.Tensor]
     cost_s: float
