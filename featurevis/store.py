@@ -35,12 +35,15 @@ meta.json, not from its path.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import glob
 import io
 import json
 import os
 import posixpath
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -220,6 +223,16 @@ class ResultStore:
             made.extend(str(path) for path in reversed(below_root) if not path.exists())
             folder.mkdir(parents=True, exist_ok=True)
         return made
+
+    def remove_stale_temporaries(self, keys: Iterable[str], older_than_s: float) -> None:
+        """Temporary files a writer killed between writing and renaming them left in the results' folders: those
+        older than `older_than_s`, longer than any live writer keeps one (a task's hard time limit)."""
+        cutoff = time.time() - older_than_s
+        for key in keys if self.local else ():
+            for temporary in glob.glob(os.path.join(glob.escape(self.path(key)), ".*.tmp")):
+                with contextlib.suppress(FileNotFoundError):  # another job took it first
+                    if os.path.getmtime(temporary) < cutoff:
+                        os.unlink(temporary)
 
     def remove_empty(self, folders: Iterable[str]) -> None:
         """Take back folders make_folders made for results that never came, where they are still empty."""

@@ -18,6 +18,7 @@ import redis
 
 from devstack.redis_server import RedisServer
 from devstack.stack import LocalStack, wait_until
+from featurevis import contract
 from featurevis.store import ResultStore
 from producer import BrokerUnavailable, JobFailed, Producer
 from tests.conftest import UNTRAINED
@@ -79,6 +80,19 @@ def test_a_job_over_its_time_limit_fails_clearly_and_the_worker_goes_on(short_st
     after = producer.enqueue({"model": UNTRAINED, "conv_id": 1, "feature": 4, "iterations": 2, "seed": 1})
     assert after.wait(timeout=120).cached is False
     assert short_stack.processes["w1"].pid == worker_pid and short_stack.processes["w1"].poll() is None
+
+
+def test_a_job_clears_what_a_killed_run_left_half_written_in_its_folder(short_stack):
+    """A worker killed between writing a result's files and renaming them leaves temporaries; the job's next
+    run clears those older than the hard time limit (16 s here), as no live writer keeps one that long."""
+    fields = {"model": UNTRAINED, "conv_id": 1, "feature": 6, "iterations": 2, "seed": 7}
+    folder = short_stack.results_dir / contract.normalize(fields).key
+    folder.mkdir(parents=True)
+    left = folder / ".image.npy.killed.tmp"
+    left.write_bytes(b"half")
+    os.utime(left, (time.time() - 60,) * 2)
+    Producer(short_stack.redis_url).enqueue(fields).wait(timeout=120)
+    assert sorted(path.name for path in folder.iterdir()) == ["image.npy", "image.png", "meta.json"]
 
 
 def test_sigkill_of_a_whole_worker_mid_job_redelivers_it_once(short_stack):

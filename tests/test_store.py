@@ -121,6 +121,18 @@ def test_folders_made_for_results_are_taken_back_where_empty_and_never_above_the
     assert not (tmp_path / "volume" / "results" / "m" / "l" / "feature_0002").exists()
 
 
+def test_temporaries_a_killed_writer_left_are_cleared_once_older_than_any_live_writer_keeps_one(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write_all(_batch_of_results(1))
+    folder = tmp_path / f"{KEY}0"
+    left, live = folder / ".image.png.0123.tmp", folder / ".meta.json.4567.tmp"
+    left.write_bytes(b"half")
+    live.write_bytes(b"being written")
+    os.utime(left, (left.stat().st_mtime - 120,) * 2)
+    store.remove_stale_temporaries([f"{KEY}0", f"{KEY}9"], older_than_s=60)  # the second key has no folder
+    assert sorted(path.name for path in folder.iterdir()) == [live.name, IMAGE_NPY, IMAGE_PNG, META]
+
+
 def test_rewriting_a_result_replaces_it_whole(tmp_path):
     store = ResultStore(tmp_path)
     store.write(KEY, {"image.png": b"old"}, {"v": 1})

@@ -165,10 +165,11 @@ def climb(task: celery.Task, specs: list[JobSpec]) -> batch.Batch:
 @contextmanager
 def results_folders(store: ResultStore, specs: list[JobSpec]) -> Iterator[None]:
     """The jobs' result folders, made on another thread while the body climbs: making a result's folder costs
-    more than writing a file into one, and during the climb Python only waits on TensorFlow. A body that
-    fails takes back the folders that are still empty, so a failed job leaves no trace."""
+    more than writing a file into one, and during the climb Python only waits on TensorFlow. The same thread
+    clears what a killed run of these jobs left there. A body that fails takes back the folders that are
+    still empty, so a failed job leaves no trace."""
     with ThreadPoolExecutor(1) as folders:
-        made = folders.submit(store.make_folders, [spec.key for spec in specs])
+        made = folders.submit(_prepare_folders, store, [spec.key for spec in specs])
         try:
             yield
         except BaseException:
@@ -176,6 +177,12 @@ def results_folders(store: ResultStore, specs: list[JobSpec]) -> Iterator[None]:
                 store.remove_empty(made.result())
             raise
         made.result()
+
+
+def _prepare_folders(store: ResultStore, keys: list[str]) -> list[str]:
+    made = store.make_folders(keys)
+    store.remove_stale_temporaries(keys, older_than_s=app.conf.task_time_limit)
+    return made
 
 
 class Published(NamedTuple):
