@@ -19,6 +19,7 @@ the same JSON objects any other system reads; `None` fields are left out.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -278,11 +279,7 @@ class JobSpec(BaseModel):
 
     @property
     def job_id(self) -> str:
-        # Fields added after version 1 enter the hash only when set, so older jobs keep their ids.
-        kept = {*self._added_and_set(), *(["targets"] if self.targets else [])}
-        identity = self.model_dump(exclude={"targets", *ADDED_FIELDS} - kept)
-        canonical = json.dumps({"v": CONTRACT_VERSION, **identity}, sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+        return _job_id(self)
 
     @property
     def key(self) -> str:
@@ -291,6 +288,18 @@ class JobSpec(BaseModel):
             return store.objective_key(self.model, self.layer, labels, self.job_id)
         return store.job_key(self.model, self.layer, self.weights, bool(self.targets), self.job_id)
 
+
+
+@functools.lru_cache(maxsize=4096)
+def _job_id(spec: JobSpec) -> str:
+    """A spec's id, kept by its value: an atlas batch asks for each unit's id and key a dozen times (files,
+    pages, records), and hashing the canonical JSON each time was a measurable share of its host work. Keyed
+    by the spec's fields, not stored on it, so a copy with other fields never carries a stale id."""
+    # Fields added after version 1 enter the hash only when set, so older jobs keep their ids.
+    kept = {*spec._added_and_set(), *(["targets"] if spec.targets else [])}
+    identity = spec.model_dump(exclude={"targets", *ADDED_FIELDS} - kept)
+    canonical = json.dumps({"v": CONTRACT_VERSION, **identity}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
 # Fields added after version 1: at their defaults they leave the wire format and the job id as they were.
 ADDED_FIELDS = ("animate", "images", "diversity", "alpha", "terms", "tv", "lp", "lp_p", "blur", "start_image",
