@@ -149,6 +149,22 @@ def test_keys_cannot_escape_the_root(tmp_path, key):
     assert not (tmp_path / "outside").exists()
 
 
+def test_a_link_inside_the_store_cannot_lead_writes_out_of_it(tmp_path):
+    """Keys are checked by where their paths lead: a folder inside the store that is a link to another
+    place inside it is followed, one that leads out is refused and nothing is written there."""
+    root, outside = tmp_path / "results", tmp_path / "outside"
+    (root / "m" / "real").mkdir(parents=True)
+    outside.mkdir()
+    (root / "m" / "inside").symlink_to(root / "m" / "real")
+    (root / "m" / "away").symlink_to(outside)
+    store = ResultStore(root)
+    store.write("m/inside/k", {"image.png": b"x"}, {"v": 1})
+    assert (root / "m" / "real" / "k" / "image.png").read_bytes() == b"x"
+    with pytest.raises(ValueError, match="escapes"):
+        store.write("m/away/k", {"image.png": b"x"}, {"v": 1})
+    assert list(outside.iterdir()) == []
+
+
 def test_contact_sheet_is_a_grid_of_views():
     sheet = Image.open(io.BytesIO(images.contact_sheet([_image()] * 6, columns=3, gap=4)))
     assert sheet.size == (3 * 8 + 2 * 4, 2 * 8 + 4)
