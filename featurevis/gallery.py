@@ -88,9 +88,10 @@ _seen: dict[tuple, dict] = {}
 
 
 def _shown(key: str, meta: dict) -> dict:
-    """Where a meta belongs (model, layer, features or sweep id) and the fields a card shows.
+    """Where a meta belongs (model, layer, features or sweep id), the fields a card shows, and its card.
 
-    Only the last prediction is kept: a meta's histories are most of its size.
+    Only the last prediction is kept: a meta's histories are most of its size. The card is made here, once
+    per meta as the rest: writing the cards was most of a rebuild's time.
     """
     shown = {field: meta[field] for field in _SHOWN if field in meta}
     if isinstance(meta.get("predictions"), list) and meta["predictions"]:
@@ -99,12 +100,14 @@ def _shown(key: str, meta: dict) -> dict:
     shown.update(key=key, model=str(meta.get("model", model)), layer=str(meta.get("layer_name", meta.get("layer", layer))))
     if "sweep_id" in meta:
         shown.update(kind="sweep", id=str(meta["sweep_id"]))
+        shown["card"] = _sweep_card(key, shown["id"], shown)
     elif "job_id" in meta:
         spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
         terms = spec.get("terms") or []  # objective kinds other than channels
         targets = spec.get("targets") or ([] if terms else [[meta.get("feature"), 1.0]])
         shown.update(kind="result", id=str(meta["job_id"]), features=tuple(int(feature) for feature, _ in targets),
                      objectives=tuple(_term_label(term) for term in terms))
+        shown["card"] = _result_card(key, shown["id"], shown)
     return shown
 
 
@@ -191,12 +194,11 @@ def page(results: list[dict], sweeps: list[dict]) -> str:
                 if kinds:
                     label = f"objective {' + '.join([*map(str, channels), *kinds])}"
                 out.append(f'<div class="feature"><h4>{label}</h4><div class="cards">')
-                out.extend(_result_card(key, job_id, meta) for key, job_id, meta in runs)
+                out.extend(meta["card"] for _, _, meta in runs)
                 out.append("</div></div>")
             if group["sweeps"]:
                 out.append('<div class="feature"><h4>sweeps</h4><div class="cards">')
-                out.extend(_sweep_card(key, sweep_id, meta)
-                           for key, sweep_id, meta in sorted(group["sweeps"], key=lambda sweep: sweep[0]))
+                out.extend(meta["card"] for _, _, meta in sorted(group["sweeps"], key=lambda sweep: sweep[0]))
                 out.append("</div></div>")
             out.append("</section>")
         out.append("</section>")
