@@ -195,16 +195,17 @@ def publish(task: celery.Task, store: ResultStore, rendered: batch.Batch) -> lis
 
     The jobs' files are made on the host's cores together: encoding a batch's PNGs was the largest share of
     publishing it, and Pillow lets go of the interpreter lock while it compresses."""
+    worker = _worker(task)  # here: a task's request is its thread's, the encoders would see none
     with ThreadPoolExecutor(min(len(rendered.jobs), os.cpu_count() or 1)) as encoders:
-        results = list(encoders.map(lambda job: _result(task, job, rendered), rendered.jobs))
+        results = list(encoders.map(lambda job: _result(worker, job, rendered), rendered.jobs))
     store.write_all([result for result, _ in results])
     return [published for _, published in results]
 
 
-def _result(task: celery.Task, job: batch.Rendered, rendered: batch.Batch) -> tuple[Result, Published]:
+def _result(worker: contract.WorkerInfo, job: batch.Rendered, rendered: batch.Batch) -> tuple[Result, Published]:
     """One job's files: a picture (and its alpha.png), or a set as a sheet, its array and each PNG."""
     spec, pictures = job.spec, job.pictures
-    meta = _meta(task, job, rendered)
+    meta = _meta(worker, job, rendered)
     animation = {ANIMATION: images.animation_bytes([_sheet_or_picture(frame) for frame in job.frames])} \
         if spec.animate else {}
     if spec.images == 1:
@@ -223,7 +224,14 @@ def _sheet_or_picture(frame: np.ndarray) -> np.ndarray:
     return frame[0] if len(frame) == 1 else images.tile(list(frame), SET_COLUMNS)
 
 
-def _meta(task: celery.Task, job: batch.Rendered, rendered: batch.Batch) -> contract.JobMeta:
+def _worker(task: celery.Task) -> contract.WorkerInfo:
+    from featurevis import factory  # loaded by runtime.factory() before any job gets here
+
+    return contract.WorkerInfo(hostname=task.request.hostname or socket.gethostname(), pid=os.getpid(),
+                               device=factory.device_name())
+
+
+def _meta(worker: contract.WorkerInfo, job: batch.Rendered, rendered: batch.Batch) -> contract.JobMeta:
     from featurevis import factory  # loaded by runtime.factory() before any job gets here
 
     spec, info, counts = job.spec, rendered.acquired.model.info, runtime.factory().builds
@@ -235,8 +243,7 @@ def _meta(task: celery.Task, job: batch.Rendered, rendered: batch.Batch) -> cont
         loss=job.steps["loss"], final_loss=job.steps["loss"][-1], grad_min=job.steps["grad_min"],
         grad_max=job.steps["grad_max"], step_size=job.steps["step_size"], predictions=job.predictions,
         timings=rendered.timings,
-        worker=contract.WorkerInfo(hostname=task.request.hostname or socket.gethostname(), pid=os.getpid(),
-                                  device=factory.device_name()),
+        worker=worker,
         versions={**factory.versions(), "celery": celery.__version__, "featurevis": featurevis.__version__},
         created_at=datetime.now(timezone.utc).isoformat(), quality=job.scores[0],
         factory=contract.FactoryCounts(models_built=counts["model"], steps_built=counts["step"],
