@@ -290,7 +290,8 @@ def atlas_throughput(service: Service, factory: ModelFactory, iterations: int) -
 
     The worker's step for the layer is compiled and its dataset ranked beforehand (an atlas of one unit),
     as in an atlas's steady state. The bare loop is the same math, render.run over the units in
-    batches of the atlas's size, and nothing else.
+    batches of the atlas's size, and nothing else; it runs just before and just after each atlas, and the
+    atlas is compared with the mean of the two.
     """
     info = registry.builtin_info(ATLAS_MODEL)
     layer = info.conv_layers[ATLAS_CONV_ID]
@@ -301,6 +302,14 @@ def atlas_throughput(service: Service, factory: ModelFactory, iterations: int) -
                     "seed": service.seed}).wait(timeout=600)
     acquired = factory.acquire(ATLAS_MODEL, ATLAS_CONV_ID)
     batches = [units[first:first + DEFAULT_BATCH] for first in range(0, len(units), DEFAULT_BATCH)]
+
+    def bare_loop() -> float:
+        began = time.perf_counter()
+        for batch in batches:
+            weights = objectives.weights_matrix([{unit: 1.0} for unit in batch], layer.channels)
+            render.run(acquired.step, [service.seed] * len(batch), weights, iterations)
+        return time.perf_counter() - began
+
     runs = []
     for _ in range(ATLAS_REPEATS):
         service.seed += 1
@@ -309,28 +318,25 @@ def atlas_throughput(service: Service, factory: ModelFactory, iterations: int) -
                                   "iterations": iterations, "seed": service.seed}) for unit in units]
         [job.result.get(timeout=900) for job in jobs]
         single = time.perf_counter() - began
+        bare_before = bare_loop()
         service.seed += 1
         began = time.perf_counter()
         producer.atlas({"model": ATLAS_MODEL, "layers": [layer.name], "iterations": iterations,
                         "seed": service.seed}).wait(timeout=900)
         batched = time.perf_counter() - began
-        began = time.perf_counter()
-        for batch in batches:
-            weights = objectives.weights_matrix([{unit: 1.0} for unit in batch], layer.channels)
-            render.run(acquired.step, [service.seed] * len(batch), weights, iterations)
-        bare = time.perf_counter() - began
-        runs.append((single, batched, bare))
-    single, batched, bare = (statistics.median(run[index] for run in runs) for index in range(3))
+        runs.append({"single_s": single, "atlas_s": batched, "bare_s": (bare_before + bare_loop()) / 2})
+    single, batched, bare = (statistics.median(run[name] for run in runs) for name in ("single_s", "atlas_s", "bare_s"))
     per_minute = {name: 60 * len(units) / seconds for name, seconds in
                   (("single_jobs", single), ("atlas", batched), ("bare_loop", bare))}
-    # Each ratio within its round, then the median: a drift between rounds moves both sides of a round's ratio.
+    # Each ratio within its round, then the median: a drift between rounds moves both sides of a round's ratio,
+    # and the bare loop runs before and after the atlas, so a drift within the round moves it as the atlas.
     row = {"units": len(units), "layer": layer.name, "iterations": iterations, "batch": DEFAULT_BATCH,
-           "units_per_minute": per_minute, "rounds": len(runs),
-           "atlas_over_bare": statistics.median(bare / batched for _, batched, bare in runs),
-           "atlas_over_single": statistics.median(single / batched for single, batched, _ in runs)}
+           "units_per_minute": per_minute, "rounds": runs,
+           "atlas_over_bare": statistics.median(run["bare_s"] / run["atlas_s"] for run in runs),
+           "atlas_over_single": statistics.median(run["single_s"] / run["atlas_s"] for run in runs)}
     print(f"  {len(units)} units of {ATLAS_MODEL} {layer.name}, {iterations} iterations: units/min single jobs "
-          f"{per_minute['single_jobs']:.0f}, atlas {per_minute['atlas']:.0f}, bare loop {per_minute['bare_loop']:.0f}",
-          flush=True)
+          f"{per_minute['single_jobs']:.0f}, atlas {per_minute['atlas']:.0f}, bare loop {per_minute['bare_loop']:.0f}; "
+          "atlas / bare by round " + ", ".join(f"{run['bare_s'] / run['atlas_s']:.2f}" for run in runs), flush=True)
     return row
 
 
