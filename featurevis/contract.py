@@ -289,7 +289,6 @@ class JobSpec(BaseModel):
         return store.job_key(self.model, self.layer, self.weights, bool(self.targets), self.job_id)
 
 
-
 @functools.lru_cache(maxsize=4096)
 def _job_id(spec: JobSpec) -> str:
     """A spec's id, kept by its value: an atlas batch asks for each unit's id and key a dozen times (files,
@@ -300,6 +299,7 @@ def _job_id(spec: JobSpec) -> str:
     identity = spec.model_dump(exclude={"targets", *ADDED_FIELDS} - kept)
     canonical = json.dumps({"v": CONTRACT_VERSION, **identity}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
 
 # Fields added after version 1: at their defaults they leave the wire format and the job id as they were.
 ADDED_FIELDS = ("animate", "images", "diversity", "alpha", "terms", "tv", "lp", "lp_p", "blur", "start_image",

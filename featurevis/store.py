@@ -306,9 +306,9 @@ def _meta_bytes(meta: dict) -> bytes:
 
 
 def _link_below(root: str, path: str) -> bool:
-    """Whether a folder or file between the (resolved) root and `path` is a symbolic link, whose target
-    `path` must then be checked by. Stops at the first missing one: nothing below it exists. Cheaper than
-    resolving every path whole, which lstat'ed the root's own folders too at each of a batch's files."""
+    """Whether a folder or file between the resolved root and `path` is a symbolic link: then `path` is
+    resolved before it is checked. Stops at the first missing one, as nothing below it exists. Cheaper than
+    resolving every path whole, which lstat'ed the root's own folders again for each file of a batch."""
     base = root.rstrip("/")
     if not path.startswith(base + "/"):
         return False
