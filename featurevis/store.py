@@ -7,9 +7,10 @@ or an S3-compatible URL, `s3://bucket/prefix`, reached through fsspec/s3fs
 A result is complete exactly when its `meta.json` exists. Artefacts go in
 first and `meta.json` last; on a local filesystem each is written under a
 temporary name and renamed into place once the batch's files are synced to
-disk, on S3 each object appears whole when its upload completes. So a reader (the cache check, a gallery, another host)
-never sees half a result. Keys come from the validated contract, and every
-path is checked to stay inside the root anyway.
+disk; on S3 each object appears whole when its upload completes. So a reader
+(the cache check, a gallery, another host) never sees half a result. Keys come
+from the validated contract, and every path is checked to stay inside the root
+anyway, links below it included.
 
 The layout, built here and nowhere else:
 
