@@ -62,6 +62,7 @@ IMAGE_NPY = "image.npy"
 ANIMATION = "animation.webp"
 ALPHA = "alpha.png"
 CONTACT_SHEET = "contact_sheet.png"
+RESULT_FILES = (IMAGE_PNG, IMAGE_NPY, META)  # what every job's result has (image_result, and write_all's meta.json)
 GALLERY = "index.html"
 GALLERY_LOCK = ".gallery.lock"
 
@@ -141,6 +142,10 @@ def model_and_layer(key: str) -> tuple[str, str]:
 DEFAULT_ROOT = "./results"
 
 
+# (key, file name) -> (its temporary, its place): files whose temporaries were made ahead (ResultStore.reserve).
+Reserved = dict[tuple[str, str], tuple[str, str]]
+
+
 class ResultStore:
     def __init__(self, root: str | os.PathLike):
         # No listings cache on object stores: other processes write there, and s3fs answers a read of a
@@ -189,12 +194,13 @@ class ResultStore:
         """Publish artefacts, then meta.json."""
         self.write_all([Result(key, artefacts, meta)])
 
-    def write_all(self, results: Iterable[Result]) -> None:
+    def write_all(self, results: Iterable[Result], reserved: Reserved | None = None) -> None:
         """Publish results together, each one's meta.json after its artefacts.
 
         Locally every file is written under a temporary name, the filesystem synced once, and each file
         renamed into place: a batch's results cost one sync, where a sync per file made writing an atlas
-        batch's files take about twice as long (bench/RESULTS.md, Atlas, runs O and G).
+        batch's files take about twice as long (bench/RESULTS.md, Atlas, runs O and G). A file `reserved`
+        has a temporary for (see `reserve`) is written into it, and taken out of `reserved`.
         """
         files = [(result.key, name, data) for result in results
                  for name, data in {**result.artefacts, META: _meta_bytes(result.meta)}.items()]
@@ -202,10 +208,11 @@ class ResultStore:
             for key, name, data in files:
                 self.put(key, name, data)
             return
+        reserved = {} if reserved is None else reserved
         staged = []
         try:
             for key, name, data in files:  # one by one: a failure leaves the ones before it to discard
-                staged.append(self._stage(key, name, data, durable=False))
+                staged.append(self._stage(key, name, data, durable=False, reserved=reserved.pop((key, name), None)))
             if staged:
                 _sync_filesystem(staged[0][0])
             for temporary, target in staged:
@@ -214,6 +221,33 @@ class ResultStore:
             for temporary, _ in staged:
                 _discard(temporary)
             raise
+
+    def reserve(self, keys: Iterable[str], owner: str = "") -> Reserved:
+        """An empty temporary beside each file every job's result has (RESULT_FILES), in the keys' folders
+        (make_folders): write_all fills them, `release` removes those it did not. Making a file costs most of
+        writing a small one, so a batch makes its results' temporaries while it climbs. Each temporary names
+        its `owner` (a task's id), so the owner's next run clears those a killed run left (see
+        remove_stale_temporaries). Nothing on an object store, where there are no temporaries."""
+        reserved: Reserved = {}
+        if not self.local:
+            return reserved
+        try:
+            for key in keys:
+                for name in RESULT_FILES:
+                    target = self.path(key, name)
+                    temporary = _temporary(target, owner)
+                    open(temporary, "xb").close()
+                    reserved[(key, name)] = (temporary, target)
+        except BaseException:
+            self.release(reserved)
+            raise
+        return reserved
+
+    def release(self, reserved: Reserved) -> None:
+        """Reserved temporaries no file was written into, removed."""
+        for temporary, _ in reserved.values():
+            _discard(temporary)
+        reserved.clear()
 
     def make_folders(self, keys: Iterable[str]) -> list[str]:
         """The results' folders, made before their files; returns those it made, all inside the root (an object
@@ -228,14 +262,17 @@ class ResultStore:
             folder.mkdir(parents=True, exist_ok=True)
         return made
 
-    def remove_stale_temporaries(self, keys: Iterable[str], older_than_s: float) -> None:
-        """Temporary files a writer killed between writing and renaming them left in the results' folders: those
-        older than `older_than_s`, longer than any live writer keeps one (a task's hard time limit)."""
+    def remove_stale_temporaries(self, keys: Iterable[str], older_than_s: float, owner: str = "") -> None:
+        """Temporary files a writer killed between making and renaming them left in the results' folders: those
+        older than `older_than_s`, longer than any live writer keeps one (a task's hard time limit), and those
+        `owner` made at any age. A task delivered again runs only once its delivery before is over (its worker
+        died, or the message waited out the visibility timeout, past the hard limit), so what that run left is
+        stale at once; a redelivery soon after a pool child was killed would otherwise keep its temporaries."""
         cutoff = time.time() - older_than_s
         for key in keys if self.local else ():
             for temporary in glob.glob(os.path.join(glob.escape(self.path(key)), ".*.tmp")):
                 with contextlib.suppress(FileNotFoundError):  # another job took it first
-                    if os.path.getmtime(temporary) < cutoff:
+                    if owner and temporary.endswith(f".{owner}.tmp") or os.path.getmtime(temporary) < cutoff:
                         os.unlink(temporary)
 
     def remove_empty(self, folders: Iterable[str]) -> None:
@@ -263,16 +300,17 @@ class ResultStore:
             _discard(temporary)
             raise
 
-    def _stage(self, key: str, name: str, data: bytes, durable: bool) -> tuple[str, str]:
-        """The file written beside its place under a temporary name (synced if `durable`): (temporary, place)."""
-        target = self.path(key, name)
-        folder = os.path.dirname(target)
-        temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    def _stage(self, key: str, name: str, data: bytes, durable: bool,
+               reserved: tuple[str, str] | None = None) -> tuple[str, str]:
+        """The file written beside its place under a temporary name (synced if `durable`): (temporary, place).
+        `reserved`: that pair, made by `reserve`; its temporary is filled instead of a new one made."""
+        temporary, target = reserved or (None, self.path(key, name))
+        temporary = temporary or _temporary(target)
         try:
             try:
                 handle = open(temporary, "wb")
             except FileNotFoundError:  # no folder yet, or a failed job of the same key just took it back
-                os.makedirs(folder, exist_ok=True)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
                 handle = open(temporary, "wb")
             with handle:
                 handle.write(data)
@@ -322,6 +360,13 @@ def _link_below(root: str, path: str) -> bool:
         except (FileNotFoundError, NotADirectoryError):
             return False
     return False
+
+
+def _temporary(target: str, owner: str = "") -> str:
+    """A name beside `target` that no other writer takes, that names its `owner` if it has one, and that
+    remove_stale_temporaries knows."""
+    return os.path.join(os.path.dirname(target),
+                        f".{os.path.basename(target)}.{uuid.uuid4().hex}{f'.{owner}' if owner else ''}.tmp")
 
 
 def _discard(temporary: str) -> None:

@@ -84,11 +84,11 @@ def test_a_batch_whose_sync_fails_publishes_nothing(tmp_path, monkeypatch):
 def test_a_batch_that_fails_halfway_through_writing_its_files_leaves_none_of_them(tmp_path, monkeypatch):
     store, real_stage, calls = ResultStore(tmp_path), ResultStore._stage, []
 
-    def disk_full_at_the_fifth_file(self, key, name, data, durable=False):
+    def disk_full_at_the_fifth_file(self, key, name, data, durable=False, reserved=None):
         calls.append(name)
         if len(calls) == 5:
             raise OSError("No space left on device")
-        return real_stage(self, key, name, data, durable)
+        return real_stage(self, key, name, data, durable, reserved)
 
     monkeypatch.setattr(ResultStore, "_stage", disk_full_at_the_fifth_file)
     with pytest.raises(OSError, match="No space"):
@@ -131,6 +131,49 @@ def test_temporaries_a_killed_writer_left_are_cleared_once_older_than_any_live_w
     os.utime(left, (left.stat().st_mtime - 120,) * 2)
     store.remove_stale_temporaries([f"{KEY}0", f"{KEY}9"], older_than_s=60)  # the second key has no folder
     assert sorted(path.name for path in folder.iterdir()) == [live.name, IMAGE_NPY, IMAGE_PNG, META]
+
+
+def _temporaries(root) -> list:
+    return [path for path in root.rglob(".*.tmp")]
+
+
+def test_reserved_temporaries_become_the_files_and_those_not_written_are_released(tmp_path):
+    store = ResultStore(tmp_path)
+    keys = [f"{KEY}0", f"{KEY}1"]
+    store.make_folders(keys)
+    reserved = store.reserve(keys, owner="task-1")
+    assert sorted(path.name.split(".")[1] for path in _temporaries(tmp_path)) == ["image"] * 4 + ["meta"] * 2
+    made = {name: os.stat(temporary).st_ino for (key, name), (temporary, _) in reserved.items() if key == keys[0]}
+    store.write_all(_batch_of_results(1), reserved)
+    assert {name: os.stat(tmp_path / keys[0] / name).st_ino for name in made} == made  # filled, not made anew
+    assert store.read_meta(keys[0]) == {"job_id": "abc0"}
+    assert sorted(key for key, _ in reserved) == [keys[1]] * 3  # what write_all took is no longer reserved
+    store.release(reserved)
+    assert _temporaries(tmp_path) == [] and os.listdir(tmp_path / keys[1]) == []
+
+
+def test_a_batch_whose_sync_fails_leaves_its_reserved_temporaries_to_release(tmp_path, monkeypatch):
+    store = ResultStore(tmp_path)
+    store.make_folders([f"{KEY}0"])
+    reserved = store.reserve([f"{KEY}0"])
+
+    def sync_fails(path):
+        raise OSError("I/O error")
+
+    monkeypatch.setattr(store_module, "_sync_filesystem", sync_fails)
+    with pytest.raises(OSError, match="I/O error"):
+        store.write_all(_batch_of_results(1), reserved)
+    store.release(reserved)
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == []
+
+
+def test_an_owners_next_run_clears_its_temporaries_at_any_age_and_others_only_when_stale(tmp_path):
+    store = ResultStore(tmp_path)
+    store.make_folders([KEY])
+    store.reserve([KEY], owner="killed-task")  # a pool child killed mid-climb leaves these
+    others = store.reserve([KEY], owner="live-task")
+    store.remove_stale_temporaries([KEY], older_than_s=60, owner="killed-task")
+    assert sorted(str(path) for path in _temporaries(tmp_path)) == sorted(temporary for temporary, _ in others.values())
 
 
 def test_rewriting_a_result_replaces_it_whole(tmp_path):

@@ -94,13 +94,13 @@ def atlas_finish(self, batches: list | None = None, atlas_id: str = "") -> dict:
 def _render(task, store: ResultStore, specs: list, ranked: dict | None) -> list:
     """tasks._render for an atlas's units: one batched pass, each unit's scores compared with its dataset
     examples before its meta.json is written."""
-    with tasks.results_folders(store, specs):
+    with tasks.results_folders(store, specs, task.request.id) as reserved:
         rendered = tasks.climb(task, specs)
         if ranked:
             rendered = dataclasses.replace(rendered, jobs=[
                 dataclasses.replace(job, scores=[{**row, **_versus(row, ranked, job.spec.feature)} for row in job.scores])
                 for job in rendered.jobs])
-        return tasks.publish(task, store, rendered)
+        return tasks.publish(task, store, rendered, reserved())
 
 
 def _examples(store: ResultStore, request: atlas.Atlas, layer: str) -> tuple[dict | None, str | None]:

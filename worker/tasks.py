@@ -22,8 +22,8 @@ import featurevis
 from featurevis import contract, gallery, images, registry
 from featurevis.contract import JobSpec
 from featurevis.registry import LOGITS, ModelRefused, WeightsUnavailable
-from featurevis.store import (ALPHA, ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, META, Result, ResultStore,
-                              image_result, set_png)
+from featurevis.store import (ALPHA, ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, META, Reserved, Result,
+                              ResultStore, image_result, set_png)
 from worker import runtime
 from worker.app import app
 from worker.progress import ProgressPublisher
@@ -151,8 +151,8 @@ def plain_errors(function: Callable, *args):
 
 def _render(task: celery.Task, store: ResultStore, specs: list[JobSpec]) -> list[Published]:
     """Optimize specs of one layer as one batch, then publish each job's result."""
-    with results_folders(store, specs):
-        return publish(task, store, climb(task, specs))
+    with results_folders(store, specs, task.request.id) as reserved:
+        return publish(task, store, climb(task, specs), reserved())
 
 
 def climb(task: celery.Task, specs: list[JobSpec]) -> batch.Batch:
@@ -162,27 +162,37 @@ def climb(task: celery.Task, specs: list[JobSpec]) -> batch.Batch:
     return batch.run(runtime.factory(), specs, ProgressPublisher(task).publish)
 
 
+class Prepared(NamedTuple):
+    folders: list[str]  # the folders made, for a failed batch to take back
+    reserved: Reserved  # an empty temporary for each file of each result (ResultStore.reserve)
+
+
 @contextmanager
-def results_folders(store: ResultStore, specs: list[JobSpec]) -> Iterator[None]:
-    """The jobs' result folders, made on another thread while the body climbs: making a result's folder costs
-    more than writing a file into one, and during the climb Python only waits on TensorFlow. The same thread
-    clears what a killed run of these jobs left there. A body that fails takes back the folders that are
-    still empty, so a failed job leaves no trace."""
+def results_folders(store: ResultStore, specs: list[JobSpec],
+                    task_id: str | None) -> Iterator[Callable[[], Reserved]]:
+    """The jobs' result folders, and an empty temporary for each of their files, made on another thread while
+    the body climbs: making a folder or a file costs more than writing a small file into one, and during the
+    climb Python only waits on TensorFlow, which leaves the cores room. The same thread clears what a killed
+    run of these jobs left there, at once where that run was an earlier delivery of this task (`task_id`).
+    The body gets a function that waits for them and returns the temporaries, for publish to fill. A body
+    that fails takes back the temporaries and the folders that are still empty, so a failed job leaves no
+    trace."""
     with ThreadPoolExecutor(1) as folders:
-        made = folders.submit(_prepare_folders, store, [spec.key for spec in specs])
+        made = folders.submit(_prepare_folders, store, [spec.key for spec in specs], task_id or "")
         try:
-            yield
+            yield lambda: made.result().reserved
         except BaseException:
             if made.exception() is None:  # the body's error is the one to report, not the folders'
-                store.remove_empty(made.result())
+                store.release(made.result().reserved)
+                store.remove_empty(made.result().folders)
             raise
-        made.result()
+        store.release(made.result().reserved)  # the ones no file was written into
 
 
-def _prepare_folders(store: ResultStore, keys: list[str]) -> list[str]:
-    made = store.make_folders(keys)
-    store.remove_stale_temporaries(keys, older_than_s=app.conf.task_time_limit)
-    return made
+def _prepare_folders(store: ResultStore, keys: list[str], task_id: str) -> Prepared:
+    folders = store.make_folders(keys)
+    store.remove_stale_temporaries(keys, older_than_s=app.conf.task_time_limit, owner=task_id)
+    return Prepared(folders, store.reserve(keys, owner=task_id))
 
 
 class Published(NamedTuple):
@@ -190,15 +200,17 @@ class Published(NamedTuple):
     picture: np.ndarray  # the job's (first) picture: what a sweep's contact sheet shows
 
 
-def publish(task: celery.Task, store: ResultStore, rendered: batch.Batch) -> list[Published]:
-    """Write every job of a batch, each one's meta.json after its files, with one disk sync for them all.
+def publish(task: celery.Task, store: ResultStore, rendered: batch.Batch,
+            reserved: Reserved | None = None) -> list[Published]:
+    """Write every job of a batch, each one's meta.json after its files, with one disk sync for them all,
+    into the temporaries `reserved` has for them (results_folders).
 
     The jobs' files are made on the host's cores together: encoding a batch's PNGs was the largest share of
     publishing it, and Pillow lets go of the interpreter lock while it compresses."""
     worker = _worker(task)  # here: a task's request is its thread's, the encoders would see none
     with ThreadPoolExecutor(min(len(rendered.jobs), os.cpu_count() or 1)) as encoders:
         results = list(encoders.map(lambda job: _result(worker, job, rendered), rendered.jobs))
-    store.write_all([result for result, _ in results])
+    store.write_all([result for result, _ in results], reserved)
     return [published for _, published in results]
 
 
