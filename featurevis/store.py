@@ -40,6 +40,7 @@ import contextlib
 import ctypes
 import functools
 import glob
+import hashlib
 import io
 import json
 import os
@@ -268,11 +269,11 @@ class ResultStore:
         `owner` made at any age. A task delivered again runs only once its delivery before is over (its worker
         died, or the message waited out the visibility timeout, past the hard limit), so what that run left is
         stale at once; a redelivery soon after a pool child was killed would otherwise keep its temporaries."""
-        cutoff = time.time() - older_than_s
+        cutoff, owned = time.time() - older_than_s, f".{_owner_tag(owner)}.tmp" if owner else None
         for key in keys if self.local else ():
             for temporary in glob.glob(os.path.join(glob.escape(self.path(key)), ".*.tmp")):
                 with contextlib.suppress(FileNotFoundError):  # another job took it first
-                    if owner and temporary.endswith(f".{owner}.tmp") or os.path.getmtime(temporary) < cutoff:
+                    if (owned and temporary.endswith(owned)) or os.path.getmtime(temporary) < cutoff:
                         os.unlink(temporary)
 
     def remove_empty(self, folders: Iterable[str]) -> None:
@@ -304,8 +305,11 @@ class ResultStore:
                reserved: tuple[str, str] | None = None) -> tuple[str, str]:
         """The file written beside its place under a temporary name (synced if `durable`): (temporary, place).
         `reserved`: that pair, made by `reserve`; its temporary is filled instead of a new one made."""
-        temporary, target = reserved or (None, self.path(key, name))
-        temporary = temporary or _temporary(target)
+        if reserved is None:
+            target = self.path(key, name)
+            temporary = _temporary(target)
+        else:
+            temporary, target = reserved
         try:
             try:
                 handle = open(temporary, "wb")
@@ -365,8 +369,13 @@ def _link_below(root: str, path: str) -> bool:
 def _temporary(target: str, owner: str = "") -> str:
     """A name beside `target` that no other writer takes, that names its `owner` if it has one, and that
     remove_stale_temporaries knows."""
-    return os.path.join(os.path.dirname(target),
-                        f".{os.path.basename(target)}.{uuid.uuid4().hex}{f'.{owner}' if owner else ''}.tmp")
+    tag = f".{_owner_tag(owner)}" if owner else ""
+    return os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{uuid.uuid4().hex}{tag}.tmp")
+
+
+def _owner_tag(owner: str) -> str:
+    """An owner (a task id, which whoever sends a task may choose) as hex digits: never a path."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:16]
 
 
 def _discard(temporary: str) -> None:

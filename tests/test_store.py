@@ -176,6 +176,15 @@ def test_an_owners_next_run_clears_its_temporaries_at_any_age_and_others_only_wh
     assert sorted(str(path) for path in _temporaries(tmp_path)) == sorted(temporary for temporary, _ in others.values())
 
 
+def test_a_task_id_that_looks_like_a_path_names_no_temporary_outside_the_folder(tmp_path):
+    store = ResultStore(tmp_path / "results")
+    store.make_folders([KEY])
+    reserved = store.reserve([KEY], owner="../../../../escaped")
+    assert {os.path.dirname(temporary) for temporary, _ in reserved.values()} == {store.path(KEY)}
+    store.remove_stale_temporaries([KEY], older_than_s=60, owner="../../../../escaped")
+    assert _temporaries(tmp_path) == []
+
+
 def test_rewriting_a_result_replaces_it_whole(tmp_path):
     store = ResultStore(tmp_path)
     store.write(KEY, {"image.png": b"old"}, {"v": 1})
