@@ -344,8 +344,8 @@ def atlas_throughput(service: Service, factory: ModelFactory, iterations: int) -
 def batch_breakdown(factory: ModelFactory, iterations: int, repeats: int = 3) -> dict:
     """Where one atlas batch's time goes beside the bare loop, in this process (median of `repeats`): the bare
     climb; batch.run, the climb with its final prediction, each unit's scores and its share; and the results'
-    files, published into a scratch store with one sync as an atlas batch publishes them, their folders made
-    here with them (a worker makes them during the climb: tasks.results_folders)."""
+    files, published into a scratch store with one sync as an atlas batch publishes them, their folders and
+    temporaries made here with them (a worker makes those during the climb: tasks.results_folders)."""
     from featurevis import batch
     from worker import tasks
 

@@ -89,9 +89,8 @@ def _ratio(moved: float, at_image: float) -> float:
 def feature_probe(network, preprocess: Callable, image_shape: tuple[int, int, int]) -> Probe:
     """The target layer's per-feature values (channel means, or logits), compiled once per layer:
     with each image's objectives.diversity in the batch (on the layer the step compares), and at the
-    images and their held-out moves in one pass (the network is traced once, for both). The held-out pass
-    skips the diversity, which it does not use: the Gram matrices of three times the batch cost about a
-    seventh of that pass."""
+    images and their held-out moves in one pass (the network is traced once, for both). The held-out pass,
+    over three times the batch, skips the diversity's Gram matrices, which it does not use."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32), tf.TensorSpec([], tf.bool)])
     def values_and_diversity(images, with_diversity):
