@@ -7,7 +7,8 @@ import pytest
 
 from featurevis import registry, zoo
 
-TUTORIAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "visual-analysis-tutorial.txt"
+# What the tutorial prints of conv_names, copied verbatim from its text (the file says from where).
+TUTORIAL = Path(__file__).resolve().parent / "data" / "tutorial_printed.txt"
 
 # Every conv_names entry the tutorial prints: its first five, the layer of each optimize_images call, its last five.
 PRINTED = {0: "conv/Conv2D", 1: "conv_1/Conv2D", 2: "conv_2/Conv2D", 3: "conv_3/Conv2D", 4: "conv_4/Conv2D",
