@@ -19,6 +19,9 @@ setup: $(STAMP) browser
 $(STAMP): pyproject.toml featurevis/__init__.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]" "$(TF_PACKAGE)"
+	# Keras 2 (tf-keras), so the tests write legacy .h5 files as Keras 2 users did; it names `tensorflow` as its
+	# dependency, which tensorflow-cpu provides under another name, hence --no-deps.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "tf-keras==$(TF_VERSION)"
 	touch $@
 
 # Headless Chromium renders Flower in the browser test; Debian's package, installed where we may.

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-from featurevis.store import CURRENT, DESCRIPTION, MODEL_FILE, MODELS, model_key, ResultStore
+from featurevis.store import CURRENT, DESCRIPTION, LEGACY_MODEL_FILE, MODEL_FILE, MODELS, model_key, ResultStore
 
 SHIPPED_DIR = Path(__file__).parent / "models"
 LOGITS = "logits"
@@ -114,6 +114,9 @@ class ModelInfo:
     layers: tuple[Layer, ...]
     preprocess: Preprocess
     logits_layer: str | None
+    class_activation: str | None = None  # the final activation the logits enter: softmax, sigmoid, or None
+    no_classes: str | None = None  # where the model has no classes: why none could be found
+    preprocessing_layers: tuple[str, ...] = ()  # the layers at its input that preprocess pixels themselves
     description: dict = field(default_factory=dict, compare=False, repr=False)  # the whole JSON it came from
 
     @property
@@ -121,17 +124,24 @@ class ModelInfo:
         return self.source.get("weights") in ("untrained", "none")
 
     @property
+    def logits_type(self) -> str:
+        """Which value of which layer type the class logits are (descriptions before 0.9 had Dense ones only)."""
+        return self.description.get("logits_type") or "Dense (pre-activation)"
+
+    @property
     def conv_layers(self) -> tuple[Layer, ...]:
         """The Conv2D layers, indexed by conv_id."""
         return tuple(sorted((layer for layer in self.layers if layer.conv_id is not None), key=lambda l: l.conv_id))
 
     def layer(self, name: str) -> Layer | None:
-        """A layer by its Keras name or, for InceptionV3, the tutorial's (`mixed/conv`, with or without `/Conv2D`)."""
+        """A layer by its name (a nested layer's path, `backbone/block_6_expand`, or its bare name where no other
+        layer has it) or, for InceptionV3, the tutorial's (`mixed/conv`, with or without `/Conv2D`)."""
         wanted = name[:-len("/Conv2D")] if name.endswith("/Conv2D") else name
         for layer in self.layers:
             if name == layer.name or wanted == layer.tutorial_name:
                 return layer
-        return None
+        bare = [layer for layer in self.layers if layer.name.rsplit("/", 1)[-1] == name]
+        return bare[0] if len(bare) == 1 else None
 
     def target_layer(self, target: str | int | None) -> str:
         """A target as a layer name: a name stays, a conv_id names its Conv2D layer, None the logits."""
@@ -228,7 +238,9 @@ def info_from_description(description: dict) -> ModelInfo:
         layers=tuple(Layer(**layer) for layer in description["layers"]),
         preprocess=Preprocess(preprocess["kind"], tuple(preprocess["scale"]), tuple(preprocess["offset"]),
                               preprocess["bgr"]),
-        logits_layer=description["logits_layer"],
+        logits_layer=description["logits_layer"], class_activation=description.get("class_activation"),
+        no_classes=description.get("no_classes"),
+        preprocessing_layers=tuple(description.get("preprocessing_layers", ())),
         description=description,
     )
 
@@ -286,26 +298,27 @@ class Registry:
     def key(self, name: str, version: str = "") -> str:
         return model_key(name, version)
 
-    def model_file(self, name: str, version: str) -> Path:
+    def model_file(self, name: str, version: str, file_name: str = MODEL_FILE, sha256: str | None = None) -> Path:
         """A local path to a registered model's file: the store's own where it is local, else a cached copy.
 
-        A worker on another host downloads each version once, into
-        FEATUREVIS_MODEL_CACHE (default ~/.cache/featurevis/models), and checks its hash.
+        A worker on another host downloads each file once, into
+        FEATUREVIS_MODEL_CACHE (default ~/.cache/featurevis/models), and checks
+        its hash (`sha256`: the version's, unless the file is a conversion).
         """
         key = self.key(name, version)
         if self.store.local:
-            return Path(self.store.path(key, MODEL_FILE))
-        local = model_cache_dir() / name / version / MODEL_FILE
+            return Path(self.store.path(key, file_name))
+        local = model_cache_dir() / name / version / file_name
         if local.is_file():
             return local
-        remote = self.store.path(key, MODEL_FILE)
+        remote = self.store.path(key, file_name)
         if self.store.fs.size(remote) > max_model_bytes():
             raise ModelRefused(f"file: over the limit of {max_model_bytes()} bytes (FEATUREVIS_MODEL_MAX_BYTES)")
         local.parent.mkdir(parents=True, exist_ok=True)
-        temporary = local.parent / f".{MODEL_FILE}.{os.getpid()}.tmp"
+        temporary = local.parent / f".{file_name}.{os.getpid()}.tmp"
         try:
             self.store.fs.get_file(remote, str(temporary))
-            if version_of_file(temporary) != version:
+            if version_of_file(temporary) != (sha256 or version):
                 raise ModelRefused(f"file: the stored file of {name} does not match its version {version[:12]}")
             os.replace(temporary, local)
         finally:
@@ -378,10 +391,10 @@ def _now() -> str:
 def registration_request(fields: dict) -> dict:
     """A `featurevis.register_model` request, checked without TensorFlow; ModelRefused, one line, otherwise.
 
-    {"name", "sha256", "source": {"file": "model.keras"} or {"keras_app": "ResNet50", "weights": "imagenet"|"none"},
-     "preprocess": a name, {"scale", "offset"} or null, "class_names": a list of strings or null}.
-    For a file, sha256 is the file's (it is uploaded to models/<name>/<sha256>/model.keras first); for a
-    Keras Application, the hash of its recipe (application_recipe).
+    {"name", "sha256", "source": {"file": "model.keras" | "model.h5"} or {"keras_app": "ResNet50", "weights":
+     "imagenet"|"none"}, "preprocess": a name, {"scale", "offset"} or null, "class_names": a list of strings or null}.
+    For a file, sha256 is the file's (it is uploaded to models/<name>/<sha256>/<file> first: model.h5 for a
+    Keras 2 file); for a Keras Application, the hash of its recipe (application_recipe).
     """
     if not isinstance(fields, dict) or set(fields) - set(REQUEST_FIELDS):
         raise ModelRefused(f"request: must be an object with fields {', '.join(REQUEST_FIELDS)}")
@@ -389,14 +402,14 @@ def registration_request(fields: dict) -> dict:
     if name in BUILTINS:
         raise ModelRefused(f"name: {name} is a built-in model; register yours under another name")
     source = fields.get("source")
-    if source == {"file": MODEL_FILE}:
+    if source in ({"file": MODEL_FILE}, {"file": LEGACY_MODEL_FILE}):
         version = fields.get("sha256")
         if not isinstance(version, str) or not SHA256.fullmatch(version):
             raise ModelRefused("sha256: must be the model file's sha256, 64 lowercase hex digits")
     elif isinstance(source, dict) and set(source) == {"keras_app", "weights"}:
         version = version_of_recipe(application_recipe(source["keras_app"], source["weights"], fields.get("preprocess")))
     else:
-        raise ModelRefused(f'source: must be {{"file": "{MODEL_FILE}"}} or {{"keras_app": NAME, "weights": '
+        raise ModelRefused(f'source: must be {{"file": "{MODEL_FILE}"|"{LEGACY_MODEL_FILE}"}} or {{"keras_app": NAME, "weights": '
                            f'imagenet|none}}, got {json.dumps(source, default=repr)[:60]}')
     class_names = fields.get("class_names")
     if class_names is not None and not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):

@@ -68,7 +68,8 @@ GALLERY = "index.html"
 GALLERY_LOCK = ".gallery.lock"
 
 MODELS = "models"
-MODEL_FILE = "model.keras"
+MODEL_FILE = "model.keras"  # the file every worker serves
+LEGACY_MODEL_FILE = "model.h5"  # a Keras 2 upload, kept beside the model.keras it was converted to
 DESCRIPTION = "description.json"
 CURRENT = "current.json"
 
@@ -81,19 +82,25 @@ UPLOAD_PATTERN = rf"^{UPLOADS}/[0-9a-f]{{64}}\.({'|'.join(UPLOAD_FORMATS)})$"
 RECORD_DEPTH = 4
 
 
+def layer_folder(layer: str) -> str:
+    """A layer's name as one folder: a nested layer's path (`backbone/block_6_expand`) keeps its parts apart
+    with '~', which no served layer name holds (zoo.describe refuses it)."""
+    return layer.replace("/", "~")
+
+
 def job_key(model: str, layer: str, features: Iterable[int], composed: bool, job_id: str) -> str:
     """A job's folder: its model, layer and feature(s) make the store browsable, its id makes it unique."""
     numbers = "_".join(f"{feature:04d}" for feature in features)
-    return f"{model}/{layer}/{'features' if composed else 'feature'}_{numbers}/{job_id}"
+    return f"{model}/{layer_folder(layer)}/{'features' if composed else 'feature'}_{numbers}/{job_id}"
 
 
 def objective_key(model: str, layer: str, labels: Iterable[str], job_id: str) -> str:
     """A job with other objectives than channels: each term's label (its feature, or its kind) in the folder name."""
-    return f"{model}/{layer}/objectives_{'_'.join(labels)}/{job_id}"
+    return f"{model}/{layer_folder(layer)}/objectives_{'_'.join(labels)}/{job_id}"
 
 
 def sweep_key(model: str, layer: str, sweep_id: str) -> str:
-    return f"{model}/{layer}/sweeps/{sweep_id}"
+    return f"{model}/{layer_folder(layer)}/sweeps/{sweep_id}"
 
 
 def model_key(name: str, version: str = "") -> str:
@@ -119,7 +126,7 @@ DATASET, DATASET_INFO = "dataset.npy", "dataset.json"
 
 def atlas_key(atlas_id: str, layer: str = "") -> str:
     """An atlas's folder (progress.json, its page), or one layer's (its page, units.json, unit pages)."""
-    return "/".join(part for part in (ATLASES, atlas_id, layer) if part)
+    return "/".join(part for part in (ATLASES, atlas_id, layer_folder(layer)) if part)
 
 
 def unit_page(feature: int) -> str:
@@ -138,7 +145,7 @@ def example_png(index: int) -> str:
 def model_and_layer(key: str) -> tuple[str, str]:
     """The model and layer a job's or sweep's key belongs to (metas older than 0.2.0's sweeps do not say)."""
     model, layer, *_ = key.split("/")
-    return model, layer
+    return model, layer.replace("~", "/")
 
 DEFAULT_ROOT = "./results"
 

@@ -24,10 +24,10 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from kombu.utils.url import maybe_sanitize_url
 
-from featurevis import atlas, atlas_pages, contract, images, registry, store
+from featurevis import atlas, atlas_pages, contract, images, modelcheck, registry, store
 from featurevis.contract import JobError
 from featurevis.registry import ModelRefused
-from featurevis.store import MODEL_FILE, ResultStore
+from featurevis.store import LEGACY_MODEL_FILE, MODEL_FILE, ResultStore
 
 POLL_SECONDS = 0.25
 REGISTER_SECONDS = 600  # a verdict needs a worker to load the model: allow for a queue ahead of it
@@ -136,12 +136,13 @@ class Producer:
                        weights: str = "imagenet", preprocess: str | dict | None = None,
                        class_names: list[str] | None = None, wait: bool = True,
                        timeout: float = REGISTER_SECONDS) -> dict:
-        """Put a model into the registry: a .keras `file`, or a Keras Application by name (`keras_app`).
+        """Put a model into the registry: a `.keras` or Keras 2 `.h5` `file`, or a Keras Application by name
+        (`keras_app`).
 
-        The file goes into the store under its sha256, then a worker validates and
-        describes it (`featurevis.register_model`). With `wait`, returns the
-        verdict's summary or raises ModelRefused (one line); registering what is
-        already the name's current version returns at once and queues nothing.
+        The file is checked here first (featurevis/modelcheck.py: it is read as data, never loaded), then goes
+        into the store under its sha256, and a worker validates and describes it (`featurevis.register_model`,
+        in a disposable process). With `wait`, returns the verdict's summary or raises ModelRefused (one line);
+        registering what is already the name's current version returns at once and queues nothing.
         """
         request = self._registration(name, file, keras_app, weights, preprocess, class_names)
         models, version = self.registry, request["sha256"]
@@ -154,7 +155,7 @@ class Producer:
                 return {"name": name, "sha256": version, "registered": True, "already": True}
         self._check_broker()
         if file is not None and described is None:
-            models.store.put(models.key(name, version), MODEL_FILE, Path(file).read_bytes())
+            models.store.put(models.key(name, version), request["source"]["file"], Path(file).read_bytes())
         result = self.app.send_task("featurevis.register_model", kwargs=request)
         if not wait:
             return {"name": name, "sha256": version, "registered": None, "task_id": result.id}
@@ -200,10 +201,9 @@ class Producer:
             path = Path(file)
             if not path.is_file():
                 raise ModelRefused(f"file: {str(path)[:120]} is not a file")
-            size, limit = path.stat().st_size, registry.max_model_bytes()
-            if size > limit:
-                raise ModelRefused(f"file: {size} bytes, over the limit of {limit} (FEATUREVIS_MODEL_MAX_BYTES)")
-            source, version = {"file": MODEL_FILE}, registry.version_of_file(path)
+            checked = modelcheck.check_file(path)  # before anything is uploaded
+            upload = LEGACY_MODEL_FILE if checked.format == modelcheck.LEGACY_H5 else MODEL_FILE
+            source, version = {"file": upload}, registry.version_of_file(path)
         return registry.registration_request({"name": name, "sha256": version, "source": source,
                                               "preprocess": preprocess, "class_names": class_names})
 

@@ -24,8 +24,9 @@ PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 RUNTIME = ("featurevis", "producer", "worker")
 FIRST_PARTY = {*RUNTIME, "devstack", "tests", "bench", "quality", "scripts", "examples"}
 # Imported but not declared: the Makefile chooses the build (tensorflow-cpu or tensorflow[and-cuda]) and the
-# GPU image's base ships it.
-UNDECLARED = {"tensorflow"}
+# GPU image's base ships it; tf-keras (Keras 2, which writes the tests' legacy .h5 files) names `tensorflow` as
+# its dependency, so the Makefile installs it --no-deps beside tensorflow-cpu, at TensorFlow's version.
+UNDECLARED = {"tensorflow", "tf_keras"}
 # Declared but not imported: the image runs Flower as `celery flower`, a subcommand it adds to Celery.
 NOT_IMPORTED = {"flower"}
 TEST_TOOLS = {"pytest", "moto", "hypothesis", "check-jsonschema", "kubernetes-validate", "jsonschema"}

@@ -9,13 +9,14 @@ went is reported for `python -m worker health` (worker/health.py).
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
 
 import redis
 from redis.exceptions import LockError
-from celery.signals import worker_init, worker_process_init, worker_shutdown
+from celery.signals import task_failure, worker_init, worker_process_init, worker_shutdown
 
 from featurevis.registry import Registry
 from worker import health
@@ -50,6 +51,15 @@ def _start(sender, **_):
             log.warning("could not preload model %s: %s", name, error)
             errors[name] = str(error)
     health.report(app, sender, health.FAILED if errors else health.READY, errors)
+
+
+@task_failure.connect
+def _collect_the_failure(**_):
+    """A failed task's traceback (Celery's and billiard's exception info) leaves reference cycles that only a
+    full collection frees, and with TensorFlow's millions of objects one seldom comes: without this, a worker
+    grew with every refused registration or invalid job, for good (tests/test_untrusted_models.py). A full
+    collection after each failure keeps a serving process where it was after any bad input."""
+    gc.collect()
 
 
 def _install_builtin_models() -> None:
@@ -135,3 +145,4 @@ def factory():
         grow_gpu_memory()
         _factory = ModelFactory()
     return _factory
+

@@ -19,7 +19,7 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
 import featurevis
-from featurevis import contract, gallery, images, registry
+from featurevis import admission, contract, gallery, images, registry
 from featurevis.contract import JobSpec
 from featurevis.registry import LOGITS, ModelRefused, WeightsUnavailable
 from featurevis.store import (ALPHA, ANIMATION, CONTACT_SHEET, IMAGE_NPY, IMAGE_PNG, META, Reserved, Result,
@@ -85,7 +85,7 @@ def register_model(self, **fields) -> contract.Registration:
     description = models.description(name, version)
     if description is None:
         try:
-            description = _describe_safely(request)
+            description = _describe_safely(models, request)
         except ModelRefused:
             models.remove_version(name, version)
             raise
@@ -103,18 +103,16 @@ def registration(description: dict) -> contract.Registration:
                                 conv_layers=sum(layer["conv_id"] is not None for layer in description["layers"]))
 
 
-def _describe_safely(request: dict) -> dict:
-    """factory.describe, with what a malformed model makes Keras raise as a refusal.
+def _describe_safely(models: registry.Registry, request: dict) -> dict:
+    """admission.admit: the static check, then a disposable process's description (featurevis/sandbox.py).
 
-    Anything else (no memory, the store unreachable, the time limit) is not the model's
-    fault: it fails the task as a plain error and the upload stays for a retry.
+    A failure that is not the model's fault (no memory on this host, the store unreachable, the time limit)
+    fails the task as a plain error and the upload stays for a retry.
     """
     try:
-        return runtime.factory().describe(request)
+        return admission.admit(models, request)
     except (ModelRefused, SoftTimeLimitExceeded):
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
-        raise ModelRefused(f"file: {type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
     except Exception as error:
         raise RuntimeError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
 
@@ -271,7 +269,7 @@ def _diverse_set(spec: JobSpec, scores: list[contract.Scores], similarity: float
 
 
 def _layer_type(info: registry.ModelInfo, layer: str) -> str:
-    return "Dense (pre-activation)" if layer == LOGITS else info.layer(layer).type
+    return info.logits_type if layer == LOGITS else info.layer(layer).type
 
 
 def _tutorial_name(info: registry.ModelInfo, layer: str) -> str | None:
