@@ -1,6 +1,7 @@
 """One batched pass: jobs of one layer and method, climbed together and scored, each job's share cut out.
 
-The factory gives the compiled step, render.run climbs, scoring scores; no
+The factory gives the model and its compiled step (and fits the job's uploads to it), render.run climbs, scoring
+scores; no
 Celery and no store here (worker/tasks.py publishes what comes out). One row
 per image: a plain job or a sweep's feature is one image, a diverse set is
 `images` of them, each from its own seed, so batching never changes a picture.
@@ -55,9 +56,9 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
     layer = None if first.layer == LOGITS else info.layer(first.layer)
     terms = objectives.build(weights, [spec.terms or () for spec in per_image],
                              layer and (layer.height, layer.width, layer.channels),
-                             lambda key: factory.caricature(acquired.model, first.layer, key),
+                             lambda key: factory.uploads.caricature(acquired.model, first.layer, key),
                              np.array([[getattr(spec, name) for name in objectives.PENALTIES] for spec in per_image]))
-    picture = None if first.start_image is None else factory.start_image(acquired.model, first.start_image)
+    picture = None if first.start_image is None else factory.uploads.start_image(acquired.model, first.start_image)
     started, started_at = time.perf_counter(), time.time()
     ascent = render.run(acquired.step, seeds, terms, first.iterations, first.diversity,
                         state=acquired.step.start(seeds, picture), classify=acquired.model.classify,
@@ -69,7 +70,7 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
     # Scores read channel means: a direction is its channels' weights already, a neuron counts as its channel.
     channel_view = terms.channels + terms.neurons.sum(axis=(1, 2))
     scores = scoring.scores(acquired.probe, ascent.images, channel_view, final, first.layer == LOGITS,
-                            factory.judge(first.model))
+                            factory.models.judge(first.model))
     history = {name: np.stack([getattr(stats, name) for stats in ascent.history])  # (iterations, images)
                for name in render.StepStats._fields}
     return Batch(acquired, timings, [_share(spec, rows, ascent, history, scores, acquired, info.class_names)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from featurevis import registry
 from featurevis.datasets import Dataset
-from featurevis.store import ResultStore, example_png, examples_key
+from featurevis.store import ResultStore, example_png, examples_key, layer_folder
 
 K = 9
 BATCH = 64
@@ -73,7 +73,7 @@ def key(info: registry.ModelInfo, dataset: Dataset) -> str:
 
 def read(store: ResultStore, info: registry.ModelInfo, dataset: Dataset, layer: str) -> dict | None:
     try:
-        return json.loads(store.read_bytes(key(info, dataset), f"{layer}.json"))
+        return json.loads(store.read_bytes(key(info, dataset), f"{layer_folder(layer)}.json"))
     except FileNotFoundError:
         return None
 
@@ -92,7 +92,7 @@ def compute(store: ResultStore, loaded, dataset: Dataset, layer: str) -> dict:
     for index in sorted(shown):
         if not store.fs.exists(store.path(folder, example_png(index))):
             store.put(folder, example_png(index), _png(dataset.images[index]))
-    store.put(folder, f"{layer}.json", json.dumps(ranked).encode())
+    store.put(folder, f"{layer_folder(layer)}.json", json.dumps(ranked).encode())
     return ranked
 
 
@@ -128,7 +128,7 @@ def _scores(loaded, layer: str):
     """The layer's per-unit objective for a batch of images, compiled once per (model version, layer) per process."""
     import tensorflow as tf
 
-    from featurevis.factory import target_network
+    from featurevis.step_cache import target_network
 
     cache_key = (loaded.info.name, loaded.info.sha256, layer)
     if cache_key in _compiled:

@@ -38,7 +38,8 @@ import numpy as np
 
 from featurevis import registry, scoring
 from featurevis.contract import MAGNITUDES, METHOD_DEFAULTS
-from featurevis.factory import ModelFactory, target_network
+from featurevis.factory import ModelFactory
+from featurevis.step_cache import target_network
 from featurevis.optvis import methods, objectives, render, transform
 
 ROOT = Path(__file__).resolve().parent.parent

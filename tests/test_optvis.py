@@ -192,7 +192,7 @@ def test_the_step_cache_is_a_bounded_lru():
     small = ModelFactory(step_cache_size=2)
     for conv_id in (0, 1, 0, 2):
         small.acquire(MODEL, conv_id)
-    version = small.info(MODEL).sha256
+    version = small.models.info(MODEL).sha256
     assert small.cached_steps() == [(MODEL, version, "conv2d", "gradient_ascent"),
                                     (MODEL, version, "conv2d_2", "gradient_ascent")]
     assert small.builds == {"model": 1, "step": 3}
