@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from featurevis import registry, zoo
+from featurevis import registry, targets, zoo
 from featurevis.optvis import param
 
 
@@ -26,8 +26,9 @@ def run_job(model_name: str, conv_id: int | None, feature: int, iterations: int,
     info = models.get(model_name)
     model = zoo.build(info, models)
     preprocess = zoo.preprocessor(info.preprocess)
-    logits = zoo.logits_output(model)
-    outputs = logits if conv_id is None else [zoo.conv_layers_in_creation_order(model)[conv_id].output, logits]
+    logits = targets.class_head(model).logits
+    outputs = logits if conv_id is None else \
+        [targets.conv_layers_in_creation_order(model)[conv_id].layer.output, logits]
     network = keras.Model(model.input, outputs)
 
     @tf.function

@@ -28,7 +28,7 @@ from urllib.parse import quote
 from featurevis import atlas as atlases
 from featurevis.gallery import CSS, _e, _text
 from featurevis.store import (ATLAS_PAGE, ATLAS_UNITS, IMAGE_NPY, IMAGE_PNG, META, ResultStore, atlas_key,
-                              example_png)
+                              example_png, layer_folder)
 from featurevis.store import unit_page as unit_page_name
 
 INDEX, UNITS = ATLAS_PAGE, ATLAS_UNITS
@@ -133,7 +133,7 @@ def atlas_page(progress: atlases.AtlasProgress) -> str:
     for entry in progress.layers:
         done, total = len(entry.done), entry.total
         conv = "" if entry.conv_id is None else entry.conv_id
-        name = f'<a href="{_href(entry.layer, INDEX)}">{_e(entry.layer)}</a>' if done else _e(entry.layer)
+        name = f'<a href="{_href(layer_folder(entry.layer), INDEX)}">{_e(entry.layer)}</a>' if done else _e(entry.layer)
         rows.append(f"<tr><td>{name}</td><td>{conv}</td><td>{done} / {total}</td><td>{_bar(done, total)}</td></tr>")
     title = f"atlas of {progress.model}"
     body = [f"<h1>{_e(title)}</h1>",

@@ -413,7 +413,7 @@ def _class_feature(info: registry.ModelInfo, parsed: JobFields, fields: dict, la
     if layer != LOGITS:
         raise JobError("class", f"names a class of the logits; the job's layer is {layer}")
     if not info.classes:
-        raise JobError("class", f"{info.name} has no Dense layer, so no classes")
+        raise JobError("class", f"{info.name} has no classes: {info.no_classes or 'it has no class output'}")
     try:
         return info.class_index(parsed.class_)
     except ValueError as error:
@@ -607,7 +607,8 @@ def resolve_target(info: registry.ModelInfo, conv_id: int | None, layer: str | N
                                   f"logits), got {conv_id}")
     if layer is None:
         if conv_id is None and not info.classes:
-            raise JobError("layer", f"required for {info.name}: it has no Dense layer, so no class logits")
+            raise JobError("layer", f"required for {info.name}: it has no class logits "
+                                    f"({info.no_classes or 'no class output'})")
         return conv_id, LOGITS if conv_id is None else conv_layers[conv_id].name
     if layer == LOGITS and info.classes:
         named = None

@@ -1,8 +1,9 @@
 """Builds and describes served models with Keras. TensorFlow side: imported by workers only.
 
 A registered model comes from one of three sources:
-- a user's `.keras` file, loaded with Keras' `safe_mode` (Lambda layers and
-  custom objects are refused: loading them would run the file's code);
+- a user's `.keras` file (or the `.keras` a Keras 2 `.h5` was converted to),
+  loaded only after the static check passes again (featurevis/admission.py)
+  and with Keras' `safe_mode` besides;
 - a Keras Application by name, whose ImageNet weights go through Keras' own
   loading and cache (`$KERAS_HOME/models`), so a file an operator drops there is
   found and a machine with network access downloads it as Keras always does;
@@ -19,7 +20,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from featurevis import registry, shapes
+from featurevis import admission, registry, shapes, targets
 from featurevis.registry import LOGITS, ModelInfo, ModelRefused, WeightsUnavailable
 
 UNTRAINED_SEED = 0
@@ -136,7 +137,8 @@ def keras_cache_dir() -> str:
 
 
 def build(info: ModelInfo, models: registry.Registry) -> keras.Model:
-    """A fresh Keras model for a registered one."""
+    """A fresh Keras model for a registered one. A user's file is loaded only after the static check passes
+    again on the very file its description names (admission.served_file)."""
     source = info.source
     if "keras_app" in source:
         return application(info.name, source["keras_app"], source["weights"])
@@ -146,7 +148,7 @@ def build(info: ModelInfo, models: registry.Registry) -> keras.Model:
             raise WeightsUnavailable(f"model {info.name}: weights file {path} is missing; "
                                      f"run scripts/train_shapes.py to write it")
         return ARCHITECTURES[source["architecture"]](str(path))
-    return load_file(models.model_file(info.name, info.sha256))
+    return load_file(admission.served_file(models, info))
 
 
 def application(name: str, app: str, weights: str) -> keras.Model:
@@ -168,7 +170,8 @@ def application(name: str, app: str, weights: str) -> keras.Model:
 
 
 def load_file(path: str | os.PathLike) -> keras.Model:
-    """A user's .keras file, without running any code it carries; ModelRefused, one line, for any bad file."""
+    """A model file that passed the static check (featurevis/modelcheck.py), with Keras' `safe_mode` besides;
+    ModelRefused, one line, for any file Keras cannot load. Keras picks its reader by the file's suffix."""
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - every failure to load is the file's fault
@@ -199,70 +202,22 @@ def _reason(error: Exception) -> str:
     return " ".join(str(error).split(" -- ")[-1].split())[:120] or type(error).__name__
 
 
-def spatial_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Every layer whose output is (batch, height, width, channels), in model.layers order: what `layer` may name."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        try:
-            shape = layer.output.shape
-        except (AttributeError, ValueError):  # a layer used at several places has no single output
-            continue
-        if len(shape) == 4 and shape[-1] is not None:
-            found.append(layer)
-    return found
-
-
-def conv_layers_in_creation_order(model: keras.Model) -> list[keras.layers.Layer]:
-    """The Conv2D layers in the order `conv_id` indexes: Keras' creation order, as the tutorial's graph order.
-
-    Keras numbers auto-named layers conv2d, conv2d_1, ... as they are created,
-    so where all are auto-named the numbers give the order; model.layers is a
-    traversal order instead (InceptionV3's 6th there is conv2d_8). Named layers
-    keep the model's own order.
-    """
-    layers = [layer for layer in model.layers if type(layer) is keras.layers.Conv2D]
-    if layers and all(re.fullmatch(r"conv2d(_\d+)?", layer.name) for layer in layers):
-        return sorted(layers, key=lambda layer: _auto_name_number(layer.name))
-    return layers
-
-
-def logits_layer(model: keras.Model) -> keras.layers.Layer | None:
-    """The last Dense layer, whose pre-activation values are the class logits."""
-    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    return dense[-1] if dense else None
-
-
-def logits_output(model: keras.Model) -> keras.KerasTensor:
-    """The last Dense layer's value before its activation, whatever activation the model ends with.
-
-    A Dense that applies softmax itself gets a linear twin sharing its weights, so
-    maximizing a class raises its logit rather than squeezing the others.
-    """
-    dense = logits_layer(model)
-    if dense.activation in (None, keras.activations.linear):
-        return dense.output
-    twin = keras.layers.Dense(dense.units, use_bias=dense.use_bias, name=f"{dense.name}_logits")
-    output = twin(dense.input)
-    twin.set_weights(dense.get_weights())
-    return output
-
-
-def fresh_process_names(model: keras.Model, layers: list[keras.layers.Layer]) -> list[str]:
+def fresh_process_names(model: keras.Model, layers: list[targets.Found]) -> list[str]:
     """The names these layers would have had if the model were built first in a fresh process.
 
     Keras numbers auto-names per process and per layer type, so a model built
     after another starts at `conv2d_94`; subtracting the model's lowest number
-    of each type undoes that. Names given explicitly are kept.
+    of each type undoes that. Names given explicitly are kept. (Keras
+    Applications only: a file's names are the file's.)
     """
     lowest: dict[str, int] = {}
-    for layer in model.layers:
-        if _is_auto_named(layer):
-            stem = _auto_name_stem(layer)
-            lowest[stem] = min(lowest.get(stem, 1 << 30), _auto_name_number(layer.name))
-    return [_auto_name(_auto_name_stem(layer), _auto_name_number(layer.name) - lowest[_auto_name_stem(layer)])
-            if _is_auto_named(layer) else layer.name for layer in layers]
+    for found in targets.all_layers(model):
+        if _is_auto_named(found.layer):
+            stem = _auto_name_stem(found.layer)
+            lowest[stem] = min(lowest.get(stem, 1 << 30), _auto_name_number(found.layer.name))
+    return [_auto_name(_auto_name_stem(found.layer), _auto_name_number(found.layer.name)
+                       - lowest[_auto_name_stem(found.layer)]) if _is_auto_named(found.layer) else found.path
+            for found in layers]
 
 
 def _auto_name_stem(layer: keras.layers.Layer) -> str:
@@ -286,57 +241,70 @@ def _auto_name(stem: str, number: int) -> str:
 
 def describe(model: keras.Model, name: str, version: str, source: dict, preprocess: str | dict | None,
              class_names: list[str] | None = None, default_preprocess: str = "unit") -> dict:
-    """The registry's description of a live model (see featurevis/registry.py); ModelRefused where it cannot serve it."""
+    """The registry's description of a live model (see featurevis/registry.py); ModelRefused where it cannot serve it.
+
+    Every layer with (height, width, channels) maps is listed by its path, nested ones included, with the
+    size it has when the whole model runs; conv_id counts the Conv2D layers of the whole model. The classes
+    are what enters the final activation (targets.class_head); preprocessing layers at the input make
+    `none` the default preprocessing."""
     if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
         raise ModelRefused("file: the model must take one image input, (batch, height, width, channels)")
     height, width, channels = model.inputs[0].shape[1:]
     if not all(isinstance(size, int) for size in (height, width, channels)):
         raise ModelRefused(f"file: the input must have a fixed height, width and channels, got "
                            f"{tuple(model.inputs[0].shape[1:])}")
-    spatial = spatial_layers(model)
+    spatial = targets.spatial_layers(model)
     if not spatial:
         raise ModelRefused("file: no layer outputs (batch, height, width, channels); nothing to visualize")
-    dense = logits_layer(model)
-    classes = int(dense.units) if dense is not None else 0
-    if class_names is not None and len(class_names) != classes:
-        raise ModelRefused(f"class_names: the model has {classes} classes, got {len(class_names)} names")
+    head = targets.class_head(model)
+    if class_names is not None and len(class_names) != head.classes:
+        raise ModelRefused(f"class_names: the model has {head.classes} classes"
+                           f"{f' ({head.reason})' if head.reason else ''}, got {len(class_names)} names")
     rename = "keras_app" in source  # built in this process: undo Keras' per-process numbering
-    names = fresh_process_names(model, spatial) if rename else [layer.name for layer in spatial]
-    conv_ids = {id(layer): index for index, layer in enumerate(conv_layers_in_creation_order(model))}
+    names = fresh_process_names(model, spatial) if rename else [found.path for found in spatial]
+    conv_ids = {id(found.layer): index for index, found in enumerate(targets.conv_layers_in_creation_order(model))}
     tutorial = TUTORIAL_NAMES.get(source.get("keras_app"), lambda: [])()
+    shapes = targets.outputs_of(model, [found.path for found in spatial])
     layers = []
-    for layer, layer_name in zip(spatial, names):
-        conv_id = conv_ids.get(id(layer))
-        entry = {"name": layer_name, "type": type(layer).__name__, "channels": int(layer.output.shape[-1]),
-                 "height": layer.output.shape[1], "width": layer.output.shape[2], "conv_id": conv_id}
+    for found, layer_name in zip(spatial, names):
+        conv_id = conv_ids.get(id(found.layer))
+        shape = shapes[found.path].shape
+        entry = {"name": layer_name, "type": type(found.layer).__name__, "channels": int(shape[-1]),
+                 "height": shape[1], "width": shape[2], "conv_id": conv_id}
         if tutorial and conv_id is not None:
             entry["tutorial_name"] = tutorial[conv_id]
         layers.append(entry)
     if LOGITS in names:
         raise ModelRefused(f"file: a layer is named '{LOGITS}', which names the class target here; rename it")
-    if unsafe := [name for name in names if name in (".", "..") or "/" in name or "\\" in name]:
+    if unsafe := [name for name in names if any(part in (".", "..", "") or "\\" in part or "~" in part
+                                                for part in name.split(targets.SEPARATOR))]:
         raise ModelRefused(f"file: layer name {unsafe[0]!r} cannot name a results folder; rename it")
+    preprocessing = targets.preprocessing_layers(model)
     return {
         "name": name, "sha256": version, "source": source,
         "input_shape": [height, width, channels],
-        "preprocess": registry.preprocess_from(preprocess, channels, default_preprocess).as_dict(),
-        "classes": classes, "logits_layer": dense.name if dense is not None else None,
-        "class_names": class_names or [f"class {index}" for index in range(classes)],
+        "preprocess": registry.preprocess_from(preprocess, channels,
+                                               "none" if preprocessing else default_preprocess).as_dict(),
+        "preprocessing_layers": preprocessing,
+        "classes": head.classes, "logits_layer": head.layer, "logits_type": head.value,
+        "class_activation": head.activation, "no_classes": head.reason,
+        "class_names": class_names or [f"class {index}" for index in range(head.classes)],
         "layers": layers, "keras_version": keras.__version__,
     }
 
 
-def live_layer(model: keras.Model, info: ModelInfo, name: str) -> keras.layers.Layer:
-    """The live layer a description's layer name stands for: same position among the spatial layers.
+def live_target(model: keras.Model, info: ModelInfo, name: str) -> keras.KerasTensor:
+    """The output, in the model's graph, of the live layer a description's layer name stands for: the one at
+    the same position among the spatial layers.
 
     Positions, not names, because a Keras Application built after another model
     in this process has shifted auto-names.
     """
     names = [layer.name for layer in info.layers]
-    spatial = spatial_layers(model)
+    spatial = targets.spatial_layers(model)
     if len(spatial) != len(names):
         raise RuntimeError(f"model {info.name}: {len(spatial)} spatial layers, its description lists {len(names)}")
-    return spatial[names.index(info.layer(name).name)]
+    return targets.output_of(model, spatial[names.index(info.layer(name).name)].path)
 
 
 def preprocessor(preprocess: registry.Preprocess) -> Callable[[tf.Tensor], tf.Tensor]:

@@ -301,7 +301,9 @@ def _details(info: ModelInfo) -> str:
     """What a job may target: every layer with its conv_id and channels, then the classes."""
     lines = [_summary_line(info), f"version   {info.sha256}", f"source    {json.dumps(info.source)}",
              f"preprocess {info.preprocess.kind}: pixels{'[BGR]' if info.preprocess.bgr else ''} x "
-             f"{list(info.preprocess.scale)} + {list(info.preprocess.offset)}",
+             f"{list(info.preprocess.scale)} + {list(info.preprocess.offset)}"
+             + (f" (the model preprocesses its own input: {', '.join(info.preprocessing_layers)})"
+                if info.preprocessing_layers else ""),
              f"{'conv_id':>7}  {'layer':28} {'type':22} {'channels':>8}  size     tutorial"]
     for layer in info.layers:
         conv_id = "" if layer.conv_id is None else layer.conv_id
@@ -309,8 +311,12 @@ def _details(info: ModelInfo) -> str:
                      f"{layer.height}x{layer.width:<5} {layer.tutorial_name or ''}")
     if info.classes:
         shown = ", ".join(f"{index} {name}" for index, name in enumerate(info.class_names[:10]))
-        lines.append(f"{'logits':>7}  {info.logits_layer} (pre-activation): {info.classes} classes: {shown}"
+        before = f", before its {info.class_activation}" if info.class_activation else ""
+        lines.append(f"{'logits':>7}  {info.logits_layer} {info.logits_type}{before}: {info.classes} classes"
+                     f"{' (multi-label)' if info.class_activation == 'sigmoid' else ''}: {shown}"
                      f"{', ...' if info.classes > 10 else ''}")
+    else:
+        lines.append(f"{'':>7}  no class logits: {info.no_classes or 'the model has no class output'}")
     return "\n".join(lines)
 
 

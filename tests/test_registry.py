@@ -145,7 +145,7 @@ def test_models_list_and_show_describe_what_jobs_may_target(run_cli, registered)
     assert re.search(r"^ +0  stem +Conv2D +8  40x48", shown.stdout, re.M)
     assert re.search(r"^ +depthwise +DepthwiseConv2D +8  40x48", shown.stdout, re.M)
     assert re.search(r"^ +sum +Add +8  40x48", shown.stdout, re.M)
-    assert re.search(r"^ +logits  dense\w* \(pre-activation\): 4 classes", shown.stdout, re.M)
+    assert re.search(r"^ +logits  dense\w* Dense \(pre-activation\): 4 classes", shown.stdout, re.M)
     described = json.loads(run_cli("models", "show", "fn-cnn", "--json").stdout)
     assert described["class_names"] == ["ant", "bee", "cat", "dog", "eel"]
     assert described["sha256"] == registered["fn-cnn"] and described["preprocess"]["kind"] == "unit"
@@ -206,13 +206,13 @@ def _bad_files(folder) -> dict:
     whole = (folder / "whole.keras").read_bytes()
     truncated.write_bytes(whole[: len(whole) // 2])
     pixels = keras.Input((16, 16, 3))
-    with_lambda = keras.Model(pixels, keras.layers.Conv2D(2, 3)(keras.layers.Lambda(lambda t: t * 2.0)(pixels)))
+    with_lambda = keras.Model(pixels, keras.layers.Conv2D(2, 3)(keras.layers.Lambda(lambda t: t * 2.0, name="times_two")(pixels)))
     with_lambda.save(folder / "lambda.keras")
     vector = keras.Input((10,))
     keras.Model(vector, keras.layers.Dense(3)(vector)).save(folder / "flat.keras")
     image = keras.Input((8, 8, 1))
     keras.Model(image, keras.layers.Dense(3)(keras.layers.Flatten()(image))).save(folder / "no-maps.keras")
-    keras.Model(pixels, Doubling()(pixels)).save(folder / "custom.keras")
+    keras.Model(pixels, Doubling(name="doubler")(pixels)).save(folder / "custom.keras")
     return {name: folder / f"{name}.keras" for name in ("lambda", "flat", "no-maps", "custom", "whole")} | \
         {"text": text, "truncated": truncated}
 
@@ -225,12 +225,12 @@ class Doubling(keras.layers.Layer):
 
 
 REFUSALS = [
-    ("text", "file: is not a valid .keras file"),
+    ("text", "file: is not a Keras model file (a .keras archive, or a Keras 2 .h5 file)"),
     ("truncated", "file: is not a valid .keras file"),
-    ("lambda", "file: has a Lambda layer, whose code Keras' safe_mode refuses to run"),
+    ("lambda", "file: layer times_two: a Lambda layer runs code named by the file (whatever its function)"),
     ("flat", "file: the model must take one image input, (batch, height, width, channels)"),
     ("no-maps", "file: no layer outputs (batch, height, width, channels); nothing to visualize"),
-    ("custom", "file: uses "),
+    ("custom", "file: layer doubler: Doubling is not one of the built-in Keras layers this service takes"),
 ]
 
 
@@ -314,7 +314,8 @@ def test_a_model_without_a_dense_layer_serves_its_layers_and_has_no_classes(stac
     pixels = keras.Input((20, 20, 3))
     keras.Model(pixels, keras.layers.Conv2D(4, 3, name="maps")(pixels)).save(tmp_path / "maps.keras")
     assert run_cli("models", "register", "maps-only", "--file", str(tmp_path / "maps.keras")).returncode == 0
-    with pytest.raises(JobError, match="^layer: required for maps-only: it has no Dense layer"):
+    with pytest.raises(JobError, match=r"^layer: required for maps-only: it has no class logits \(its output is "
+                                       r"\(None, 18, 18, 4\), not a vector of class scores\)$"):
         producer_api.enqueue({"model": "maps-only"})
     result = producer_api.enqueue({"model": "maps-only", "layer": "maps", "feature": 3, "iterations": 5,
                                    "method": "robust", "seed": 1}).wait(timeout=240)

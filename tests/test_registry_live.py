@@ -5,7 +5,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from featurevis import registry, zoo
+from featurevis import registry, targets, zoo
 
 # What the tutorial prints of conv_names, copied verbatim from its text (the file says from where).
 TUTORIAL = Path(__file__).resolve().parent / "data" / "tutorial_printed.txt"
@@ -42,7 +42,7 @@ def inception():
 
 def test_conv_id_is_the_tutorials_conv_names_index(inception):
     info = registry.builtin_info("inception_v3")
-    live = zoo.conv_layers_in_creation_order(inception)
+    live = [found.layer for found in targets.conv_layers_in_creation_order(inception)]
     assert live[0].name != "conv2d"  # the names really were shifted
     blocks = _blocks_of(inception)
     for conv_id, printed in PRINTED.items():
@@ -59,16 +59,16 @@ def test_conv_id_is_the_tutorials_conv_names_index(inception):
 
 def test_every_description_layer_is_the_live_layer_at_its_position(inception):
     info = registry.builtin_info("inception_v3")
-    spatial = zoo.spatial_layers(inception)
+    spatial = targets.spatial_layers(inception)
     assert [layer.name for layer in info.layers] == zoo.fresh_process_names(inception, spatial)
-    assert [layer.output.shape[-1] for layer in spatial] == [layer.channels for layer in info.layers]
+    assert [found.layer.output.shape[-1] for found in spatial] == [layer.channels for layer in info.layers]
     assert tuple(inception.input_shape[1:]) == info.input_shape == (299, 299, 3)
     assert info.classes == 1000 and info.logits_layer == "predictions"
-    assert zoo.live_layer(inception, info, "mixed/conv").name == live_name(inception, 5)
+    assert zoo.live_target(inception, info, "mixed/conv") is inception.get_layer(live_name(inception, 5)).output
 
 
 def live_name(model, conv_id):
-    return zoo.conv_layers_in_creation_order(model)[conv_id].name
+    return targets.conv_layers_in_creation_order(model)[conv_id].layer.name
 
 
 def _blocks_of(model) -> dict[str, str]:

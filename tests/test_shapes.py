@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from featurevis import registry, shapes, zoo
+from featurevis import registry, shapes, targets, zoo
 from featurevis.registry import WeightsUnavailable
 from featurevis.optvis import objectives, render
 
@@ -42,8 +42,8 @@ def test_description_equals_the_live_model(factory, name):
     info = loaded.info
     assert info.source["weights"] == "shipped" and not info.untrained
     assert [(layer.name, layer.channels) for layer in info.conv_layers] == \
-        [(layer.name, layer.filters) for layer in zoo.conv_layers_in_creation_order(loaded.network)]
-    assert [layer.name for layer in info.layers] == [layer.name for layer in zoo.spatial_layers(loaded.network)]
+        [(found.path, found.layer.filters) for found in targets.conv_layers_in_creation_order(loaded.network)]
+    assert [layer.name for layer in info.layers] == [found.path for found in targets.spatial_layers(loaded.network)]
     assert tuple(loaded.network.input_shape[1:]) == info.input_shape == SHAPE
     assert loaded.network.output_shape[-1] == info.classes == 10
     assert info.class_names == tuple(shapes.CLASS_NAMES) and info.preprocess.kind == "unit"
@@ -53,7 +53,7 @@ def test_description_equals_the_live_model(factory, name):
 def test_layer_names_do_not_shift_with_other_builds(name):
     build = zoo.ARCHITECTURES[name]
     build(None)
-    assert [layer.name for layer in zoo.conv_layers_in_creation_order(build(None))] == \
+    assert [found.path for found in targets.conv_layers_in_creation_order(build(None))] == \
         [layer.name for layer in registry.builtin_info(name).conv_layers]
 
 

@@ -65,8 +65,8 @@ class Method:
 
 @dataclass(frozen=True)
 class Classifier:
-    """Softmax class probabilities of the full model, and what a call on one image costs (it sets how often a job
-    asks)."""
+    """Class probabilities of the full model (softmax, or sigmoid for a multi-label model), and what a call on one
+    image costs (it sets how often a job asks)."""
 
     fn: Callable[[tf.Tensor], tf.Tensor]
     cost_s: float
@@ -75,12 +75,15 @@ class Classifier:
         return self.fn(images)
 
 
-def classifier(model: keras.Model, preprocess: Callable, image_shape: tuple[int, int, int]) -> Classifier:
-    """The model's classifier, compiled once per model; traced, optimized and timed here, not in a job."""
+def classifier(model: keras.Model, preprocess: Callable, image_shape: tuple[int, int, int],
+               activation: str | None = "softmax") -> Classifier:
+    """The model's classifier over its logits, compiled once per model; traced, optimized and timed here, not in
+    a job. `activation` is the model's own final one (a model without one gets softmax's probabilities)."""
+    probabilities = tf.nn.sigmoid if activation == "sigmoid" else tf.nn.softmax
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
     def classify(images):
-        return tf.nn.softmax(model(preprocess(images), training=False))
+        return probabilities(model(preprocess(images), training=False))
 
     blank = tf.zeros([1, *image_shape])
     classify(blank).numpy()
