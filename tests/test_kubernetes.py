@@ -190,3 +190,19 @@ def test_keda_scales_the_workers_on_the_celery_list(worker):
     # KEDA reads the password from the target container's variable, which comes from the Secret.
     env = {v["name"]: v for v in _container(worker, "worker")["env"]}
     assert "secretKeyRef" in env[trigger["metadata"]["passwordFromEnv"]]["valueFrom"]
+
+
+def test_the_workers_pods_reach_redis_and_dns_and_no_one_reaches_them(worker):
+    """A model file is untrusted: where the disposable process describing it cannot take its network away
+    (featurevis/sandbox.py), this policy bounds what the worker's pod, and so that process, can reach."""
+    policy = _by_kind_and_name("NetworkPolicy", "featurevis-worker")
+    pods = worker["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pods.items()
+    assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"] and policy["spec"]["ingress"] == []
+    redis, dns, https = policy["spec"]["egress"]
+    redis_pods = _by_kind_and_name("StatefulSet", "featurevis-redis")["spec"]["template"]["metadata"]["labels"]
+    assert redis["to"][0]["podSelector"]["matchLabels"].items() <= redis_pods.items()
+    assert redis["ports"] == [{"protocol": "TCP", "port": 6379}]
+    assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert {port["port"] for port in dns["ports"]} == {53}
+    assert https == {"ports": [{"protocol": "TCP", "port": 443}]}  # the weights' fetch; the file says when to drop it
