@@ -15,9 +15,11 @@ Measures, in one run on inception_v3_untrained at 299x299, and writes bench/resu
 8. cold start: seconds from starting a worker process to its first result, with and without --preload;
 9. the atlas: units per minute for one layer's 64 units (shapes_cnn conv_id 2) as single jobs, as an
    atlas's batched tasks and as a bare batched loop of the same math; and the bare loop's seconds per unit
-   and iteration on inception_v3_untrained at batch 1, 4 and 16, from which an InceptionV3 atlas is costed.
+   and iteration on inception_v3_untrained at batch 1, 4 and 16, from which an InceptionV3 atlas is costed;
+10. registration (bench/registration.py): what the static check and the disposable process add to registering
+   the models people bring, and what refusing a hostile file costs.
 
-`--efficiency` runs parts 7 and 8 alone, `--atlas` part 9 alone.
+`--efficiency` runs parts 7 and 8 alone, `--atlas` part 9 alone, `--registration` part 10 alone.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from types import SimpleNamespace
 import numpy as np
 import tensorflow as tf
 
+from bench import registration
 from devstack.stack import LocalStack
 from featurevis import contract, registry
 from featurevis.atlas import DEFAULT_BATCH
@@ -466,7 +469,20 @@ def run_efficiency(results: dict, stack: LocalStack, service: Service, factory: 
     results["cold_start"] = cold_start(stack, service)
 
 
+def registration_only() -> int:
+    results = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count()}
+    with scratch_stack("") as stack:
+        results["registration"] = registration.run(Producer(stack.redis_url, stack.results_dir))
+    written = ROOT / "bench" / "results-registration.json"
+    written.write_text(json.dumps(results, indent=1) + "\n")
+    print("\n| measure | value | goal |\n|---|---|---|")
+    registration.print_rows(results)
+    return 0
+
+
 def main() -> int:
+    if "--registration" in sys.argv:
+        return registration_only()
     if "--efficiency" in sys.argv:
         return efficiency_only()
     if "--atlas" in sys.argv:
@@ -497,6 +513,7 @@ def main() -> int:
             results["rss_mb_after_50_jobs"] = results["memory"]["rss_mb_after_50_jobs"]
             run_efficiency(results, stack, service, factory, repeats)
             run_atlas(results, service, factory)
+            results["registration"] = registration.run(service.producer)
     if not quick:
         print("6. precision: bf16 mixed precision vs float32 (bare loop)", flush=True)
         results["precision"] = precision([5, 93, "logits"], ITERATIONS)
@@ -524,6 +541,7 @@ def print_table(r: dict) -> None:
               f"({memory['rss_mb_after_first_job_per_layer']:.0f}, x{memory['growth']:.3f}) | <= x1.10 |")
     print_efficiency(r, header=False)
     print_atlas(r, header=False)
+    registration.print_rows(r)
     for conv_id, row in r.get("precision", {}).items():
         print(f"| bf16 speedup, conv {conv_id} (picture correlation) | {row['bf16_speedup']:.2f} "
               f"({row['picture_correlation']:.3f}) | keep fp32 unless faster and the same picture |")

@@ -8,8 +8,9 @@ ImageNet weights are used when Keras can load them; otherwise the demo says so
 and runs on inception_v3_untrained, whose pictures show an architecture, not a
 trained network's concepts. So it then draws all ten classes of the trained
 shapes_cnn that ships with the repository, by the robust method: pictures a
-person can read. Then it saves a small Keras model as a user would
-(examples/save_a_model.py), registers it and visualizes one of its layers.
+person can read. Then it makes a model as most users do (examples/save_a_model.py:
+a trained backbone nested as one layer, fine-tuned with a new head), registers it
+and visualizes a layer inside its backbone, by path.
 Last, a small atlas of shapes_cnn (a few units of each layer, with the dataset
 images that excite each most), and the path of its page.
 """
@@ -29,6 +30,7 @@ from producer.client import JobFailed
 FLOWER_PORT = 5555
 TUTORIAL_LAYER = "mixed/conv"  # the tutorial's conv_names[5]
 EXAMPLE = REPO_ROOT / "examples" / "save_a_model.py"
+EXAMPLE_LAYER = "shapes_backbone/conv3"  # a layer inside the example's nested backbone
 ATLAS_UNITS = 4  # of each layer: a small atlas that shows the pages in seconds
 
 
@@ -61,8 +63,9 @@ def main() -> int:
         say("4/6 shapes_cnn (trained, shipped): its ten classes by the robust method, 100 iterations, one sweep")
         pictures.append(run(producer.sweep(dict(model="shapes_cnn", features=list(range(10)), method="robust",
                                                 iterations=100))))
-        say("5/6 your own model: examples/save_a_model.py trains and saves a small CNN; register it, visualize it")
-        pictures.append(run(producer.enqueue(dict(model=register_example(producer, state), layer="block2",
+        say("5/6 your own model: examples/save_a_model.py fine-tunes a nested backbone; register it, visualize a "
+            f"layer inside the backbone ({EXAMPLE_LAYER})")
+        pictures.append(run(producer.enqueue(dict(model=register_example(producer, state), layer=EXAMPLE_LAYER,
                                                   feature=3, method="robust", iterations=100))))
         say(f"6/6 an atlas: the first {ATLAS_UNITS} units of each shapes_cnn Conv2D layer, with their dataset examples")
         atlas_page = run_atlas(producer.atlas({"model": "shapes_cnn", "units": ATLAS_UNITS, "method": "robust",
@@ -79,15 +82,16 @@ def main() -> int:
 
 def register_example(producer: Producer, state: Path) -> str:
     """Save the example model as a user would, register it (waiting for a worker's verdict), return its name."""
-    saved = state / "my_cnn.keras"
+    saved = state / "my_model.keras"
     if not saved.exists():
         state.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, str(EXAMPLE), str(saved)], check=True,
                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, stderr=subprocess.DEVNULL)
     classes = (REPO_ROOT / "examples" / "shapes.txt").read_text().split()
-    verdict = producer.register_model("my-cnn", file=saved, preprocess="none", class_names=classes)
-    say(f"registered my-cnn at {verdict['sha256'][:12]}: `python -m producer models show my-cnn` lists its layers")
-    return "my-cnn"
+    verdict = producer.register_model("my-model", file=saved, class_names=classes)
+    say(f"registered my-model at {verdict['sha256'][:12]}: `python -m producer models show my-model` lists its "
+        f"layers, the backbone's by path")
+    return "my-model"
 
 
 def run(job) -> str:

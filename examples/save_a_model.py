@@ -1,34 +1,54 @@
-"""A user's own model, as a user would make one: a small Keras CNN, trained briefly, saved as .keras.
+"""Your own model, as most people make one: a trained backbone nested as one layer, fine-tuned with a new head.
 
-    .venv/bin/python examples/save_a_model.py my_cnn.keras
-    .venv/bin/python -m producer models register my-cnn --file my_cnn.keras --preprocess none \
-        --class-names examples/shapes.txt
-    .venv/bin/python -m producer enqueue --model my-cnn --layer block2 --feature 3 --method robust --iterations 100 --wait
+    .venv/bin/python examples/save_a_model.py my_model.keras
+    .venv/bin/python -m producer models register my-model --file my_model.keras --class-names examples/shapes.txt
+    .venv/bin/python -m producer models show my-model
+    .venv/bin/python -m producer enqueue --model my-model --layer shapes_backbone/conv3 --feature 3 --method robust \
+        --iterations 100 --wait
 
-It learns the repository's synthetic shapes (featurevis/shapes.py) for a few seconds, so its
-pictures show something; any model saved with `model.save("name.keras")` registers the same way.
+This is Keras' transfer-learning recipe: freeze a trained convolutional base, call it as one layer of a new
+model, train a new head, then fine-tune the whole at a low learning rate. People usually take a Keras
+Application with ImageNet weights as the base (`keras.applications.MobileNetV2(include_top=False,
+weights="imagenet")`); these machines cannot download weights, so the base here is the repository's own
+trained shapes_cnn up to its last convolutional block (its weights ship in featurevis/models/). The new model
+takes 0..255 pixels and rescales them itself, so registration finds the Rescaling layer and serves it with
+`--preprocess none`; every layer of the base is a target by its path (`shapes_backbone/conv3`).
 """
 import sys
 
 import keras
 
-from featurevis import shapes
+from featurevis import registry, shapes, zoo
 
 
-def small_cnn() -> keras.Model:
-    pixels = keras.Input((64, 64, 3))
-    x = keras.layers.Rescaling(1 / 255)(pixels)  # it takes 0..255 pixels itself: register with --preprocess none
-    for index, channels in enumerate((16, 32), start=1):
-        x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name=f"block{index}")(x)
-        x = keras.layers.MaxPooling2D()(x)
+def trained_backbone() -> keras.Model:
+    """A trained convolutional base: shapes_cnn up to its last block, as one model of its own."""
+    trained = zoo.ARCHITECTURES["shapes_cnn"](str(registry.shipped_weights_file("shapes_cnn")))
+    return keras.Model(trained.input, trained.get_layer("bn4").output, name="shapes_backbone")
+
+
+def fine_tuned(base: keras.Model) -> keras.Model:
+    pixels = keras.Input((shapes.SIZE, shapes.SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255)(pixels)  # the model takes 0..255 pixels itself
+    x = base(x, training=False)  # the base's BatchNormalization stays in inference mode while fine-tuning
     x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
     return keras.Model(pixels, keras.layers.Dense(len(shapes.CLASS_NAMES), activation="softmax")(x))
+
+
+def train(model: keras.Model, base: keras.Model) -> None:
+    images, labels = shapes.generate(2000, seed=11)
+    base.trainable = False  # first the new head alone
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(images, labels, epochs=2, batch_size=64, verbose=0)
+    base.trainable = True  # then everything, gently
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
+    model.fit(images, labels, epochs=1, batch_size=64, verbose=0)
 
 
 if __name__ == "__main__":
     keras.utils.set_random_seed(0)
-    model = small_cnn()
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    images, labels = shapes.generate(3000, seed=11)
-    model.fit(images, labels, epochs=3, batch_size=64, verbose=0)
-    model.save(sys.argv[1] if len(sys.argv) > 1 else "my_cnn.keras")
+    backbone = trained_backbone()
+    model = fine_tuned(backbone)
+    train(model, backbone)
+    model.save(sys.argv[1] if len(sys.argv) > 1 else "my_model.keras")

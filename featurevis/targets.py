@@ -53,14 +53,15 @@ class ClassHead:
 
 def all_layers(model: keras.Model) -> list[Found]:
     """Every layer but inputs and the nested models themselves, in model.layers order with nested models'
-    layers in their place, depth first. A nested model called more than once has no single output per layer:
-    it is left out (its layers would be ambiguous targets)."""
+    layers in their place, depth first. A nested model called more than once in its model's graph has no
+    single output per layer: it is left out (its layers would be ambiguous targets)."""
     found = []
+    graph = _graph(model)
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
         if isinstance(layer, keras.Model):
-            if len(_calls(layer)) == 1:
+            if len(_nodes(graph, layer)) == 1:
                 found += [Found(f"{layer.name}{SEPARATOR}{inner.path}", inner.layer) for inner in all_layers(layer)]
             continue
         found.append(Found(layer.name, layer))
@@ -69,34 +70,58 @@ def all_layers(model: keras.Model) -> list[Found]:
 
 def spatial_layers(model: keras.Model) -> list[Found]:
     """The layers whose output is (batch, height, width, channels): what `layer` may name."""
-    return [found for found in all_layers(model) if _maps(found.layer)]
+    return [found for found in all_layers(model) if _maps(model, found.path)]
 
 
-def _maps(layer: keras.layers.Layer) -> bool:
-    try:
-        shape = layer.output.shape
-    except (AttributeError, ValueError):  # a layer used at several places has no single output
+def _maps(model: keras.Model, path: str) -> bool:
+    head, _, rest = path.partition(SEPARATOR)
+    nodes = _nodes(_graph(model), model.get_layer(head))
+    if len(nodes) != 1:  # a layer used at several places has no single output
         return False
+    if rest:
+        return _maps(model.get_layer(head), rest)
+    shape = nodes[0].output_tensors[0].shape if len(nodes[0].output_tensors) == 1 else ()
     return len(shape) == 4 and shape[-1] is not None
 
 
-def _calls(model: keras.Model) -> list:
-    return [node for node in model._inbound_nodes if node.input_tensors]
+def _graph(model: keras.Model) -> keras.Model:
+    """The Functional graph a model's layers are wired in: its own, or the one a Sequential model builds (a
+    Sequential's layers carry a node for every time it was built; only the graph's node is the model's)."""
+    return getattr(model, "_functional", None) or model
+
+
+def _nodes(graph: keras.Model, layer: keras.layers.Layer) -> list:
+    """The calls of `layer` inside `graph`."""
+    return [node for nodes in graph._nodes_by_depth.values() for node in nodes if node.operation is layer]
+
+
+def _call(model: keras.Model, head: str):
+    [node] = _nodes(_graph(model), model.get_layer(head))
+    return node
+
+
+def _fed(node):
+    tensors = node.input_tensors
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def _inputs_of(model: keras.Model):
+    inputs = _graph(model).inputs
+    return inputs[0] if len(inputs) == 1 else inputs
 
 
 def output_of(model: keras.Model, path: str) -> keras.KerasTensor:
     """The output of the layer at `path` as a tensor of `model`'s own graph (connected to model.inputs).
 
-    A top-level layer's is its output; a nested one's is that nested model, truncated at the layer, called on
-    what the outer graph feeds the nested model, so the truncated network computes nothing past the layer."""
+    A top-level layer's is its output there; a nested one's is that nested model, truncated at the layer,
+    called on what the outer graph feeds the nested model, so the truncated network computes nothing past the
+    layer."""
     head, _, rest = path.partition(SEPARATOR)
-    layer = model.get_layer(head)
+    node = _call(model, head)
     if not rest:
-        return layer.output
-    inner = keras.Model(layer.inputs[0] if len(layer.inputs) == 1 else layer.inputs, output_of(layer, rest))
-    [call] = _calls(layer)
-    fed = call.input_tensors
-    return inner(fed[0] if len(fed) == 1 else fed)
+        return node.output_tensors[0]
+    nested = model.get_layer(head)
+    return keras.Model(_inputs_of(nested), output_of(nested, rest))(_fed(node))
 
 
 def outputs_of(model: keras.Model, paths: list[str]) -> dict[str, keras.KerasTensor]:
@@ -109,14 +134,11 @@ def outputs_of(model: keras.Model, paths: list[str]) -> dict[str, keras.KerasTen
         if rest:
             grouped.setdefault(head, []).append(rest)
         else:
-            found[path] = model.get_layer(head).output
+            found[path] = _call(model, head).output_tensors[0]
     for head, rests in grouped.items():
-        layer = model.get_layer(head)
-        inner = outputs_of(layer, rests)
-        [call] = _calls(layer)
-        fed = call.input_tensors
-        wired = keras.Model(layer.inputs[0] if len(layer.inputs) == 1 else layer.inputs, [inner[r] for r in rests])
-        called = wired(fed[0] if len(fed) == 1 else fed)
+        nested = model.get_layer(head)
+        inner = outputs_of(nested, rests)
+        called = keras.Model(_inputs_of(nested), [inner[rest] for rest in rests])(_fed(_call(model, head)))
         called = called if isinstance(called, (list, tuple)) else [called]
         found.update({f"{head}{SEPARATOR}{rest}": tensor for rest, tensor in zip(rests, called)})
     return {path: found[path] for path in paths}
@@ -156,8 +178,7 @@ def class_head(model: keras.Model) -> ClassHead:
         if inner.activation is None:
             return _output_head(output, layer)
         fed = _inputs(layer, tensor)
-        logits = keras.Model(layer.inputs[0] if len(layer.inputs) == 1 else layer.inputs, inner.logits)(
-            fed[0] if len(fed) == 1 else fed)
+        logits = keras.Model(_inputs_of(layer), inner.logits)(fed[0] if len(fed) == 1 else fed)
         head = ClassHead(None, 0, inner.activation, f"{layer.name}{SEPARATOR}{inner.layer}", inner.value)
     else:
         activation = _final_activation(layer)

@@ -307,7 +307,7 @@ def _details(info: ModelInfo) -> str:
              f"{'conv_id':>7}  {'layer':28} {'type':22} {'channels':>8}  size     tutorial"]
     for layer in info.layers:
         conv_id = "" if layer.conv_id is None else layer.conv_id
-        lines.append(f"{conv_id:>7}  {layer.name:28} {layer.type:22} {layer.channels:>8}  "
+        lines.append(f"{conv_id:>7}  {layer.name:40} {layer.type:22} {layer.channels:>8}  "
                      f"{layer.height}x{layer.width:<5} {layer.tutorial_name or ''}")
     if info.classes:
         shown = ", ".join(f"{index} {name}" for index, name in enumerate(info.class_names[:10]))
