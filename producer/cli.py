@@ -304,7 +304,7 @@ def _details(info: ModelInfo) -> str:
              f"{list(info.preprocess.scale)} + {list(info.preprocess.offset)}"
              + (f" (the model preprocesses its own input: {', '.join(info.preprocessing_layers)})"
                 if info.preprocessing_layers else ""),
-             f"{'conv_id':>7}  {'layer':28} {'type':22} {'channels':>8}  size     tutorial"]
+             f"{'conv_id':>7}  {'layer':40} {'type':22} {'channels':>8}  size     tutorial"]
     for layer in info.layers:
         conv_id = "" if layer.conv_id is None else layer.conv_id
         lines.append(f"{conv_id:>7}  {layer.name:40} {layer.type:22} {layer.channels:>8}  "
