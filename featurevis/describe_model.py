@@ -123,8 +123,8 @@ def _refusal(error: Exception, memory_mb: int) -> str:
     from featurevis.registry import ModelRefused
 
     text = " ".join(str(error).split())
-    if isinstance(error, MemoryError) or "OOM when allocating" in text or "bad_alloc" in text or \
-            "ResourceExhausted" in type(error).__name__:
+    if isinstance(error, MemoryError) or "ResourceExhausted" in type(error).__name__ or \
+            any(sign in text for sign in ("OOM when allocating", "bad_alloc", "Unable to allocate")):
         return (f"file: loading it needs more than {memory_mb} MB of memory (FEATUREVIS_SANDBOX_MEMORY_MB); "
                 f"refused")
     if isinstance(error, ModelRefused):

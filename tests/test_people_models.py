@@ -213,3 +213,68 @@ def test_every_offered_target_works_for_every_method_on_the_big_ones(stack, prod
         atlas = producer_api.atlas({"model": model, "layers": every, "units": 1, "iterations": 2, "seed": 1,
                                     "method": method})
         assert atlas.wait(timeout=3600).done == len(every), method
+
+
+def test_sweeps_and_every_objective_work_on_a_nested_layer(stack, producer_api, registered, tmp_path):
+    """A backbone's layer by path: a sweep of three channels, then one job whose objective composes a channel, a
+    neuron, a direction, DeepDream's layer term and a caricature of an uploaded picture, all on that layer."""
+    from PIL import Image
+
+    spec = PEOPLE_MODELS["mobilenet_v2_backbone_rescaling"]
+    info = producer_api.model(_model_name("mobilenet_v2_backbone_rescaling"))
+    layer = info.layer(spec.inner_layer)
+    sweep = producer_api.sweep({"model": info.name, "layer": spec.inner_layer, "features": [0, 1, 2],
+                                "iterations": 2, "seed": 3}).wait(timeout=300)
+    assert len(sweep.jobs) == 3 and (stack.results_dir / sweep.contact_sheet).is_file()
+    picture = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(picture)
+    terms = [{"objective": "channel", "feature": 1, "weight": 1.0},
+             {"objective": "neuron", "feature": 2, "weight": 0.5},
+             {"objective": "direction", "vector": [1.0] * layer.channels, "weight": 0.1},
+             {"objective": "layer", "weight": 0.1},
+             {"objective": "caricature", "image": producer_api.upload_image(picture), "weight": 0.5}]
+    result = producer_api.enqueue({"model": info.name, "layer": spec.inner_layer, "targets": terms,
+                                   "iterations": 2, "seed": 3}).wait(timeout=300)
+    meta = json.loads((stack.results_dir / result.meta).read_text())
+    assert meta["layer_name"] == spec.inner_layer and len(meta["loss"]) == 2
+
+
+def test_a_model_that_preprocesses_itself_climbs_on_raw_pixels(stack, producer_api, registered):
+    info = producer_api.model(_model_name("preprocessing_inside"))
+    assert info.preprocess.kind == "none" and [name.split(" ")[1] for name in info.preprocessing_layers] == \
+        ["(Resizing)", "(Rescaling)", "(Normalization)"]
+    result = producer_api.enqueue({"model": info.name, "layer": PEOPLE_MODELS["preprocessing_inside"].inner_layer,
+                                   "feature": 2, "iterations": 12, "seed": 6}).wait(timeout=300)
+    loss = json.loads((stack.results_dir / result.meta).read_text())["loss"]
+    assert loss[-1] > loss[1]
+
+
+KERAS2_REFUSED = """
+import json, h5py, tf_keras as k2
+model = k2.Sequential([k2.layers.Conv2D(4, 3, input_shape=(16, 16, 3), name="{conv}"),
+                       k2.layers.GlobalAveragePooling2D(), k2.layers.Dense(2)])
+model.save(r"{path}")
+with h5py.File(r"{path}", "r+") as handle:  # a key this Keras 2 never wrote, which Keras 3's Conv2D refuses
+    config = json.loads(handle.attrs["model_config"])
+    config["config"]["layers"][{index}]["config"].update({extra})
+    handle.attrs["model_config"] = json.dumps(config)
+"""
+
+
+@pytest.mark.parametrize("conv,index,extra,refusal", [
+    ("features", 1, {"frobnicate": 1}, "file: Keras 3.15.1 cannot rebuild layer features (Conv2D) of this file: "
+                                       "Unrecognized keyword arguments passed to Conv2D: {'frobnicate': 1}"),
+    ("block1/conv", 1, {}, "file: layer block1/conv: Keras 3 cannot rebuild a layer whose name has '/'"),
+])
+def test_a_keras2_file_keras3_cannot_rebuild_is_refused_naming_the_layer(stack, run_cli, tmp_path, conv, index,
+                                                                         extra, refusal):
+    import subprocess
+    import sys
+
+    path = tmp_path / "keras2.h5"
+    script = KERAS2_REFUSED.format(conv=conv, path=path, index=index, extra=extra)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    refused = run_cli("models", "register", "keras2-refused", "--file", str(path))
+    assert refused.returncode == 2 and refused.stderr.strip() == f"error: {refusal}"
+    assert not (stack.results_dir / "models" / "keras2-refused").exists()
