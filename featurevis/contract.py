@@ -54,7 +54,7 @@ class Defaults:
     count of iterations right for one method's step stops another's before its picture forms.
 
     The TensorFlow side (optvis/robust.py, optvis/maco.py) reads its step's settings here too, so the table
-    `make quality-defaults` chooses (README, "How good the pictures are") is the one place they are set.
+    `make quality-defaults` chooses (docs/methods-and-quality.md) is the one place they are set.
     """
 
     iterations: int

@@ -118,8 +118,8 @@ def _drop_unused(value, dropped: list[str]) -> None:
 
 
 def _refusal(error: Exception, memory_mb: int) -> str:
-    """One line for what went wrong loading or describing: the memory limit, or the layer Keras could not
-    rebuild, where it says."""
+    """One line for what went wrong loading or describing (zoo.load_file names a layer Keras could not rebuild);
+    the memory limit where that is what ran out."""
     from featurevis.registry import ModelRefused
 
     text = " ".join(str(error).split())
@@ -129,27 +129,7 @@ def _refusal(error: Exception, memory_mb: int) -> str:
                 f"refused")
     if isinstance(error, ModelRefused):
         return str(error)
-    rebuild = _unrebuildable_layer(text)
-    if rebuild:
-        return rebuild
     return f"file: {type(error).__name__}: {text[:240]}"
-
-
-def _unrebuildable_layer(text: str) -> str | None:
-    import re
-
-    match = re.search(r"Error when deserializing class '(\w+)' using config=\{'name': '([^']+)'", text)
-    if not match:
-        return None
-    reason = re.search(r"Exception encountered: (.*)$", text)
-    return (f"file: Keras {_keras_version()} cannot rebuild layer {match.group(2)} ({match.group(1)}) of this file"
-            f"{': ' + reason.group(1)[:160] if reason else ''}")
-
-
-def _keras_version() -> str:
-    import keras
-
-    return keras.__version__
 
 
 if __name__ == "__main__":

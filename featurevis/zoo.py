@@ -183,6 +183,10 @@ def load_file(path: str | os.PathLike) -> keras.Model:
 
 def _load_failure(error: Exception) -> str:
     text = " ".join(str(error).split())
+    if rebuild := re.search(r"Error when deserializing class '(\w+)' using config=\{'name': '([^']+)'", text):
+        reason = re.search(r"Exception encountered: (.*)$", text)
+        return (f"Keras {keras.__version__} cannot rebuild layer {rebuild.group(2)} ({rebuild.group(1)}) of this "
+                f"file{': ' + reason.group(1)[:160] if reason else ''}")
     if "Lambda" in text:
         return "has a Lambda layer, whose code Keras' safe_mode refuses to run; rebuild it from built-in layers"
     if match := re.search(r"[Cc]ould not locate (?:class|function) '([^']+)'", text):

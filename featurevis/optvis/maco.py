@@ -15,7 +15,7 @@ Where this differs from Xplique, and why:
   a job's `magnitude: dataset`, the mean spectrum of the model's registered dataset (param.mean_magnitude;
   the factory passes it). Xplique loads ImageNet's mean spectrum for every model. On the shapes models
   their dataset's spectrum is recognized less often than 1/f, so 1/f is the default `make
-  quality-defaults` keeps (README).
+  quality-defaults` keeps (docs/methods-and-quality.md).
 - Pixels are the decorrelated planes mixed through ImageNet's colour correlation, then min-max
   normalized into 0..255 per image, not standardized and squashed by a sigmoid: every step from the
   phase to the pixels is affine, so the magnitude spectrum of the picture itself is the fixed one,
@@ -25,7 +25,7 @@ Where this differs from Xplique, and why:
   jitter, scale, rotate, seeded per image and step), not Xplique's 32 random crops a step: one view
   per image keeps a step's cost that of the other methods, and batching never changes an image.
 - On shapes_cnn its class pictures transfer to the judge far less often than the robust method's; the
-  README ("What MACO does not do yet") has the figures and what was ruled out.
+  docs/methods-and-quality.md ("What MACO does not do yet") has the figures and what was ruled out.
 - The phase of the self-conjugate frequencies (the first column and, for even widths, the last of the
   half-spectrum) is made antisymmetric, so the half-spectrum is that of a real image. Otherwise
   irfft2d keeps only the Hermitian part of those columns and their magnitude would depend on the phase.
