@@ -478,10 +478,10 @@ class _Reader:
         inputs, outputs = (_refs(config.get(key), key) for key in ("input_layers", "output_layers"))
         if fed is not None and len(fed) != len(inputs):
             raise _refuse(f"{_where(names)}: called on {len(fed)} inputs, it has {len(inputs)}")
-        built = self._build_all(layers, names, weights_at, count, skip_inputs=False) if count else {}
+        built = self._build_all(layers, names, weights_at, skip_inputs=False) if count else {}
         graph = _Graph(self, by_name, names, built, fed_inputs=dict(zip((ref[0] for ref in inputs), fed or [])))
-        declared = [graph.shape(graph._model_node(ref)) for ref in inputs]
-        produced = [graph.shape(graph._model_node(ref)) for ref in outputs]
+        declared = [graph.shape(graph.model_node(ref)) for ref in inputs]
+        produced = [graph.shape(graph.model_node(ref)) for ref in outputs]
         self._build_unused(built, names)
         return declared, produced
 
@@ -493,7 +493,7 @@ class _Reader:
         if shape is None:
             raise _refuse(f"{_where(names) or 'the model'}: a Sequential model without an input shape")
         declared = shape
-        built = self._build_all(layers, names, weights_at, count, skip_inputs=True) if count else {}
+        built = self._build_all(layers, names, weights_at, skip_inputs=True) if count else {}
         for layer in layers:
             if layer.get("class_name") == INPUT:
                 continue
@@ -518,7 +518,7 @@ class _Reader:
                     raise _refuse(f"layer {_where(here)}: {error}") from None
                 self._add_weights(place.path, here, weights)
 
-    def _build_all(self, layers: list, names: tuple[str, ...], weights_at: str, count: bool,
+    def _build_all(self, layers: list, names: tuple[str, ...], weights_at: str,
                    skip_inputs: bool) -> dict[str, _Built]:
         """Each layer checked and given its place in the weights file, in the order Keras names those places
         (snake_case of the class, numbered per container; a Sequential's InputLayer has none)."""
@@ -680,9 +680,9 @@ class _Graph:
         if not isinstance(nodes, list) or not 0 <= key[1] < len(nodes):
             raise _refuse(f"layer {where}: no inbound node {key[1]}")
         refs = _node_inputs(nodes[key[1]], where)
-        return [self._model_node(ref) for ref in refs] if isinstance(nodes[key[1]], list) else refs
+        return [self.model_node(ref) for ref in refs] if isinstance(nodes[key[1]], list) else refs
 
-    def _model_node(self, ref: tuple[str, int, int]) -> tuple[str, int, int]:
+    def model_node(self, ref: tuple[str, int, int]) -> tuple[str, int, int]:
         """Keras 2 gave a model its own node 0, so its first call is node 1 there (Keras 3 reads it so too)."""
         name, node, tensor = ref
         nested = self._layer(name).get("class_name") in MODELS

@@ -77,58 +77,46 @@ def _seed(seed: int):
 
 # --- Keras Applications as a frozen-backbone fine-tuning base (the Keras transfer-learning guide's recipe) ---
 
-def _mobilenet_v2(path: Path, rescaling: bool) -> Path:
-    keras = _seed(10)
+def _fine_tuned(path: Path, seed: int, application: str, classes: int, name: str, rescaling: bool = False,
+                dropout: bool = False, **options) -> Path:
+    """A Keras Application (32x32, no top, untrained) frozen and called as one layer, then GAP, an optional
+    Dropout(0.2) and a Dense softmax head: the guide's model, with its layer names fixed."""
+    keras = _seed(seed)
     layers = keras.layers
-    base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
+    base = getattr(keras.applications, application)(input_shape=(32, 32, 3), include_top=False, weights=None,
+                                                    **options)
     base.trainable = False
     inputs = keras.Input((32, 32, 3))
     # Keras 3's stand-in for keras.applications.mobilenet_v2.preprocess_input ([0, 255] -> [-1, 1]) in the model.
     x = layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")(inputs) if rescaling else inputs
     x = base(x, training=False)
     x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
-    outputs = layers.Dense(5, activation="softmax", name="dense")(x)
-    return _save(keras.Model(inputs, outputs, name="flowers"), path)
+    x = layers.Dropout(0.2, name="dropout")(x) if dropout else x
+    outputs = layers.Dense(classes, activation="softmax", name="dense")(x)
+    return _save(keras.Model(inputs, outputs, name=name), path)
 
 
 def mobilenet_v2_backbone(path: Path) -> Path:
     """MobileNetV2 (alpha 0.35, 32x32) without its top, nested as one layer, GAP, Dense(5) softmax."""
-    return _mobilenet_v2(path, rescaling=False)
+    return _fine_tuned(path, 10, "MobileNetV2", 5, "flowers", alpha=0.35)
 
 
 def mobilenet_v2_backbone_rescaling(path: Path) -> Path:
     """`mobilenet_v2_backbone` with `Rescaling(1/127.5, offset=-1)` before the base: takes 0-255 pixels."""
-    return _mobilenet_v2(path, rescaling=True)
+    return _fine_tuned(path, 10, "MobileNetV2", 5, "flowers", rescaling=True, alpha=0.35)
 
 
 def efficientnet_b0_backbone(path: Path) -> Path:
     """EfficientNetB0 (32x32) without its top, nested; GAP, Dense(4) softmax. Rescaling(1/255) and an
     (un-adapted: mean 0, variance 1) Normalization are inside the base, so it takes 0-255 pixels."""
-    keras = _seed(11)
-    layers = keras.layers
-    base = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
-    base.trainable = False
-    inputs = keras.Input((32, 32, 3))
-    x = base(inputs, training=False)
-    x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
-    outputs = layers.Dense(4, activation="softmax", name="dense")(x)
-    return _save(keras.Model(inputs, outputs, name="weather"), path)
+    return _fine_tuned(path, 11, "EfficientNetB0", 4, "weather")
 
 
 def resnet50_backbone(path: Path) -> Path:
     """ResNet50 (32x32) without its top, nested; GAP, Dropout(0.2), Dense(3) softmax. ResNet50's caffe-style
     preprocess_input (BGR, mean subtracted) is left to the caller, as the guide's users do. About 24M
     parameters: a ~90 MB file however small the input."""
-    keras = _seed(12)
-    layers = keras.layers
-    base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
-    base.trainable = False
-    inputs = keras.Input((32, 32, 3))
-    x = base(inputs, training=False)
-    x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
-    x = layers.Dropout(0.2, name="dropout")(x)
-    outputs = layers.Dense(3, activation="softmax", name="dense")(x)
-    return _save(keras.Model(inputs, outputs, name="rock_paper_scissors"), path)
+    return _fine_tuned(path, 12, "ResNet50", 3, "rock_paper_scissors", dropout=True)
 
 
 # --- mini-Xception of oarriaga/face_classification (src/models/cnn.py), in Keras 3 and in tf_keras ---
@@ -361,10 +349,10 @@ PEOPLE_MODELS: dict[str, PeopleModel] = {
     "mini_xception_h5": PeopleModel(
         mini_xception_h5, "separable_conv2d_5", EMOTIONS, "conv_gap", False,
         "The same mini-Xception built and saved by tf_keras (Keras 2) in a subprocess: a legacy HDF5 file. "
-        "Keras 3.15.1 refuses it: tf_keras writes every SeparableConv2D's config with Conv's keys (groups, "
-        "kernel_initializer, kernel_regularizer, kernel_constraint), and Keras 3's SeparableConv2D rejects "
-        "them ('Unrecognized keyword arguments passed to SeparableConv2D'). A SeparableConv2D subclass that "
-        "drops the four keys, given as custom_objects, loads it with tf_keras's predictions exactly.",
+        "Keras 3.15.1's own load_model refuses it: tf_keras writes every SeparableConv2D's config with Conv's "
+        "keys (groups, kernel_initializer, kernel_regularizer, kernel_constraint), and Keras 3's "
+        "SeparableConv2D rejects them. Registration drops those unused keys (featurevis/describe_model.py) "
+        "and serves it with tf_keras's predictions exactly.",
         suffix=".hdf5", input_shape=MINI_XCEPTION_INPUT, loads_in_keras3=False),
     "squeezenet_style": PeopleModel(
         squeezenet_style, "fire3_expand3x3",

@@ -47,7 +47,8 @@ def _merged(name: str, merge) -> keras.Model:
 def _layer_models() -> list[keras.Model]:
     """Every layer the check takes, in the configurations image models use."""
     return [
-        _probe("conv", (9, 11, 3), L.Conv2D(5, 3), L.Conv2D(4, (3, 2), strides=2, padding="same", use_bias=False),
+        _probe("conv", (9, 11, 3), L.Conv2D(5, 3, name="first"),
+               L.Conv2D(4, (3, 2), strides=2, padding="same", use_bias=False),
                L.Conv2D(6, 3, dilation_rate=2, padding="same"), L.Conv2D(6, 1, groups=2)),
         _probe("depthwise", (10, 10, 4), L.DepthwiseConv2D(3), L.DepthwiseConv2D(3, strides=2, padding="same",
                                                                                    depth_multiplier=2)),
@@ -253,21 +254,21 @@ def _first(config: dict, class_name: str) -> dict:
 
 @pytest.mark.parametrize("change,message", [
     (lambda c: _first(c, "Conv2D").update(module="os"),
-     "file: layer conv2d: names module 'os'; only Keras' own layer modules are taken"),
+     "file: layer first: names module 'os'; only Keras' own layer modules are taken"),
     (lambda c: _first(c, "Conv2D")["config"].update(activation={"module": "keras.config", "class_name": "function",
                                                                  "config": "set_floatx", "registered_name": None}),
-     "file: layer conv2d: references the function keras.config.set_floatx; only Keras' activations may be named"),
+     "file: layer first: references the function keras.config.set_floatx; only Keras' activations may be named"),
     (lambda c: _first(c, "Conv2D")["config"].update(kernel_initializer={"module": "keras.config",
                                                                          "class_name": "set_floatx", "config": {}}),
-     "file: layer conv2d: set_floatx is not one of Keras' built-in initializers"),
+     "file: layer first: set_floatx is not one of Keras' built-in initializers"),
     (lambda c: _first(c, "Conv2D")["config"].update(filepath="https://example.com/weights.h5"),
-     "file: layer conv2d: filepath names a file ('https://example.com/weights.h5')"),
+     "file: layer first: filepath names a file ('https://example.com/weights.h5')"),
     (lambda c: _first(c, "Conv2D")["config"].update(note="/etc/passwd"),
-     "file: layer conv2d: the value '/etc/passwd' names a file or an address"),
+     "file: layer first: the value '/etc/passwd' names a file or an address"),
     (lambda c: _first(c, "Conv2D")["config"].update(data_format="channels_first"),
-     "file: layer conv2d: data_format 'channels_first': only channels_last models are served"),
+     "file: layer first: data_format 'channels_first': only channels_last models are served"),
     (lambda c: _first(c, "Conv2D")["build_config"].update(input_shape=[None, 9, 11, 300]),
-     "file: layer conv2d: its build_config input (None, 9, 11, 300) is not its input (None, 9, 11, 3)"),
+     "file: layer first: its build_config input (None, 9, 11, 300) is not its input (None, 9, 11, 3)"),
     (lambda c: _first(c, "Conv2D")["inbound_nodes"][0]["args"][0]["config"].update(keras_history=["nowhere", 0, 0]),
      "file: the model: a node names layer 'nowhere', which it lacks"),
 ])

@@ -20,6 +20,9 @@ from featurevis import registry, targets
 from tests import people_models
 from tests.people_models import PEOPLE_MODELS
 
+# Keras 2 files keep a list for their model's inputs; calling such a model on one array here says so, harmlessly.
+pytestmark = pytest.mark.filterwarnings("ignore:The structure of `inputs` doesn't match:UserWarning")
+
 FAST = ["mobilenet_v2_backbone_rescaling", "mini_xception", "mini_xception_h5", "squeezenet_style", "flatten_head",
         "multilabel_sigmoid", "sequential_backbone", "preprocessing_inside"]
 SLOW = ["mobilenet_v2_backbone", "efficientnet_b0_backbone", "resnet50_backbone"]
@@ -87,10 +90,10 @@ def _layer_value(model: keras.Model, path: str, pixels: np.ndarray) -> np.ndarra
     head, _, rest = path.partition("/")
     layer = model.get_layer(head)
     if not rest:
-        return keras.Model(model.inputs[0], layer.output)(pixels).numpy()
+        return keras.Model(model.inputs, layer.output)([pixels]).numpy()
     before = [item for item in model.layers if not isinstance(item, keras.layers.InputLayer)]
     index = before.index(layer)
-    fed = pixels if index == 0 else keras.Model(model.inputs[0], before[index - 1].output)(pixels).numpy()
+    fed = pixels if index == 0 else keras.Model(model.inputs, before[index - 1].output)([pixels]).numpy()
     return _layer_value(layer, rest, fed)
 
 
@@ -125,7 +128,7 @@ def test_a_class_by_name_and_an_inner_layer_by_path_are_what_the_saved_model_com
     bare = spec.inner_layer.rsplit("/", 1)[-1]
     if bare != spec.inner_layer:  # a nested layer's own name, unique in the model, names it too
         same = producer_api.enqueue({"model": info.name, "layer": bare, "feature": 1, "iterations": 3, "seed": 2})
-        assert same.specs[0].layer == spec.inner_layer
+        assert same.specs[0].layer == spec.inner_layer and same.wait(timeout=300).cached  # the same job
 
 
 def test_the_class_target_is_the_value_entering_the_final_activation(stack, producer_api, registered):
@@ -182,11 +185,11 @@ def _every_target(info: registry.ModelInfo) -> list[str]:
     return [layer.name for layer in info.layers] + (["logits"] if info.classes else [])
 
 
-@pytest.mark.parametrize("name", ["squeezenet_style", "sequential_backbone"])
+@pytest.mark.parametrize("name", ["sequential_backbone"])
 def test_every_offered_target_works(stack, producer_api, registered, name):
     """Every layer `models show` lists and the logits, one unit each in an atlas, by gradient ascent; every
-    method on the first layer, the innermost listed layer and the logits. (An all-convolutional classifier and
-    a model nested two deep; the rest, every method on every target, in `make test-all`.)"""
+    method on the first layer, the innermost listed layer and the logits. (A model nested two deep; every
+    model, every method on every target, in `make test-all`.)"""
     info = producer_api.model(_model_name(name))
     every = _every_target(info)
     atlas = producer_api.atlas({"model": info.name, "layers": every, "units": 1, "iterations": 2, "seed": 1})
@@ -201,8 +204,7 @@ def test_every_offered_target_works(stack, producer_api, registered, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*SLOW, "mini_xception", "mini_xception_h5", "flatten_head", "multilabel_sigmoid",
-                                  "preprocessing_inside"])
+@pytest.mark.parametrize("name", [*SLOW, *FAST])
 def test_every_offered_target_works_for_every_method_on_the_big_ones(stack, producer_api, run_cli, name, tmp_path):
     path = people_models.build(name, tmp_path)
     model = f"all-{_model_name(name)}"
