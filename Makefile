@@ -33,8 +33,8 @@ browser:
 demo: setup
 	$(PY) -m devstack.demo
 
-# Every test but the scale test (marked slow): the whole suite took 7 minutes on 2 idle Intel Xeon cores but
-# 12 on AVX2 EPYC ones, past the 10 allowed; `make test-all` runs the scale test too.
+# Every test but those marked slow (the scale test; every target of every people model by every method):
+# README.md says how long each takes; `make test-all` runs them too.
 test: setup
 	$(PY) -m pytest -m "not slow"
 

@@ -1,6 +1,7 @@
 """Shared fixtures: a real stack (Redis on a free port, a prefork worker) and a TF factory in this process."""
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ def stack(tmp_path_factory):
                     redis_dir=base / "redis", extra_env={"KERAS_HOME": str(keras_home)},
                     flower_port=free_port(), flower_auth=FLOWER_AUTH) as running:
         yield running
+        gc.collect()  # results that waited on this Redis unsubscribe when collected: before it stops
 
 
 @pytest.fixture(scope="session")
