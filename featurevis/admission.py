@@ -20,7 +20,9 @@ from pathlib import Path
 
 from featurevis import modelcheck, registry, sandbox
 from featurevis.registry import ModelRefused
-from featurevis.store import LEGACY_MODEL_FILE, MODEL_FILE
+from featurevis.store import MODEL_FILE, ONNX_MODEL_FILE
+
+FORMAT_NAMES = {modelcheck.KERAS: ".keras", modelcheck.LEGACY_H5: "Keras 2 HDF5", modelcheck.ONNX: "ONNX"}
 
 
 def admit(models: registry.Registry, request: dict) -> dict:
@@ -33,10 +35,9 @@ def admit(models: registry.Registry, request: dict) -> dict:
     path = _upload(models, name, version, source["file"])
     if registry.version_of_file(path) != version:
         raise ModelRefused(f"sha256: the stored file's hash is not {version}")
-    checked = modelcheck.check_file(path)
-    if (checked.format == modelcheck.LEGACY_H5) != (source["file"] == LEGACY_MODEL_FILE):
-        raise ModelRefused(f"file: its content is a {'Keras 2 HDF5' if checked.format == modelcheck.LEGACY_H5 else '.keras'}"
-                           f" file, uploaded as {source['file']}")
+    checked = modelcheck.check_file(path, input_size=source.get("input_size"))
+    if modelcheck.UPLOAD_NAMES[checked.format] != source["file"]:
+        raise ModelRefused(f"file: its content is a {FORMAT_NAMES[checked.format]} file, uploaded as {source['file']}")
     with sandbox.described(request, path) as verdict:
         description = verdict.description
         if verdict.converted is not None:
@@ -62,12 +63,13 @@ def _upload(models: registry.Registry, name: str, version: str, file_name: str) 
 
 
 def served_file(models: registry.Registry, info: registry.ModelInfo) -> Path:
-    """The `.keras` file a serving process may load for a registered model: the stored file whose sha256 the
-    description records, checked again; ModelRefused (one line) otherwise."""
+    """The file a serving process may load for a registered model (its `.keras`, or its `.onnx`): the stored
+    file whose sha256 the description records, checked again; ModelRefused (one line) otherwise."""
     expected = info.description.get("file_sha256", info.sha256)
-    path = models.model_file(info.name, info.sha256, sha256=expected)
+    file_name = ONNX_MODEL_FILE if info.source.get("file") == ONNX_MODEL_FILE else MODEL_FILE
+    path = models.model_file(info.name, info.sha256, file_name=file_name, sha256=expected)
     if registry.version_of_file(path) != expected:
-        raise ModelRefused(f"file: the stored {MODEL_FILE} of {info.name} is not the file registered as "
+        raise ModelRefused(f"file: the stored {file_name} of {info.name} is not the file registered as "
                            f"{info.sha256[:12]} (it changed in the store); register it again")
-    modelcheck.check_file(path)
+    modelcheck.check_file(path, input_size=info.source.get("input_size"))
     return path

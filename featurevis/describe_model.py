@@ -77,6 +77,8 @@ def _describe(folder: Path, order: dict) -> dict:
         return {"description": zoo.describe(network, name, version, source, request["preprocess"], class_names,
                                             default_preprocess), "converted": False}
     path = folder / order["file"]
+    if path.suffix == ".onnx":
+        return _describe_onnx(path, request)
     dropped = _keras3_config(path) if path.suffix == ".h5" else []
     network = zoo.load_file(path)
     description = zoo.describe(network, name, version, source, request["preprocess"], request["class_names"])
@@ -85,6 +87,24 @@ def _describe(folder: Path, order: dict) -> dict:
     network.save(folder / "converted.keras")
     description["converted_from"] = {"format": "Keras 2 HDF5", "sha256": version, "dropped_keys": dropped}
     return {"description": description, "converted": True}
+
+
+def _describe_onnx(path: Path, request: dict) -> dict:
+    """Built op by op, verified node by node against onnxruntime, described like a Keras model; PyTorch's
+    preprocessing by default."""
+    from featurevis import onnxcheck, onnxgraph, zoo
+    from featurevis.registry import ModelRefused
+
+    source = request["source"]
+    network = zoo.load_onnx(path, source.get("input_size"))
+    try:
+        worst = onnxgraph.verify(onnxcheck.parse(path), network)
+    except onnxgraph.NodeFailed as error:
+        raise ModelRefused(f"file: {error}; refused") from None
+    description = zoo.describe(network, request["name"], request["sha256"], source, request["preprocess"],
+                               request["class_names"], default_preprocess="torch")
+    description["onnx"] = {"verified_samples": onnxgraph.VERIFY_SAMPLES, "worst_difference_of_tolerance": worst}
+    return {"description": description, "converted": False}
 
 
 def _keras3_config(path: Path) -> list[str]:

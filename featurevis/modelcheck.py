@@ -48,9 +48,14 @@ import h5py
 from featurevis import layershapes
 from featurevis.layershapes import Shape, ShapeError, values
 from featurevis.registry import ModelRefused, max_model_bytes
+from featurevis.store import LEGACY_MODEL_FILE, MODEL_FILE, ONNX_MODEL_FILE
 
 KERAS = "keras"  # a Keras 3 archive: metadata.json, config.json, model.weights.h5 in a zip
 LEGACY_H5 = "h5"  # a Keras 2 file: the config in an HDF5 attribute, the weights beside it
+ONNX = "onnx"  # an ONNX ModelProto (protobuf): checked by featurevis/onnxcheck.py, which needs `onnx`
+# A serialized ModelProto starts with its ir_version (field 1, a varint: tag 0x08, 3-15), then another field's tag.
+ONNX_FIELD_TAGS = {0x12, 0x1a, 0x22, 0x28, 0x32, 0x3a, 0x42}
+UPLOAD_NAMES = {KERAS: MODEL_FILE, LEGACY_H5: LEGACY_MODEL_FILE, ONNX: ONNX_MODEL_FILE}  # a file's name in the store
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
 
@@ -119,14 +124,16 @@ class Limits:
 class Checked:
     """What the check read of a file that passed."""
 
-    format: str  # KERAS or LEGACY_H5
+    format: str  # KERAS, LEGACY_H5 or ONNX
     params: int  # the values loading allocates for the model's variables
     layers: int  # every layer, nested ones included
     keras_version: str | None  # the Keras that saved it, as the file says
 
 
-def check_file(path: str | os.PathLike, limits: Limits | None = None) -> Checked:
-    """The file read as data; ModelRefused (one line, `file: ...`) for anything a serving process must not load."""
+def check_file(path: str | os.PathLike, limits: Limits | None = None,
+               input_size: tuple[int, int] | None = None) -> Checked:
+    """The file read as data; ModelRefused (one line, `file: ...`) for anything a serving process must not load.
+    `input_size`: an ONNX graph's height and width, where it leaves them open."""
     limits, path = limits or Limits.from_env(), Path(path)
     size = path.stat().st_size
     if size > limits.max_bytes:
@@ -136,14 +143,38 @@ def check_file(path: str | os.PathLike, limits: Limits | None = None) -> Checked
         return _check_archive(path, limits)
     if kind == LEGACY_H5:
         return _check_legacy(path, limits)
-    raise ModelRefused("file: is not a Keras model file (a .keras archive, or a Keras 2 .h5 file)")
+    if kind == ONNX:
+        from featurevis import onnxcheck  # imports onnx: workers only
+
+        model, params = onnxcheck.check_file(path, limits.max_params, input_size)
+        return Checked(ONNX, params, len(model.graph.node), None)
+    raise ModelRefused("file: is not a model file featurevis reads (a .keras archive, a Keras 2 .h5 file or an "
+                       ".onnx file)")
+
+
+def check_upload(path: str | os.PathLike) -> str:
+    """What the producer checks before it uploads a file, without TensorFlow or onnx: a Keras file wholly
+    (check_file), an ONNX file its size and kind (the worker checks its graph before anything is built).
+    The file's format."""
+    limits, path = Limits.from_env(), Path(path)
+    if file_format(path) != ONNX:
+        return check_file(path, limits).format
+    size = path.stat().st_size
+    if size > limits.max_bytes:
+        raise ModelRefused(f"file: {size} bytes, over the limit of {limits.max_bytes} (FEATUREVIS_MODEL_MAX_BYTES)")
+    return ONNX
 
 
 def file_format(path: str | os.PathLike) -> str | None:
-    """KERAS or LEGACY_H5 by the file's first bytes (never by its name), or None."""
+    """KERAS, LEGACY_H5 or ONNX by the file's first bytes (never by its name), or None."""
     with open(path, "rb") as handle:
         head = handle.read(len(HDF5_SIGNATURE))
-    return KERAS if head.startswith(ZIP_SIGNATURE) else LEGACY_H5 if head == HDF5_SIGNATURE else None
+    if head.startswith(ZIP_SIGNATURE):
+        return KERAS
+    if head == HDF5_SIGNATURE:
+        return LEGACY_H5
+    onnx_like = len(head) >= 3 and head[0] == 0x08 and 3 <= head[1] <= 15 and head[2] in ONNX_FIELD_TAGS
+    return ONNX if onnx_like else None
 
 
 def _refuse(reason: str) -> ModelRefused:

@@ -31,7 +31,8 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-from featurevis.store import CURRENT, DESCRIPTION, LEGACY_MODEL_FILE, MODEL_FILE, MODELS, model_key, ResultStore
+from featurevis.store import (CURRENT, DESCRIPTION, LEGACY_MODEL_FILE, MODEL_FILE, MODELS, ONNX_MODEL_FILE, model_key,
+                              ResultStore)
 
 SHIPPED_DIR = Path(__file__).parent / "models"
 LOGITS = "logits"
@@ -40,6 +41,8 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 REQUEST_FIELDS = ("name", "sha256", "source", "preprocess", "class_names")  # of featurevis.register_model
 WEIGHTS = ("imagenet", "none")  # a Keras Application's
+UPLOADS = (MODEL_FILE, LEGACY_MODEL_FILE, ONNX_MODEL_FILE)  # what a user's file is uploaded as, by its format
+INPUT_SIZES = range(8, 4097)  # an ONNX graph's height and width, where the graph leaves them open
 
 # How 0..255 pixels reach a network: pixels (after an RGB->BGR flip where `bgr`) * scale + offset, per channel.
 _TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -90,6 +93,7 @@ class Layer:
     width: int | None
     conv_id: int | None = None  # its index among the Conv2D layers in creation order; None for other types
     tutorial_name: str | None = None  # the tutorial's name for it (InceptionV3 only), e.g. mixed/conv
+    node: str | None = None  # an ONNX model's: the node's own name, e.g. /layer3/layer3.0/conv1/Conv
 
 
 @dataclass(frozen=True)
@@ -135,10 +139,11 @@ class ModelInfo:
 
     def layer(self, name: str) -> Layer | None:
         """A layer by its name (a nested layer's path, `backbone/block_6_expand`, or its bare name where no other
-        layer has it) or, for InceptionV3, the tutorial's (`mixed/conv`, with or without `/Conv2D`)."""
+        layer has it), for InceptionV3 the tutorial's (`mixed/conv`, with or without `/Conv2D`), for an ONNX
+        model its node's (`/layer3/layer3.0/conv1/Conv`)."""
         wanted = name[:-len("/Conv2D")] if name.endswith("/Conv2D") else name
         for layer in self.layers:
-            if name == layer.name or wanted == layer.tutorial_name:
+            if name in (layer.name, layer.node) or wanted == layer.tutorial_name:
                 return layer
         bare = [layer for layer in self.layers if layer.name.rsplit("/", 1)[-1] == name]
         return bare[0] if len(bare) == 1 else None
@@ -391,10 +396,12 @@ def _now() -> str:
 def registration_request(fields: dict) -> dict:
     """A `featurevis.register_model` request, checked without TensorFlow; ModelRefused, one line, otherwise.
 
-    {"name", "sha256", "source": {"file": "model.keras" | "model.h5"} or {"keras_app": "ResNet50", "weights":
+    {"name", "sha256", "source": {"file": "model.keras" | "model.h5" | "model.onnx", optionally "input_size":
+     [height, width] for an ONNX graph that leaves them open} or {"keras_app": "ResNet50", "weights":
      "imagenet"|"none"}, "preprocess": a name, {"scale", "offset"} or null, "class_names": a list of strings or null}.
     For a file, sha256 is the file's (it is uploaded to models/<name>/<sha256>/<file> first: model.h5 for a
-    Keras 2 file); for a Keras Application, the hash of its recipe (application_recipe).
+    Keras 2 file, model.onnx for an ONNX one); for a Keras Application, the hash of its recipe
+    (application_recipe).
     """
     if not isinstance(fields, dict) or set(fields) - set(REQUEST_FIELDS):
         raise ModelRefused(f"request: must be an object with fields {', '.join(REQUEST_FIELDS)}")
@@ -402,20 +409,33 @@ def registration_request(fields: dict) -> dict:
     if name in BUILTINS:
         raise ModelRefused(f"name: {name} is a built-in model; register yours under another name")
     source = fields.get("source")
-    if source in ({"file": MODEL_FILE}, {"file": LEGACY_MODEL_FILE}):
+    if isinstance(source, dict) and source.get("file") in UPLOADS and set(source) <= {"file", "input_size"}:
+        if "input_size" in source:
+            check_input_size(source["input_size"], source["file"])
         version = fields.get("sha256")
         if not isinstance(version, str) or not SHA256.fullmatch(version):
             raise ModelRefused("sha256: must be the model file's sha256, 64 lowercase hex digits")
     elif isinstance(source, dict) and set(source) == {"keras_app", "weights"}:
         version = version_of_recipe(application_recipe(source["keras_app"], source["weights"], fields.get("preprocess")))
     else:
-        raise ModelRefused(f'source: must be {{"file": "{MODEL_FILE}"|"{LEGACY_MODEL_FILE}"}} or {{"keras_app": NAME, "weights": '
-                           f'imagenet|none}}, got {json.dumps(source, default=repr)[:60]}')
+        raise ModelRefused(f'source: must be {{"file": "{MODEL_FILE}"|"{LEGACY_MODEL_FILE}"|"{ONNX_MODEL_FILE}"}} or '
+                           f'{{"keras_app": NAME, "weights": imagenet|none}}, got {json.dumps(source, default=repr)[:60]}')
     class_names = fields.get("class_names")
     if class_names is not None and not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):
         raise ModelRefused("class_names: must be null or a list of strings, one per class")
     return {"name": name, "sha256": version, "source": source, "preprocess": fields.get("preprocess"),
             "class_names": class_names}
+
+
+def check_input_size(size: object, file_name: str = ONNX_MODEL_FILE) -> list[int]:
+    """[height, width] for an ONNX graph that leaves them open; ModelRefused (one line) otherwise."""
+    valid = isinstance(size, list) and len(size) == 2 and all(
+        isinstance(side, int) and not isinstance(side, bool) and side in INPUT_SIZES for side in size)
+    if not valid or file_name != ONNX_MODEL_FILE:
+        raise ModelRefused(f"input_size: an ONNX model's height and width, two integers in {INPUT_SIZES.start}.."
+                           f"{INPUT_SIZES.stop - 1}, got {json.dumps(size, default=repr)[:40]}"
+                           f"{'' if file_name == ONNX_MODEL_FILE else ' (for a Keras file, which fixes its own)'}")
+    return size
 
 
 def changed_options(description: dict, request: dict) -> str | None:
@@ -430,6 +450,9 @@ def changed_options(description: dict, request: dict) -> str | None:
             return f"preprocess {description['preprocess']['kind']}"
     if request["class_names"] is not None and request["class_names"] != description["class_names"]:
         return "other class names"
+    if request["source"].get("input_size", description["source"].get("input_size")) != \
+            description["source"].get("input_size"):
+        return f"input size {description['input_shape'][:2]}"
     return None
 
 

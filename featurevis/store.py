@@ -70,6 +70,7 @@ GALLERY_LOCK = ".gallery.lock"
 MODELS = "models"
 MODEL_FILE = "model.keras"  # the file every worker serves
 LEGACY_MODEL_FILE = "model.h5"  # a Keras 2 upload, kept beside the model.keras it was converted to
+ONNX_MODEL_FILE = "model.onnx"  # an ONNX upload, served as it is (featurevis/onnxgraph.py builds it)
 DESCRIPTION = "description.json"
 CURRENT = "current.json"
 

@@ -57,7 +57,7 @@ def all_layers(model: keras.Model) -> list[Found]:
     single output per layer: it is left out (its layers would be ambiguous targets)."""
     found = []
     graph = _graph(model)
-    for layer in model.layers:
+    for layer in _in_graph_order(model.layers):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         if isinstance(layer, keras.Model):
@@ -66,6 +66,29 @@ def all_layers(model: keras.Model) -> list[Found]:
             continue
         found.append(Found(layer.name, layer))
     return found
+
+
+def _in_graph_order(layers: list[keras.layers.Layer]) -> list[keras.layers.Layer]:
+    """A model built from an ONNX graph (featurevis/onnxgraph.py) lists its layers in the graph's node order,
+    which its `conv_id`s and `models show` follow; a Keras model keeps its own."""
+    if not any(hasattr(layer, "graph_index") for layer in layers):
+        return layers
+    return sorted(layers, key=lambda layer: getattr(layer, "graph_index", -1))
+
+
+def target_name(found: Found) -> str:
+    """What a job calls a layer: its path, or for an ONNX node the module path the exporter gave it."""
+    return getattr(found.layer, "target_name", found.path)
+
+
+def layer_type(layer: keras.layers.Layer) -> str:
+    """A Keras layer's class name, or an ONNX node's op type."""
+    return getattr(layer, "op_type", type(layer).__name__)
+
+
+def is_convolution(layer: keras.layers.Layer) -> bool:
+    """What `conv_id` counts: Keras' Conv2D layers, and an ONNX graph's Conv nodes."""
+    return type(layer) is keras.layers.Conv2D or getattr(layer, "op_type", None) == "Conv"
 
 
 def spatial_layers(model: keras.Model) -> list[Found]:
@@ -145,13 +168,14 @@ def outputs_of(model: keras.Model, paths: list[str]) -> dict[str, keras.KerasTen
 
 
 def conv_layers_in_creation_order(model: keras.Model) -> list[Found]:
-    """The Conv2D layers, nested ones included, in the order `conv_id` indexes: Keras' creation order.
+    """The Conv2D layers, nested ones included, in the order `conv_id` indexes: Keras' creation order (an
+    ONNX graph's Conv nodes: the graph's order).
 
     Keras numbers auto-named layers conv2d, conv2d_1, ... as it creates them, so
     where all are auto-named the numbers give the order (model.layers is a
     traversal order instead: InceptionV3's 6th there is conv2d_8); where any is
     named, the model's own order, nested layers in their place."""
-    layers = [found for found in all_layers(model) if type(found.layer) is keras.layers.Conv2D]
+    layers = [found for found in all_layers(model) if is_convolution(found.layer)]
     if layers and all(AUTO_CONV.fullmatch(found.layer.name) for found in layers):
         return sorted(layers, key=lambda found: int(AUTO_CONV.fullmatch(found.layer.name).group(1) or 0))
     return layers
@@ -187,7 +211,7 @@ def class_head(model: keras.Model) -> ClassHead:
         if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
             logits = _inputs(layer, tensor)[0]
             source = logits._keras_history.operation
-            head = ClassHead(None, 0, activation, source.name, f"{type(source).__name__} (output)")
+            head = ClassHead(None, 0, activation, _named(source), f"{layer_type(source)} (output)")
         else:
             logits = _linear_twin(layer)(_inputs(layer, tensor)[0])
             head = ClassHead(None, 0, activation, layer.name, f"{type(layer).__name__} (pre-activation)")
@@ -202,7 +226,11 @@ def class_head(model: keras.Model) -> ClassHead:
 def _output_head(output, layer) -> ClassHead:
     """No final activation: the output is the logits."""
     value = "pre-activation" if hasattr(layer, "activation") else "output"
-    return ClassHead(output, int(output.shape[-1]), None, layer.name, f"{type(layer).__name__} ({value})")
+    return ClassHead(output, int(output.shape[-1]), None, _named(layer), f"{layer_type(layer)} ({value})")
+
+
+def _named(layer: keras.layers.Layer) -> str:
+    return getattr(layer, "target_name", layer.name)
 
 
 def _no_head(reason: str) -> ClassHead:

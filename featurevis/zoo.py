@@ -3,7 +3,8 @@
 A registered model comes from one of three sources:
 - a user's `.keras` file (or the `.keras` a Keras 2 `.h5` was converted to),
   loaded only after the static check passes again (featurevis/admission.py)
-  and with Keras' `safe_mode` besides;
+  and with Keras' `safe_mode` besides; or a user's `.onnx` file, checked the
+  same way and built op by op (featurevis/onnxgraph.py);
 - a Keras Application by name, whose ImageNet weights go through Keras' own
   loading and cache (`$KERAS_HOME/models`), so a file an operator drops there is
   found and a machine with network access downloads it as Keras always does;
@@ -148,7 +149,7 @@ def build(info: ModelInfo, models: registry.Registry) -> keras.Model:
             raise WeightsUnavailable(f"model {info.name}: weights file {path} is missing; "
                                      f"run scripts/train_shapes.py to write it")
         return ARCHITECTURES[source["architecture"]](str(path))
-    return load_file(admission.served_file(models, info))
+    return load_file(admission.served_file(models, info), source.get("input_size"))
 
 
 def application(name: str, app: str, weights: str) -> keras.Model:
@@ -169,9 +170,12 @@ def application(name: str, app: str, weights: str) -> keras.Model:
         ) from None
 
 
-def load_file(path: str | os.PathLike) -> keras.Model:
+def load_file(path: str | os.PathLike, input_size: list[int] | None = None) -> keras.Model:
     """A model file that passed the static check (featurevis/modelcheck.py), with Keras' `safe_mode` besides;
-    ModelRefused, one line, for any file Keras cannot load. Keras picks its reader by the file's suffix."""
+    ModelRefused, one line, for any file Keras cannot load. Keras picks its reader by the file's suffix; an
+    `.onnx` file is built by featurevis/onnxgraph.py (`input_size` fixes the height and width it leaves open)."""
+    if str(path).endswith(".onnx"):
+        return load_onnx(path, input_size)
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - every failure to load is the file's fault
@@ -179,6 +183,17 @@ def load_file(path: str | os.PathLike) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise ModelRefused(f"file: holds a {type(model).__name__}, not a Keras model")
     return model
+
+
+def load_onnx(path: str | os.PathLike, input_size: list[int] | None = None) -> keras.Model:
+    """An ONNX file that passed the static check, as a Keras model of its nodes; ModelRefused, one line, where a
+    node cannot be built (the node named)."""
+    from featurevis import onnxcheck, onnxgraph  # onnx: the `onnx` extra, which workers install
+
+    try:
+        return onnxgraph.build(onnxcheck.parse(path), tuple(input_size) if input_size else None)
+    except onnxgraph.NodeFailed as error:
+        raise ModelRefused(f"file: {error}") from None
 
 
 def _load_failure(error: Exception) -> str:
@@ -265,7 +280,7 @@ def describe(model: keras.Model, name: str, version: str, source: dict, preproce
         raise ModelRefused(f"class_names: the model has {head.classes} classes"
                            f"{f' ({head.reason})' if head.reason else ''}, got {len(class_names)} names")
     rename = "keras_app" in source  # built in this process: undo Keras' per-process numbering
-    names = fresh_process_names(model, spatial) if rename else [found.path for found in spatial]
+    names = fresh_process_names(model, spatial) if rename else [targets.target_name(found) for found in spatial]
     conv_ids = {id(found.layer): index for index, found in enumerate(targets.conv_layers_in_creation_order(model))}
     tutorial = TUTORIAL_NAMES.get(source.get("keras_app"), lambda: [])()
     shapes = targets.outputs_of(model, [found.path for found in spatial])
@@ -273,8 +288,10 @@ def describe(model: keras.Model, name: str, version: str, source: dict, preproce
     for found, layer_name in zip(spatial, names):
         conv_id = conv_ids.get(id(found.layer))
         shape = shapes[found.path].shape
-        entry = {"name": layer_name, "type": type(found.layer).__name__, "channels": int(shape[-1]),
+        entry = {"name": layer_name, "type": targets.layer_type(found.layer), "channels": int(shape[-1]),
                  "height": shape[1], "width": shape[2], "conv_id": conv_id}
+        if getattr(found.layer, "node", None):
+            entry["node"] = found.layer.node  # the ONNX node's own name, which jobs may give instead
         if tutorial and conv_id is not None:
             entry["tutorial_name"] = tutorial[conv_id]
         layers.append(entry)

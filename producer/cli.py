@@ -115,13 +115,17 @@ def _models_parser(models: argparse.ArgumentParser) -> None:
     register = actions.add_parser("register", help="put a model into the registry (waits for a worker's verdict)")
     register.add_argument("name", help="[a-z0-9_-]{1,64}: what jobs will call it")
     source = register.add_mutually_exclusive_group(required=True)
-    source.add_argument("--file", help="a .keras file (Keras' safe_mode: no Lambda layers or custom objects)")
+    source.add_argument("--file", help="a .keras, Keras 2 .h5 or .onnx file (no Lambda layers or custom objects; "
+                                       "ONNX: the ops docs/onnx.md lists)")
     source.add_argument("--keras-app", help="a Keras Application by name, e.g. ResNet50")
     register.add_argument("--weights", default="imagenet", choices=("imagenet", "none"),
                           help="a Keras Application's weights, from $KERAS_HOME/models (default imagenet)")
     register.add_argument("--preprocess", default=None,
                           help="how 0..255 pixels reach the model: inception, caffe, torch, unit or none "
-                               "(default: unit for a file, the application's own for --keras-app)")
+                               "(default: unit for a Keras file, torch for ONNX, the application's own for "
+                               "--keras-app)")
+    register.add_argument("--input-size", type=_numbers, default=None,
+                          help="H,W: an ONNX graph's picture size, where its export left it open")
     register.add_argument("--scale", type=_numbers, default=None, help="instead of --preprocess: per-channel scale")
     register.add_argument("--offset", type=_numbers, default=None, help="with --scale: per-channel offset")
     register.add_argument("--class-names", default=None, help="a JSON list, or a text file of one class name a line")
@@ -261,13 +265,13 @@ def _models(producer: Producer, args: argparse.Namespace) -> int:
         preprocess = {"scale": args.scale, "offset": args.offset or [0.0]} if args.scale else args.preprocess
         verdict = producer.register_model(args.name, file=args.file, keras_app=args.keras_app, weights=args.weights,
                                           preprocess=preprocess, class_names=_class_names(args.class_names),
-                                          wait=not args.no_wait)
+                                          input_size=args.input_size, wait=not args.no_wait)
         print(f"{args.name} {verdict['sha256']}", flush=True)
         if verdict.get("already"):
             print(f"note: {args.name} is already registered at this version; nothing queued", file=sys.stderr)
         elif verdict["registered"]:
             print(f"registered {args.name}: input {verdict['input_shape']}, {verdict['layers']} layers "
-                  f"({verdict['conv_layers']} Conv2D), {verdict['classes']} classes", file=sys.stderr)
+                  f"({verdict['conv_layers']} convolutions), {verdict['classes']} classes", file=sys.stderr)
         if args.dataset and verdict["registered"]:
             _dataset_added(producer.add_dataset(args.name, args.dataset, verdict["sha256"]), args.name)
     return 0

@@ -27,7 +27,7 @@ from kombu.utils.url import maybe_sanitize_url
 from featurevis import atlas, atlas_pages, contract, images, modelcheck, registry, store
 from featurevis.contract import JobError
 from featurevis.registry import ModelRefused
-from featurevis.store import LEGACY_MODEL_FILE, MODEL_FILE, ResultStore
+from featurevis.store import ResultStore
 
 POLL_SECONDS = 0.25
 REGISTER_SECONDS = 600  # a verdict needs a worker to load the model: allow for a queue ahead of it
@@ -134,17 +134,18 @@ class Producer:
 
     def register_model(self, name: str, file: str | os.PathLike | None = None, keras_app: str | None = None,
                        weights: str = "imagenet", preprocess: str | dict | None = None,
-                       class_names: list[str] | None = None, wait: bool = True,
+                       class_names: list[str] | None = None, input_size: list[int] | None = None, wait: bool = True,
                        timeout: float = REGISTER_SECONDS) -> dict:
-        """Put a model into the registry: a `.keras` or Keras 2 `.h5` `file`, or a Keras Application by name
-        (`keras_app`).
+        """Put a model into the registry: a `.keras`, Keras 2 `.h5` or `.onnx` `file` (`input_size`: an ONNX
+        graph's [height, width], where its export left them open), or a Keras Application by name (`keras_app`).
 
-        The file is checked here first (featurevis/modelcheck.py: it is read as data, never loaded), then goes
-        into the store under its sha256, and a worker validates and describes it (`featurevis.register_model`,
-        in a disposable process). With `wait`, returns the verdict's summary or raises ModelRefused (one line);
+        A Keras file is checked here first (featurevis/modelcheck.py: it is read as data, never loaded), an
+        ONNX file by its kind and size (the worker checks its graph); then the file goes into the store under
+        its sha256, and a worker validates and describes it (`featurevis.register_model`, in a disposable
+        process). With `wait`, returns the verdict's summary or raises ModelRefused (one line);
         registering what is already the name's current version returns at once and queues nothing.
         """
-        request = self._registration(name, file, keras_app, weights, preprocess, class_names)
+        request = self._registration(name, file, keras_app, weights, preprocess, class_names, input_size)
         models, version = self.registry, request["sha256"]
         described = models.description(name, version)
         if described is not None:
@@ -190,20 +191,21 @@ class Producer:
             raise ModelRefused(f"model: no registered model {name}{f' at {version}' if version else ''}") from None
 
     @staticmethod
-    def _registration(name, file, keras_app, weights, preprocess, class_names) -> dict:
+    def _registration(name, file, keras_app, weights, preprocess, class_names, input_size=None) -> dict:
         """The register_model request, after every check that needs no worker (nothing is uploaded yet)."""
         registry.check_name(name)
         if (file is None) == (keras_app is None):
-            raise ModelRefused("file: give a .keras file or a Keras Application (keras_app), one of the two")
+            raise ModelRefused("file: give a model file or a Keras Application (keras_app), one of the two")
         if file is None:
             source, version = {"keras_app": keras_app, "weights": weights}, None
         else:
             path = Path(file)
             if not path.is_file():
                 raise ModelRefused(f"file: {str(path)[:120]} is not a file")
-            checked = modelcheck.check_file(path)  # before anything is uploaded
-            upload = LEGACY_MODEL_FILE if checked.format == modelcheck.LEGACY_H5 else MODEL_FILE
+            upload = modelcheck.UPLOAD_NAMES[modelcheck.check_upload(path)]  # before anything is uploaded
             source, version = {"file": upload}, registry.version_of_file(path)
+            if input_size is not None:
+                source["input_size"] = input_size
         return registry.registration_request({"name": name, "sha256": version, "source": source,
                                               "preprocess": preprocess, "class_names": class_names})
 
