@@ -17,9 +17,11 @@ Measures, in one run on inception_v3_untrained at 299x299, and writes bench/resu
    atlas's batched tasks and as a bare batched loop of the same math; and the bare loop's seconds per unit
    and iteration on inception_v3_untrained at batch 1, 4 and 16, from which an InceptionV3 atlas is costed;
 10. registration (bench/registration.py): what the static check and the disposable process add to registering
-   the models people bring, and what refusing a hostile file costs.
+   the models people bring, and what refusing a hostile file costs;
+11. ONNX (bench/onnx_speed.py): a step on a ResNet-50 built from its ONNX graph against the same network built
+   in Keras.
 
-`--efficiency` runs parts 7 and 8 alone, `--atlas` part 9 alone, `--registration` part 10 alone.
+`--efficiency` runs parts 7 and 8 alone, `--atlas` part 9 alone, `--registration` part 10 alone, `--onnx` part 11.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from types import SimpleNamespace
 import numpy as np
 import tensorflow as tf
 
-from bench import registration
+from bench import onnx_speed, registration
 from devstack.stack import LocalStack
 from featurevis import contract, registry
 from featurevis.atlas import DEFAULT_BATCH
@@ -480,9 +482,20 @@ def registration_only() -> int:
     return 0
 
 
+def onnx_only() -> int:
+    results = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(), "device": device_name(),
+               "onnx": onnx_speed.run()}
+    (ROOT / "bench" / "results-onnx.json").write_text(json.dumps(results, indent=1) + "\n")
+    print("\n| measure | value | goal |\n|---|---|---|")
+    onnx_speed.print_rows(results)
+    return 0
+
+
 def main() -> int:
     if "--registration" in sys.argv:
         return registration_only()
+    if "--onnx" in sys.argv:
+        return onnx_only()
     if "--efficiency" in sys.argv:
         return efficiency_only()
     if "--atlas" in sys.argv:
@@ -517,6 +530,8 @@ def main() -> int:
     if not quick:
         print("6. precision: bf16 mixed precision vs float32 (bare loop)", flush=True)
         results["precision"] = precision([5, 93, "logits"], ITERATIONS)
+        print("11. ONNX: a ResNet-50 graph's step against its Keras twin's", flush=True)
+        results["onnx"] = onnx_speed.run()
     written = ROOT / "bench" / ("results-quick.json" if quick else "results.json")
     written.write_text(json.dumps(results, indent=1) + "\n")
     print_table(results)
@@ -542,6 +557,7 @@ def print_table(r: dict) -> None:
     print_efficiency(r, header=False)
     print_atlas(r, header=False)
     registration.print_rows(r)
+    onnx_speed.print_rows(r)
     for conv_id, row in r.get("precision", {}).items():
         print(f"| bf16 speedup, conv {conv_id} (picture correlation) | {row['bf16_speedup']:.2f} "
               f"({row['picture_correlation']:.3f}) | keep fp32 unless faster and the same picture |")

@@ -291,5 +291,6 @@ def test_the_parameter_bound_is_the_operators(saved, monkeypatch):
 def test_a_file_that_is_neither_is_named_so(tmp_path):
     text = tmp_path / "model.keras"
     text.write_text("not a model")
-    with pytest.raises(ModelRefused, match=r"^file: is not a Keras model file \(a \.keras archive, or a Keras 2 \.h5"):
+    with pytest.raises(ModelRefused, match=r"^file: is not a model file featurevis reads \(a \.keras archive, a "
+                                           r"Keras 2 \.h5 file or an \.onnx file\)"):
         modelcheck.check_file(text)

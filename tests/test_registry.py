@@ -225,7 +225,7 @@ class Doubling(keras.layers.Layer):
 
 
 REFUSALS = [
-    ("text", "file: is not a Keras model file (a .keras archive, or a Keras 2 .h5 file)"),
+    ("text", "file: is not a model file featurevis reads (a .keras archive, a Keras 2 .h5 file or an .onnx file)"),
     ("truncated", "file: is not a valid .keras file"),
     ("lambda", "file: layer times_two: a Lambda layer runs code named by the file (whatever its function)"),
     ("flat", "file: the model must take one image input, (batch, height, width, channels)"),
