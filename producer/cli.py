@@ -22,7 +22,7 @@ from tqdm import tqdm
 from featurevis import contract
 from featurevis.contract import JobError
 from featurevis.registry import ModelInfo, ModelRefused
-from featurevis.store import ResultStore
+from featurevis.store import ONNX_MODEL_FILE, ResultStore
 from producer.client import BrokerUnavailable, Job, JobFailed, Producer
 
 EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE = 1, 2, 3
@@ -295,23 +295,26 @@ def _class_names(path: str | None) -> list[str] | None:
 
 
 def _summary_line(info: ModelInfo) -> str:
-    source = info.source.get("keras_app") or info.source.get("architecture") or "file"
+    source = info.source.get("keras_app") or info.source.get("architecture") or \
+        ("onnx file" if info.source.get("file") == ONNX_MODEL_FILE else "file")
     convs = len(info.conv_layers)
+    kind = "Conv" if info.source.get("file") == ONNX_MODEL_FILE else "Conv2D"
     return (f"{info.name:24} {info.sha256[:12]}  {source:14} input {'x'.join(map(str, info.input_shape)):11} "
-            f"{len(info.layers):4} layers ({convs} Conv2D, conv_id 0..{convs - 1})  {info.classes} classes")
+            f"{len(info.layers):4} layers ({convs} {kind}, conv_id 0..{convs - 1})  {info.classes} classes")
 
 
 def _details(info: ModelInfo) -> str:
     """What a job may target: every layer with its conv_id and channels, then the classes."""
+    width = max([40, *(len(layer.name) for layer in info.layers)])  # a nested layer's path, an ONNX module's
     lines = [_summary_line(info), f"version   {info.sha256}", f"source    {json.dumps(info.source)}",
              f"preprocess {info.preprocess.kind}: pixels{'[BGR]' if info.preprocess.bgr else ''} x "
              f"{list(info.preprocess.scale)} + {list(info.preprocess.offset)}"
              + (f" (the model preprocesses its own input: {', '.join(info.preprocessing_layers)})"
                 if info.preprocessing_layers else ""),
-             f"{'conv_id':>7}  {'layer':40} {'type':22} {'channels':>8}  size     tutorial"]
+             f"{'conv_id':>7}  {'layer':{width}} {'type':22} {'channels':>8}  size     tutorial"]
     for layer in info.layers:
         conv_id = "" if layer.conv_id is None else layer.conv_id
-        lines.append(f"{conv_id:>7}  {layer.name:40} {layer.type:22} {layer.channels:>8}  "
+        lines.append(f"{conv_id:>7}  {layer.name:{width}} {layer.type:22} {layer.channels:>8}  "
                      f"{layer.height}x{layer.width:<5} {layer.tutorial_name or ''}")
     if info.classes:
         shown = ", ".join(f"{index} {name}" for index, name in enumerate(info.class_names[:10]))

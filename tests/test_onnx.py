@@ -87,7 +87,9 @@ def test_models_show_lists_nodes_by_module_path_conv_ids_in_graph_order(producer
     assert info.preprocess.kind == "torch" and info.input_shape == ((64, 64, 3) if name == "yolo_onnx" else (32, 32, 3))
     assert info.classes == expected.classes and info.class_activation == expected.activation
     shown = run_cli("models", "show", _name(name)).stdout
-    assert expected.inner in shown
+    assert f"onnx file      input {'x'.join(map(str, info.input_shape))}" in shown
+    assert f"layers ({len(convs)} Conv, conv_id 0..{len(convs) - 1})" in shown
+    assert re.search(rf"^ +\d*  {re.escape(expected.inner)} +\w+ +\d+ ", shown, re.M), shown
     if not expected.classes:
         assert info.no_classes == "its output is (None, 12, 320), not a vector of class scores"
 
