@@ -76,3 +76,14 @@ def _corner_spread(images: np.ndarray) -> np.ndarray:
     corners = np.stack([images[:, :6, :6], images[:, :6, -6:], images[:, -6:, :6], images[:, -6:, -6:]], axis=1)
     means = corners.mean(axis=(2, 3))  # (n, 4, 3)
     return (means.max(axis=1) - means.min(axis=1)).max(axis=1)
+
+
+# The judge is frozen (issue 28): never retrained, re-chosen or re-weighted after seeing a method's scores.
+FROZEN_JUDGE_SHA256 = "776da27b4043bfb231828bd30857640e95cc0aa503505af680c69909889af2fb"
+
+
+def test_the_judge_is_frozen_and_the_readme_pins_it():
+    weights = registry.shipped_weights_file("shapes_judge")
+    assert registry.version_of_file(weights) == FROZEN_JUDGE_SHA256, \
+        "shapes_judge's weights changed: a judge is frozen before what it judges changes (README, issue 28)"
+    assert FROZEN_JUDGE_SHA256 in (Path(__file__).resolve().parent.parent / "README.md").read_text()
