@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -71,7 +72,8 @@ def _onnxruntime(path, pixels_nhwc: np.ndarray, outputs: list[str]) -> list[np.n
     model.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in outputs
                               if name not in {output.name for output in model.graph.output})
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(outputs, {"input": np.transpose(pixels_nhwc, (0, 3, 1, 2)).astype(np.float32)})
+    image = session.get_inputs()[0].name
+    return session.run(outputs, {image: np.transpose(pixels_nhwc, (0, 3, 1, 2)).astype(np.float32)})
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -180,6 +182,49 @@ def test_less_common_ops_match_onnxruntime():
 
     model = onnx_models.less_common_ops()
     assert 0 < onnxgraph.verify(model, onnxgraph.build(model)) < 1
+
+
+TORCH_EXPORTS = Path(__file__).parent / "data" / "torch_exports"  # scripts/export_torch_samples.py, PyTorch 2.13
+# Each file PyTorch's legacy exporter wrote: some targets it offers, its classes and their final activation.
+TORCH_EXPECTED = {
+    "resnet": (["conv1", "maxpool", "layer1/layer1.0/relu_1", "layer2/layer2.0/downsample/downsample.0", "avgpool"],
+               5, None),
+    "mbconv": (["features/features.1/features.1.0", "features/features.2/fc1", "features/features.2",
+                "features/features.3/features.3.2"], 5, "softmax"),
+    "yolo": (["model.0", "model.1/cv1", "model.1/Slice_1", "model.1", "model.4"], 0, None),
+    "odd": (["Pad", "conv", "prelu", "AveragePool", "Resize"], 4, None),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCH_EXPECTED))
+def test_pytorch_exports_build_and_match_onnxruntime(name):
+    """Files PyTorch itself exported (torch.onnx.export(..., opset_version=17, dynamo=False)): checked, built,
+    every node within tolerance of onnxruntime, targets named by module path, the classes found."""
+    from featurevis import onnxgraph, targets
+
+    model, _ = onnxcheck.check_file(TORCH_EXPORTS / f"{name}.onnx", modelcheck.Limits.from_env().max_params)
+    network = onnxgraph.build(model)
+    assert 0 < onnxgraph.verify(model, network) < 1
+    offered, classes, activation = TORCH_EXPECTED[name]
+    names = [targets.target_name(found) for found in targets.spatial_layers(network)]
+    assert set(offered) <= set(names) and len(set(names)) == len(names), names
+    head = targets.class_head(network)
+    assert (head.classes, head.activation) == (classes, activation)
+
+
+def test_a_pytorch_export_serves_its_class_logits_through_the_cli(stack, run_cli, producer_api):
+    """PyTorch's own export, registered as a user would: a class job climbs the value entering its softmax."""
+    path = TORCH_EXPORTS / "mbconv.onnx"
+    done = run_cli("models", "register", "torch-mbconv", "--file", str(path))
+    assert done.returncode == 0, done.stderr
+    info = producer_api.model("torch-mbconv")
+    assert (info.classes, info.class_activation, info.logits_layer) == (5, "softmax", "classifier/classifier.1")
+    result = producer_api.enqueue({"model": "torch-mbconv", "class": 3, "iterations": 3, "seed": 1}).wait(timeout=300)
+    meta = json.loads((stack.results_dir / result.meta).read_text())
+    scale, offset = (np.array(part, dtype="float32") for part in (info.preprocess.scale, info.preprocess.offset))
+    pixels = np.load(stack.results_dir / result.array)[None] * scale + offset
+    [logits] = _onnxruntime(path, pixels, ["/classifier/classifier.1/Gemm_output_0"])
+    assert meta["quality"]["objective"] == pytest.approx(float(logits[0, 3]), rel=1e-3, abs=1e-4)
 
 
 def test_the_interpreter_runs_exactly_the_ops_the_check_allows():
