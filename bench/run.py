@@ -19,9 +19,12 @@ Measures, in one run on inception_v3_untrained at 299x299, and writes bench/resu
 10. registration (bench/registration.py): what the static check and the disposable process add to registering
    the models people bring, and what refusing a hostile file costs;
 11. ONNX (bench/onnx_speed.py): a step on a ResNet-50 built from its ONNX graph against the same network built
-   in Keras.
+   in Keras;
+12. peers (bench/peers.py): Xplique and tf-keras-vis, installed into a folder of their own, each in its own
+   process, against the bare loop and the service's whole job, on the same work.
 
-`--efficiency` runs parts 7 and 8 alone, `--atlas` part 9 alone, `--registration` part 10 alone, `--onnx` part 11.
+`--efficiency` runs parts 7 and 8 alone, `--atlas` part 9 alone, `--registration` part 10 alone, `--onnx` part 11,
+`--peers` part 12.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from types import SimpleNamespace
 import numpy as np
 import tensorflow as tf
 
-from bench import onnx_speed, registration
+from bench import onnx_speed, peers, registration
 from devstack.stack import LocalStack
 from featurevis import contract, registry
 from featurevis.atlas import DEFAULT_BATCH
@@ -491,7 +494,19 @@ def onnx_only() -> int:
     return 0
 
 
+def peers_only() -> int:
+    results = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(), "device": device_name()}
+    with scratch_stack(MODEL) as stack:
+        results["peers"] = peers.run(Service(stack))
+    (ROOT / "bench" / "results-peers.json").write_text(json.dumps(results, indent=1) + "\n")
+    print("\n| measure | value | goal |\n|---|---|---|")
+    peers.print_rows(results)
+    return 0
+
+
 def main() -> int:
+    if "--peers" in sys.argv:
+        return peers_only()
     if "--registration" in sys.argv:
         return registration_only()
     if "--onnx" in sys.argv:
@@ -527,6 +542,8 @@ def main() -> int:
             run_efficiency(results, stack, service, factory, repeats)
             run_atlas(results, service, factory)
             results["registration"] = registration.run(service.producer)
+            print("12. peers: Xplique and tf-keras-vis on the same work, each in its own process", flush=True)
+            results["peers"] = peers.run(service)
     if not quick:
         print("6. precision: bf16 mixed precision vs float32 (bare loop)", flush=True)
         results["precision"] = precision([5, 93, "logits"], ITERATIONS)
@@ -558,6 +575,7 @@ def print_table(r: dict) -> None:
     print_atlas(r, header=False)
     registration.print_rows(r)
     onnx_speed.print_rows(r)
+    peers.print_rows(r)
     for conv_id, row in r.get("precision", {}).items():
         print(f"| bf16 speedup, conv {conv_id} (picture correlation) | {row['bf16_speedup']:.2f} "
               f"({row['picture_correlation']:.3f}) | keep fp32 unless faster and the same picture |")

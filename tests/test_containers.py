@@ -293,9 +293,9 @@ def test_dockerfile_pins_tensorflow_and_runs_as_non_root():
     assert users, "no USER line: the container would run as root"
     # Numeric, or Kubernetes' runAsNonRoot cannot verify it; and not root.
     assert re.fullmatch(r"\d+:\d+", users[-1]) and users[-1].split(":")[0] != "0", users[-1]
-    # The runtime and its `s3` extra, never the test tools or devstack's.
+    # The runtime and its `s3` and `onnx` extras (a worker serves ONNX files), never the test tools or devstack's.
     installs = [line for line in lines if "pip install" in line]
-    assert any(re.search(r'pip install --no-cache-dir "\.\[s3\]"', line) for line in installs), installs
+    assert any(re.search(r'pip install --no-cache-dir "\.\[s3,onnx\]"', line) for line in installs), installs
     assert not any(re.search(r"\[[^]]*\b(test|dev)\b|requirements|pytest", line) for line in installs), installs
     assert any(line.startswith("CMD ") and '"worker"' in line for line in lines)
 
