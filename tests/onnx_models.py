@@ -80,6 +80,19 @@ class Graph:
         y = self.conv(x, f"{scope}/{last}.{conv}", cin, cout, k, stride, groups)
         return self.bn(y, f"{scope}/{last}.{norm}", cout)
 
+    def expand_and_depthwise(self, x: str, prefix: str, channels: int, hidden: int, stride: int,
+                             activation) -> tuple[str, int]:
+        """An inverted residual's start (torchvision's MobileNetV2 and EfficientNet): a 1x1 expansion where
+        `hidden` > `channels`, then a 3x3 depthwise convolution, each normalized and activated; the output,
+        and the index of the next part (`prefix.N`)."""
+        part, last = 0, prefix.rsplit("/", 1)[-1]
+        if hidden != channels:
+            x = activation(self.conv_bn(x, f"{prefix}.0", channels, hidden, 1), f"{prefix}.0/{last}.0.2")
+            part = 1
+        x = activation(self.conv_bn(x, f"{prefix}.{part}", hidden, hidden, 3, stride, groups=hidden),
+                       f"{prefix}.{part}/{last}.{part}.2")
+        return x, part + 1
+
     def relu(self, x: str, scope: str) -> str:
         return self.one("Relu", [x], f"{scope}/Relu")
 
@@ -166,14 +179,9 @@ def mobilenet_v2(size: int = 32, classes: int = 5, fuse_bn: bool = True, seed: i
     for number, (expand, out, stride) in enumerate([(1, 8, 1), (4, 12, 2), (4, 12, 1)], start=1):
         scope = f"/features/features.{number}/conv"
         hidden = channels * expand
-        y, part = x, 0
-        if expand != 1:
-            y = g.relu6(g.conv_bn(y, f"{scope}/conv.0", channels, hidden, 1), f"{scope}/conv.0/conv.0.2")
-            part = 1
-        y = g.relu6(g.conv_bn(y, f"{scope}/conv.{part}", hidden, hidden, 3, stride, groups=hidden),
-                    f"{scope}/conv.{part}/conv.{part}.2")
-        y = g.conv(y, f"{scope}/conv.{part + 1}", hidden, out, 1)
-        y = g.bn(y, f"{scope}/conv.{part + 2}", out)
+        y, part = g.expand_and_depthwise(x, f"{scope}/conv", channels, hidden, stride, g.relu6)
+        y = g.conv(y, f"{scope}/conv.{part}", hidden, out, 1)
+        y = g.bn(y, f"{scope}/conv.{part + 1}", out)
         x = g.one("Add", [x, y], f"/features/features.{number}/Add") if stride == 1 and channels == out else y
         channels = out
     x = g.relu6(g.conv_bn(x, "/features/features.4", channels, 32, 1), "/features/features.4/features.4.2")
@@ -188,20 +196,15 @@ def efficientnet(size: int = 32, classes: int = 5, fuse_bn: bool = True, seed: i
     for number, (expand, out, stride) in enumerate([(1, 16, 1), (4, 24, 2)], start=1):
         scope = f"/features/features.{number}/features.{number}.0/block"
         hidden = channels * expand
-        y, part = x, 0
-        if expand != 1:
-            y = g.silu(g.conv_bn(y, f"{scope}/block.0", channels, hidden, 1), f"{scope}/block.0/block.0.2")
-            part = 1
-        y = g.silu(g.conv_bn(y, f"{scope}/block.{part}", hidden, hidden, 3, stride, groups=hidden),
-                   f"{scope}/block.{part}/block.{part}.2")
-        se = f"{scope}/block.{part + 1}"
+        y, part = g.expand_and_depthwise(x, f"{scope}/block", channels, hidden, stride, g.silu)
+        se = f"{scope}/block.{part}"
         squeezed = g.one("GlobalAveragePool", [y], f"{se}/avgpool/GlobalAveragePool")
         squeezed = g.silu(g.conv(squeezed, f"{se}/fc1", hidden, max(1, hidden // 4), 1, bias=True),
                           f"{se}/activation")
         scale = g.one("Sigmoid", [g.conv(squeezed, f"{se}/fc2", max(1, hidden // 4), hidden, 1, bias=True)],
                       f"{se}/scale_activation/Sigmoid")
         y = g.one("Mul", [scale, y], f"{se}/Mul")
-        y = g.conv_bn(y, f"{scope}/block.{part + 2}", hidden, out, 1)
+        y = g.conv_bn(y, f"{scope}/block.{part + 1}", hidden, out, 1)
         x = g.one("Add", [y, x], f"/features/features.{number}/features.{number}.0/Add") \
             if stride == 1 and channels == out else y
         channels = out
