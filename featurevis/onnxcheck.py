@@ -26,7 +26,7 @@ from onnx import TensorProto
 
 from featurevis.registry import ModelRefused
 
-# What onnxgraph.IMPLEMENTATIONS computes, and Shape (read from the static shapes while building).
+# What onnxgraph.IMPLEMENTATIONS computes, and what it computes from constants only while building (FOLDED).
 OPS = frozenset({
     "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat", "Constant",
     "ConstantOfShape", "Conv", "Div", "Dropout", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor",
