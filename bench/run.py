@@ -11,7 +11,8 @@ Measures, in one run on inception_v3_untrained at 299x299, and writes bench/resu
 6. bf16 mixed precision against float32 on this CPU: speed, and how far the picture moves;
 7. `job_efficiency`: a bare loop of only the objective's math (the compiled step, the same number of
    iterations, nothing else) over the whole job as a client sees it (enqueue to SUCCESS), for the
-   default job at conv_id 5, 50, 93 and the logits, and shapes_cnn robust at 100 iterations;
+   default job at conv_id 5, 50, 93 and the logits, and shapes_cnn robust at 100 iterations; and the fixed cost
+   of a job, everything but its climb, in milliseconds and broken down (bench/fixed_cost.py);
 8. cold start: seconds from starting a worker process to its first result, with and without --preload;
 9. the atlas: units per minute for one layer's 64 units (shapes_cnn conv_id 2) as single jobs, as an
    atlas's batched tasks and as a bare batched loop of the same math; and the bare loop's seconds per unit
@@ -23,7 +24,7 @@ Measures, in one run on inception_v3_untrained at 299x299, and writes bench/resu
 12. peers (bench/peers.py): Xplique and tf-keras-vis, installed into a folder of their own, each in its own
    process, against the bare loop and the service's whole job, on the same work.
 
-`--efficiency` runs parts 7 and 8 alone, `--atlas` part 9 alone, `--registration` part 10 alone, `--onnx` part 11,
+`--efficiency` runs parts 7 and 8 alone (`--fixed-cost` 7b alone), `--atlas` part 9 alone, `--registration` part 10 alone, `--onnx` part 11,
 `--peers` part 12.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ from types import SimpleNamespace
 import numpy as np
 import tensorflow as tf
 
-from bench import onnx_speed, peers, registration
+from bench import fixed_cost, onnx_speed, peers, registration
 from devstack.stack import LocalStack
 from featurevis import contract, registry
 from featurevis.atlas import DEFAULT_BATCH
@@ -470,6 +471,8 @@ def run_efficiency(results: dict, stack: LocalStack, service: Service, factory: 
     print("7. job efficiency: bare loop of the step / the whole job, enqueue to SUCCESS", flush=True)
     results["efficiency"] = job_efficiency(service, factory, repeats)
     results["job_efficiency"] = {name: row["efficiency"] for name, row in results["efficiency"].items()}
+    print("7b. a job's fixed cost: everything but its climb, broken down", flush=True)
+    results["fixed_cost"] = fixed_cost.run(service, factory, repeats)
     print("8. cold start: a new worker's first result", flush=True)
     results["cold_start"] = cold_start(stack, service)
 
@@ -494,6 +497,16 @@ def onnx_only() -> int:
     return 0
 
 
+def fixed_cost_only() -> int:
+    results = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(), "device": device_name()}
+    with scratch_stack(MODEL) as stack:
+        results["fixed_cost"] = fixed_cost.run(Service(stack), ModelFactory())
+    (ROOT / "bench" / "results-fixed-cost.json").write_text(json.dumps(results, indent=1) + "\n")
+    print("\n| measure | value | goal |\n|---|---|---|")
+    fixed_cost.print_rows(results)
+    return 0
+
+
 def peers_only() -> int:
     results = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(), "device": device_name()}
     with scratch_stack(MODEL) as stack:
@@ -507,6 +520,8 @@ def peers_only() -> int:
 def main() -> int:
     if "--peers" in sys.argv:
         return peers_only()
+    if "--fixed-cost" in sys.argv:
+        return fixed_cost_only()
     if "--registration" in sys.argv:
         return registration_only()
     if "--onnx" in sys.argv:
@@ -587,6 +602,7 @@ def print_efficiency(r: dict, header: bool = True) -> None:
     for name, row in r.get("efficiency", {}).items():
         print(f"| job_efficiency.{name} (bare {row['bare_s']:.2f} s / job {row['job_s']:.2f} s) | "
               f"{row['efficiency']:.3f} | >= {TARGETS_GOALS['job_efficiency']} |")
+    fixed_cost.print_rows(r)
     for name, row in r.get("cold_start", {}).items():
         print(f"| cold start, {name.replace('_', ' ')}: worker start to first result | {row['first_result_s']:.1f} s "
               f"(build {row['model_load_s']:.1f}, trace {row['compile_s']:.1f}, job {row['optimize_s']:.1f}) | |")

@@ -64,13 +64,16 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
                         state=acquired.step.start(seeds, picture), classify=acquired.model.classify,
                         on_progress=_progress(specs, info.class_names, on_progress),
                         frame_every=max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0)
-    timings = contract.Timings(model_load_s=acquired.model_load_s, compile_s=acquired.compile_s,
-                              optimize_s=time.perf_counter() - started, started_at=started_at, batch_size=len(specs))
+    optimize_s = time.perf_counter() - started
     final = ascent.predictions[-1].probabilities if ascent.predictions else None
     # Scores read channel means: a direction is its channels' weights already, a neuron counts as its channel.
     channel_view = terms.channels + terms.neurons.sum(axis=(1, 2))
     scores = scoring.scores(acquired.probe, ascent.images, channel_view, final, first.layer == LOGITS,
                             factory.models.judge(first.model))
+    timings = contract.Timings(model_load_s=acquired.model_load_s, compile_s=acquired.compile_s,
+                              optimize_s=optimize_s, started_at=started_at, batch_size=len(specs),
+                              predictions_s=ascent.predictions_s,
+                              scores_s=time.perf_counter() - started - optimize_s)
     history = {name: np.stack([getattr(stats, name) for stats in ascent.history])  # (iterations, images)
                for name in render.StepStats._fields}
     return Batch(acquired, timings, [_share(spec, rows, ascent, history, scores, acquired, info.class_names)

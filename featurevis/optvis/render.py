@@ -105,6 +105,7 @@ class Ascent(NamedTuple):
     predictions: list[Prediction]
     frames: list[np.ndarray] = []  # batch images every `frame_every` iterations, when asked for
     extras: dict[str, np.ndarray] = {}  # the step's per-image maps at the end (CompiledStep.extras)
+    predictions_s: float = 0.0  # of the loop's time, what its class predictions took
 
 
 ProgressCallback = Callable[[int, StepStats, "Prediction | None"], None]
@@ -159,6 +160,7 @@ def run(step: CompiledStep, seeds: list[int], weights: np.ndarray | objectives.T
     state = step.start(seeds) if state is None else state
     history, predictions, frames = [], [], []
     prediction_s = classify.cost_s * len(seeds) if classify is not None else 0.0
+    predictions_s = 0.0
     started = last_progress = last_prediction = time.perf_counter()
     for done in range(1, iterations + 1):
         state, stats = step.advance(state, *arguments)
@@ -171,13 +173,14 @@ def run(step: CompiledStep, seeds: list[int], weights: np.ndarray | objectives.T
             predictions.append(predicted)
             last_prediction = time.perf_counter()
             prediction_s = last_prediction - now
+            predictions_s += prediction_s
         if frame_every and (done % frame_every == 0 or final):
             frames.append(step.pixels(state).numpy())
         if on_progress is not None and (final or predicted is not None or now - last_progress >= cadence.progress_s):
             on_progress(done, StepStats(*(value.numpy() for value in stats)), predicted)
             last_progress = now
     extras = {name: value.numpy() for name, value in step.extras(state).items()} if step.extras else {}
-    return Ascent(step.pixels(state).numpy(), _on_host(history), predictions, frames, extras)
+    return Ascent(step.pixels(state).numpy(), _on_host(history), predictions, frames, extras, predictions_s)
 
 
 def _on_host(history: list[StepStats]) -> list[StepStats]:
