@@ -12,11 +12,12 @@ RUNS runs (the machine may be shared: the fastest run is the fairest figure):
   regularizers, and at its defaults.
 The service itself, a whole job from enqueue to result through Redis and a warm worker, is timed by bench/run.py.
 
-The peers are installed by the bench into a folder of their own (`bench/.peers`, `pip install --target
---no-deps`), never into the service's environment: Xplique 2.0.2 declares TensorFlow <= 2.20 and imports
-OpenCV and scikit-learn at its top, so its feature-visualization modules are imported alone; tf-keras-vis
-0.8.7 needs scipy, imageio and deprecated beside it. A peer that cannot be installed or imported is reported
-as such, with the reason.
+The peers are installed by the bench into a virtual environment of their own (`bench/.peers`, `pip install
+--no-deps`), never into the service's; it sees the service's packages (the same TensorFlow and Keras) through
+a `.pth` file naming their folder. Xplique 2.0.2 declares TensorFlow <= 2.20 and imports OpenCV and
+scikit-learn at its top, so its feature-visualization modules are imported alone; tf-keras-vis 0.8.7 needs
+scipy, imageio and deprecated beside it. A peer that cannot be installed or imported is reported as such,
+with the reason.
 """
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import time
 import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_DIR = ROOT / "bench" / ".peers"
+PEERS_PYTHON = PEERS_DIR / "bin" / "python"
 # What the bench installs, pinned: the two peers and what tf-keras-vis imports that the service does not have.
 PACKAGES = ["xplique==2.0.2", "tf-keras-vis==0.8.7", "scipy==1.17.1", "imageio==2.38.2", "deprecated==1.3.1",
             "wrapt==2.5.2"]
@@ -40,24 +43,30 @@ RUNS = 5
 
 
 def install() -> str | None:
-    """The peers into PEERS_DIR; None, or why they could not be installed (one line)."""
+    """The peers' environment in PEERS_DIR; None, or why it could not be made (one line)."""
     stamp = PEERS_DIR / ".installed"
     if stamp.is_file() and stamp.read_text() == "\n".join(PACKAGES):
         return None
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           "--no-deps", "--upgrade", "--target", str(PEERS_DIR), *PACKAGES],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        return " ".join(done.stderr.split())[-300:] or f"pip exited {done.returncode}"
+    steps = [[sys.executable, "-m", "venv", str(PEERS_DIR)],
+             [str(PEERS_PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+              *PACKAGES]]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            return " ".join(done.stderr.split())[-300:] or f"{step[2]} exited {done.returncode}"
+        if step is steps[0]:  # the service's TensorFlow and Keras, seen from the peers' environment
+            folder = subprocess.run([str(PEERS_PYTHON), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                    capture_output=True, text=True, check=True).stdout.strip()
+            Path(folder, "service-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     stamp.write_text("\n".join(PACKAGES))
     return None
 
 
 def measure(name: str, runs: int = RUNS) -> dict:
     """One measure in a process of its own: {"seconds": fastest, "runs": [...], "version": ...} or {"error"}."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PEERS_DIR), str(ROOT)]), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-m", "bench.peers", name, str(runs)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=1800)
+    python = sys.executable if name == "bare" else str(PEERS_PYTHON)  # the service's own, or the peers'
+    done = subprocess.run([python, "-m", "bench.peers", name, str(runs)], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=ROOT, timeout=1800)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         return {"error": " ".join(done.stderr.split())[-300:] or f"exited {done.returncode}"}
