@@ -11,26 +11,16 @@ The goal (issue 29): the fixed cost, the whole job less its climb, at most 100 m
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from types import SimpleNamespace
 
+from bench.registration import median_seconds
 from featurevis import contract, gallery
 from featurevis.store import ResultStore
 
 MODEL, ITERATIONS, FEATURE = "inception_v3_untrained", 30, 1
 TARGETS = {"conv5": 5, "logits": None}
 GOAL_MS = 100
-
-
-def _median_s(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def breakdown(service, factory, target, repeats: int) -> dict:
@@ -49,8 +39,8 @@ def breakdown(service, factory, target, repeats: int) -> dict:
     publisher = SimpleNamespace(request=SimpleNamespace(hostname="bench"))
     with tempfile.TemporaryDirectory() as folder:
         store = ResultStore(folder)
-        files_s = _median_s(lambda: tasks.publish(publisher, store, rendered), repeats)
-        gallery_s = _median_s(lambda: gallery.try_rebuild(store), repeats)
+        files_s = median_seconds(lambda: tasks.publish(publisher, store, rendered), repeats)
+        gallery_s = median_seconds(lambda: gallery.try_rebuild(store), repeats)
     climb_s = timings.optimize_s - timings.predictions_s
     pieces = {"predictions": timings.predictions_s, "scores": timings.scores_s, "files": files_s, "gallery": gallery_s}
     pieces["queue_and_celery"] = job_s - climb_s - sum(pieces.values())

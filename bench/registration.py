@@ -29,7 +29,8 @@ MODELS = ["mini_xception", "mini_xception_h5", "mobilenet_v2_backbone", "resnet5
 RUNS = 3
 
 
-def _median_seconds(function, runs: int = RUNS) -> float:
+def median_seconds(function, runs: int = RUNS) -> float:
+    """The median of `runs` timed calls of `function` (also bench/fixed_cost.py's)."""
     times = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -55,16 +56,16 @@ def models(producer, folder: Path) -> dict:
     for name in MODELS:
         path = people_models.build(name, folder)
         request = _request(name.replace("_", "-"), path)
-        check_s = _median_seconds(lambda: modelcheck.check_file(path))
+        check_s = median_seconds(lambda: modelcheck.check_file(path))
         verdicts = []
 
         def describe():
             with sandbox.described(request, path) as verdict:
                 verdicts.append(verdict)
 
-        sandbox_s = _median_seconds(describe)
+        sandbox_s = median_seconds(describe)
         legacy = modelcheck.file_format(path) == modelcheck.LEGACY_H5
-        before_s = None if legacy else _median_seconds(lambda: _in_process(path, request))
+        before_s = None if legacy else median_seconds(lambda: _in_process(path, request))
         started = time.perf_counter()
         producer.register_model(f"bench-{request['name']}", file=path)
         rows[name] = {"file_mb": path.stat().st_size / 2**20, "check_s": check_s, "sandbox_s": sandbox_s,

@@ -497,31 +497,22 @@ def onnx_only() -> int:
     return 0
 
 
-def fixed_cost_only() -> int:
+def alone(part: str, measure, print_rows) -> int:
+    """One part of the bench on its own scratch stack: `measure(service, factory)` -> results[part]."""
     results = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(), "device": device_name()}
     with scratch_stack(MODEL) as stack:
-        results["fixed_cost"] = fixed_cost.run(Service(stack), ModelFactory())
-    (ROOT / "bench" / "results-fixed-cost.json").write_text(json.dumps(results, indent=1) + "\n")
+        results[part] = measure(Service(stack), ModelFactory())
+    (ROOT / "bench" / f"results-{part.replace('_', '-')}.json").write_text(json.dumps(results, indent=1) + "\n")
     print("\n| measure | value | goal |\n|---|---|---|")
-    fixed_cost.print_rows(results)
-    return 0
-
-
-def peers_only() -> int:
-    results = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(), "device": device_name()}
-    with scratch_stack(MODEL) as stack:
-        results["peers"] = peers.run(Service(stack))
-    (ROOT / "bench" / "results-peers.json").write_text(json.dumps(results, indent=1) + "\n")
-    print("\n| measure | value | goal |\n|---|---|---|")
-    peers.print_rows(results)
+    print_rows(results)
     return 0
 
 
 def main() -> int:
     if "--peers" in sys.argv:
-        return peers_only()
+        return alone("peers", lambda service, factory: peers.run(service), peers.print_rows)
     if "--fixed-cost" in sys.argv:
-        return fixed_cost_only()
+        return alone("fixed_cost", fixed_cost.run, fixed_cost.print_rows)
     if "--registration" in sys.argv:
         return registration_only()
     if "--onnx" in sys.argv:
