@@ -63,12 +63,16 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
     ascent = render.run(acquired.step, seeds, terms, first.iterations, first.diversity,
                         state=acquired.step.start(seeds, picture), classify=acquired.model.classify,
                         on_progress=_progress(specs, info.class_names, on_progress),
-                        frame_every=max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0)
+                        frame_every=max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0,
+                        predict_at_end=False)
     optimize_s = time.perf_counter() - started
-    final = ascent.predictions[-1].probabilities if ascent.predictions else None
+    final = scoring.read(acquired.probe, ascent.images)
+    if final.probabilities is not None:
+        ascent = ascent._replace(predictions=[*ascent.predictions,
+                                              render.Prediction(first.iterations, final.probabilities)])
     # Scores read channel means: a direction is its channels' weights already, a neuron counts as its channel.
     channel_view = terms.channels + terms.neurons.sum(axis=(1, 2))
-    scores = scoring.scores(acquired.probe, ascent.images, channel_view, final, first.layer == LOGITS,
+    scores = scoring.scores(final, ascent.images, channel_view, first.layer == LOGITS,
                             factory.models.judge(first.model))
     timings = contract.Timings(model_load_s=acquired.model_load_s, compile_s=acquired.compile_s,
                               optimize_s=optimize_s, started_at=started_at, batch_size=len(specs),

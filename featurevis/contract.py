@@ -688,11 +688,11 @@ class Progress(Record):
 class Timings(Record):
     model_load_s: float  # building the model, on the first job that needed it
     compile_s: float  # tracing the layer's step, on the first job at that layer
-    optimize_s: float  # the climb, with its class predictions
+    optimize_s: float  # the climb, with the class predictions it makes on the way
     started_at: float  # epoch seconds the batch started
     batch_size: int  # jobs in the batch
-    predictions_s: float = 0.0  # of optimize_s, the class predictions' share (the final one included)
-    scores_s: float = 0.0  # the quality block, after the climb
+    predictions_s: float = 0.0  # of optimize_s, the class predictions' share
+    scores_s: float = 0.0  # after the climb: the final read (the pictures' classes, the scores' passes) and scores
 
 
 class WorkerInfo(Record):

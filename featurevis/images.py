@@ -28,9 +28,15 @@ def displayed(image: np.ndarray) -> np.ndarray:
     return image[..., 0] if channels < 3 else image[..., :3]
 
 
+# zlib's fastest level: Pillow's default (6) made encoding a job's picture most of writing its files, for
+# pictures a little smaller (bench/RESULTS.md, "A job's fixed cost"); image.npy keeps the values either way.
+PNG_LEVEL = 1
+
+
 def png_bytes(image: np.ndarray) -> bytes:
+    """A job's picture as shown: normalized, its displayed channels, quickly compressed."""
     buffer = io.BytesIO()
-    Image.fromarray(normalized_view(displayed(image))).save(buffer, format="PNG")
+    Image.fromarray(normalized_view(displayed(image))).save(buffer, format="PNG", compress_level=PNG_LEVEL)
     return buffer.getvalue()
 
 

@@ -33,6 +33,10 @@ class LoadedModel:
     weight_bytes: int
     build_reported: bool = False
 
+    def classes(self) -> tuple[keras.Model, Callable] | None:
+        """The logits network and what makes its values probabilities (scoring.feature_probe's final read)."""
+        return None if self.logits is None else (self.logits, render.class_probabilities(self.info.class_activation))
+
     def layer_output(self, name: str) -> keras.KerasTensor:
         """A described layer's output in the network's graph, nested layers included (zoo.live_target)."""
         return zoo.live_target(self.network, self.info, name)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Callable, NamedTuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -35,40 +36,46 @@ def held_out(size: int) -> transform.Moves:
 
 class Probe(NamedTuple):
     """The compiled passes scores take: `features(images)` -> (per-feature values, diversity), and
-    `held_out(images)` -> per-feature values at the images, then at each of SAMPLES held-out moves."""
+    `final(images)` -> Final, the finished pictures read once."""
 
     features: Callable
-    held_out: Callable
+    final: Callable
 
 
-def scores(probe: Probe, images: np.ndarray, weights: np.ndarray, probabilities: np.ndarray | None,
-           classes: bool, judge: tuple[str, Callable] | None = None) -> list[dict]:
-    """One dict of scores per image.
+class Final(NamedTuple):
+    """A finished batch read in one compiled pass: the model's class probabilities at the pictures (None for a
+    model without classes), and the target's per-feature values at them, then at each of SAMPLES held-out moves."""
 
-    `probe(images)` gives (batch, features) of the target layer; `classes` says
-    whether those are the class logits; `probabilities` are the model's class
-    probabilities at the images (the job's last prediction).
-    """
+    probabilities: np.ndarray | None
+    held_out: np.ndarray
+
+
+def read(probe: Probe, images: np.ndarray) -> Final:
+    probabilities, held = probe.final(tf.constant(images))
+    return Final(None if probabilities is None else probabilities.numpy(), held.numpy())
+
+
+def scores(final: Final, images: np.ndarray, weights: np.ndarray, classes: bool,
+           judge: tuple[str, Callable] | None = None) -> list[dict]:
+    """One dict of scores per image, from the batch's `final` read (`classes`: the target is the class logits)."""
     batch = images.shape[0]
-    features = probe.held_out(tf.constant(images)).numpy()
-    at_image = features[:batch]
+    at_image = final.held_out[:batch]
     objective = (at_image * weights).sum(axis=1)
-    moved = (features[batch:].reshape(SAMPLES, batch, -1) * weights).sum(axis=2).mean(axis=0)
+    moved = (final.held_out[batch:].reshape(SAMPLES, batch, -1) * weights).sum(axis=2).mean(axis=0)
     main = weights.argmax(axis=1)  # the most weighted feature stands for the job
+    verdicts = judge[1](images).numpy() if judge is not None and classes else None
     rows = []
     for b in range(batch):
         row = {"objective": float(objective[b]), "robustness": _ratio(moved[b], objective[b])}
         if classes:
-            mine = probabilities[b]
+            mine = final.probabilities[b]
             row.update(target_probability=float(mine[main[b]]), target_rank=int((mine > mine[main[b]]).sum()) + 1)
         else:
             channels = at_image[b]
             row["specificity_z"] = float((channels[main[b]] - channels.mean()) / (channels.std() + 1e-12))
-        if judge is not None and classes:
-            name, judged = judge
-            verdict = judged(images[b:b + 1]).numpy()[0]
-            row.update(judge=name, judge_agrees=bool(verdict.argmax() == main[b]),
-                       judge_probability=float(verdict[main[b]]))
+        if verdicts is not None:
+            row.update(judge=judge[0], judge_agrees=bool(verdicts[b].argmax() == main[b]),
+                       judge_probability=float(verdicts[b][main[b]]))
         rows.append(row)
     return rows
 
@@ -86,38 +93,57 @@ def _ratio(moved: float, at_image: float) -> float:
     return float(moved / at_image) if abs(at_image) > 1e-12 else 0.0
 
 
-def feature_probe(network, preprocess: Callable, image_shape: tuple[int, int, int]) -> Probe:
-    """The target layer's per-feature values (channel means, or logits), compiled once per layer:
-    with each image's objectives.diversity in the batch (on the layer the step compares), and at the
-    images and their held-out moves in one pass (the network is traced once, for both). The held-out pass,
-    over three times the batch, skips the diversity's Gram matrices, which it does not use."""
+def feature_probe(network, preprocess: Callable, image_shape: tuple[int, int, int],
+                  classes: tuple[keras.Model, Callable] | None = None) -> Probe:
+    """The target layer's per-feature values (channel means, or logits), compiled once per layer: with each
+    image's objectives.diversity in the batch (on the layer the step compares); and the final read.
+
+    `classes`: the model's logits network (sharing `network`'s input) and what makes them probabilities. The
+    final read runs the full network once at the pictures for both their classes and the target's values (the
+    target is on the way to the logits), and the truncated network only on the held-out moves: a job's last
+    prediction and its scores were two passes at the picture before."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32), tf.TensorSpec([], tf.bool)])
     def values_and_diversity(images, with_diversity):
         outputs, style = objectives.target_and_style(network(preprocess(images), training=False))
-        values = outputs if len(outputs.shape) == 2 else tf.reduce_mean(outputs, axis=[1, 2])
+        values = _per_feature(outputs)
         return values, tf.cond(with_diversity, lambda: objectives.diversity(style),
                                lambda: tf.zeros(tf.shape(values)[:1], values.dtype))
 
+    target = keras.Model(network.inputs[0], objectives.target_and_style(network.outputs)[0])
+    at_pictures = target if classes is None else keras.Model(network.inputs[0], [classes[0].output, target.output])
+    moves = _held_out_moves(tuple(image_shape))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
+    def final(images):
+        moved = _per_feature(target(preprocess(moves(images)), training=False))
+        if classes is None:
+            return None, tf.concat([_per_feature(target(preprocess(images), training=False)), moved], axis=0)
+        logits, values = at_pictures(preprocess(images), training=False)
+        return classes[1](logits), tf.concat([_per_feature(values), moved], axis=0)
+
     values_and_diversity(tf.zeros([1, *image_shape]), tf.constant(True))
-    with_moves = _with_held_out_moves(tuple(image_shape))
-    return Probe(lambda images: values_and_diversity(images, tf.constant(True)),
-                 lambda images: values_and_diversity(with_moves(images), tf.constant(False))[0])
+    final(tf.zeros([1, *image_shape]))
+    return Probe(lambda images: values_and_diversity(images, tf.constant(True)), final)
+
+
+def _per_feature(outputs: tf.Tensor) -> tf.Tensor:
+    return outputs if len(outputs.shape) == 2 else tf.reduce_mean(outputs, axis=[1, 2])
 
 
 @lru_cache(maxsize=None)
-def _with_held_out_moves(image_shape: tuple[int, int, int]) -> Callable:
-    """Images followed by their SAMPLES held-out moves, in a graph (eager, the moves cost a third of the
+def _held_out_moves(image_shape: tuple[int, int, int]) -> Callable:
+    """The images' SAMPLES held-out moves, one after another, in a graph (eager, the moves cost a third of the
     scoring) traced once per image shape, so a model's later layers pay nothing for it. Every image of a
     sample shares one seed, so one draw serves them all (transform.standard's per-image draws, tiled)."""
     moves = held_out(max(image_shape[:2]))
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
-    def with_moves(images):
+    def held_out_moves(images):
         batch = tf.shape(images)[0]
-        return tf.concat([images] + [transform.move(images, tf.tile(transform.draw(HELD_OUT_SEED + sample, sample)[None],
-                                                                    [batch, 1]), moves)
-                                     for sample in range(SAMPLES)], axis=0)
+        return tf.concat([transform.move(images, tf.tile(transform.draw(HELD_OUT_SEED + sample, sample)[None],
+                                                         [batch, 1]), moves)
+                          for sample in range(SAMPLES)], axis=0)
 
-    with_moves(tf.zeros([1, *image_shape]))
-    return with_moves
+    held_out_moves(tf.zeros([1, *image_shape]))
+    return held_out_moves

@@ -67,7 +67,7 @@ class StepCache:
         options = {"magnitude": self.dataset_magnitude(loaded.info, variant.removeprefix("dataset-"))} \
             if variant.startswith("dataset-") else {variant: True} if variant else {}
         return Compiled(method.compile_step(network, loaded.preprocess, objective, shape, **options),
-                        scoring.feature_probe(network, loaded.preprocess, shape))
+                        scoring.feature_probe(network, loaded.preprocess, shape, loaded.classes()))
 
     def dataset_magnitude(self, info: ModelInfo, fingerprint: str | None = None) -> np.ndarray:
         """The mean magnitude spectrum of the model's dataset (the contract checked it has one). With the

@@ -70,7 +70,7 @@ def pictures(factory: ModelFactory, method: str, conv_id: int | None, rate: floa
     every = math.gcd(*ITERATIONS)
     frames = render.run(step, seeds, weights, ITERATIONS[-1], frame_every=every).frames
     return ({count: frames[count // every - 1] for count in ITERATIONS}, weights,
-            scoring.feature_probe(network, loaded.preprocess, shape))
+            scoring.feature_probe(network, loaded.preprocess, shape, loaded.classes() if conv_id is None else None))
 
 
 def setting(factory: ModelFactory, method: str, rate: float | None, strength: float | None,
@@ -84,14 +84,14 @@ def setting(factory: ModelFactory, method: str, rate: float | None, strength: fl
     by_count, weights, probe = pictures(factory, method, None, rate, strength, magnitude,
                                         list(range(classes)) * len(SEEDS), [seed for seed in SEEDS for _ in range(classes)])
     for count, batch in by_count.items():
-        scores = scoring.scores(probe, batch, weights, loaded.classify(batch).numpy(), True, factory.judge(MODEL))
+        scores = scoring.scores(scoring.read(probe, batch), batch, weights, True, factory.judge(MODEL))
         rows[count].update(transferability=float(np.mean([row["judge_agrees"] for row in scores])),
                            robustness=float(np.mean([row["robustness"] for row in scores])))
     for conv_id in CONV_IDS:
         by_count, weights, probe = pictures(factory, method, conv_id, rate, strength, magnitude,
                                             [CHANNEL] * len(SEEDS), list(SEEDS))
         for count, batch in by_count.items():
-            scores = scoring.scores(probe, batch, weights, None, False)
+            scores = scoring.scores(scoring.read(probe, batch), batch, weights, False)
             rows[count].update({f"conv{conv_id}_robustness": float(np.mean([row["robustness"] for row in scores])),
                                 f"conv{conv_id}_specificity_z": float(np.mean([row["specificity_z"]
                                                                                for row in scores]))})

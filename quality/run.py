@@ -52,9 +52,10 @@ def run(factory: ModelFactory, model: str, conv_id, method: str, features: list[
     acquired = factory.acquire(model, conv_id, method)
     info = acquired.model.info
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], info.feature_count(conv_id))
-    ascent = render.run(acquired.step, seeds, weights, iterations, classify=acquired.model.classify)
-    scores = scoring.scores(acquired.probe, ascent.images, weights, ascent.predictions[-1].probabilities,
-                            conv_id is None, factory.judge(model))
+    ascent = render.run(acquired.step, seeds, weights, iterations, classify=acquired.model.classify,
+                        predict_at_end=False)
+    scores = scoring.scores(scoring.read(acquired.probe, ascent.images), ascent.images, weights, conv_id is None,
+                            factory.judge(model))
     if ranked is not None:
         scores = [{**row, **examples.versus(row["objective"], examples.unit(ranked, feature)["best"])}
                   for row, feature in zip(scores, features)]

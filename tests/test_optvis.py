@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from featurevis import scoring
 from featurevis.optvis import objectives, param, render
 
 MODEL = "inception_v3_untrained"
@@ -129,6 +130,22 @@ def test_predictions_come_when_the_cadence_says_and_always_at_the_end(conv5):
                                     classify=conv5.model.classify, cadence=render.Cadence(budget=0.0))
     assert [p.iteration for p in none_on_the_way.predictions] == [12]
     assert conv5.model.classify.cost_s > 0
+
+
+def test_the_final_read_is_the_classifier_and_the_probe_in_one_pass(factory, conv5):
+    """batch.run reads a finished batch once (scoring.read): its classes must be what the model's classifier says
+    and its values at the pictures what the probe's own pass says, for a conv layer and for the logits; a loop
+    told the caller reads the pictures makes no prediction at the end."""
+    for acquired, features in ((conv5, CONV5_CHANNELS), (factory.acquire(MODEL, None), 1000)):
+        ascent = render.run(acquired.step, [1, 2], one_hot([1, 2], features), 3, classify=acquired.model.classify,
+                            predict_at_end=False)
+        assert ascent.predictions == []
+        final = scoring.read(acquired.probe, ascent.images)
+        np.testing.assert_allclose(final.probabilities, acquired.model.classify(ascent.images).numpy(), atol=1e-6)
+        at_pictures = acquired.probe.features(tf.constant(ascent.images))[0].numpy()
+        np.testing.assert_allclose(final.held_out[:2], at_pictures, rtol=1e-4, atol=1e-5)
+        assert final.held_out.shape == ((1 + scoring.SAMPLES) * 2, at_pictures.shape[1])
+        assert not np.allclose(final.held_out[2:4], at_pictures)  # the moves are not the pictures
 
 
 def test_the_prediction_budget_counts_what_a_prediction_cost_not_the_one_image_estimate(conv5):

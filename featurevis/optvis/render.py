@@ -79,7 +79,7 @@ def classifier(model: keras.Model, preprocess: Callable, image_shape: tuple[int,
                activation: str | None = "softmax") -> Classifier:
     """The model's classifier over its logits, compiled once per model; traced, optimized and timed here, not in
     a job. `activation` is the model's own final one (a model without one gets softmax's probabilities)."""
-    probabilities = tf.nn.sigmoid if activation == "sigmoid" else tf.nn.softmax
+    probabilities = class_probabilities(activation)
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
     def classify(images):
@@ -90,6 +90,11 @@ def classifier(model: keras.Model, preprocess: Callable, image_shape: tuple[int,
     started = time.perf_counter()
     classify(blank).numpy()
     return Classifier(classify, time.perf_counter() - started)
+
+
+def class_probabilities(activation: str | None) -> Callable[[tf.Tensor], tf.Tensor]:
+    """What turns a model's logits into its class probabilities: its own final activation, softmax without one."""
+    return tf.nn.sigmoid if activation == "sigmoid" else tf.nn.softmax
 
 
 class Prediction(NamedTuple):
@@ -144,8 +149,10 @@ class Cadence:
 def run(step: CompiledStep, seeds: list[int], weights: np.ndarray | objectives.Terms, iterations: int,
         diversity: float = 0.0,
         classify: Classifier | None = None, on_progress: ProgressCallback | None = None, frame_every: int = 0,
-        cadence: Cadence = Cadence(), state=None) -> Ascent:
-    """Advance a batch `iterations` times from step.start(seeds) (or `state`); classify when the cadence says.
+        cadence: Cadence = Cadence(), state=None, predict_at_end: bool = True) -> Ascent:
+    """Advance a batch `iterations` times from step.start(seeds) (or `state`); classify when the cadence says,
+    and at the end unless the caller reads the finished pictures itself (`predict_at_end=False`: batch.run's
+    one final pass gives their classes with their scores).
 
     Image b climbs the sum over c of weights[b, c] * feature c, or the objective
     an objectives.Terms batch holds (objectives.total), minus `diversity`
@@ -167,8 +174,8 @@ def run(step: CompiledStep, seeds: list[int], weights: np.ndarray | objectives.T
         history.append(stats)
         final, predicted = done == iterations, None
         now = time.perf_counter()
-        if classify is not None and (final or cadence.predict_now(done, iterations, now - last_prediction,
-                                                                  now - started, prediction_s)):
+        if classify is not None and ((final and predict_at_end) or cadence.predict_now(
+                done, iterations, now - last_prediction, now - started, prediction_s)):
             predicted = Prediction(done, classify(step.pixels(state)).numpy())
             predictions.append(predicted)
             last_prediction = time.perf_counter()
