@@ -46,6 +46,9 @@ ALPHA_MAPS = ("maco",)
 # mean of the model's registered dataset (the spec names the dataset, JobSpec.magnitude).
 MAGNITUDE_METHODS = ("maco",)
 MAGNITUDES = ("1/f", "dataset")
+# What a method's step climbs for a class: the class's logit (the tutorial's), or its log-probability under the
+# model's softmax, the logit less the log-sum-exp of all of them (optvis/objectives.weighted_log_probabilities).
+CLASS_OBJECTIVES = ("logit", "log_probability")
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,13 @@ class Defaults:
     learning_rate: float | None = None  # Adam's rate; None: the method's own step rule
     moves: float | None = None  # how far the transforms move the picture, in lucid's amounts; None: none
     magnitude: str | None = None  # the fixed magnitude spectrum (MAGNITUDES) of a method that keeps one
+    class_objective: str = "logit"  # what the step climbs for a class target (CLASS_OBJECTIVES)
 
 
 METHOD_DEFAULTS = {
     "gradient_ascent": Defaults(iterations=30),  # the tutorial's: its step is 1/std(grad), on the pixels
-    "robust": Defaults(iterations=50, learning_rate=0.05, moves=1.0),
-    "maco": Defaults(iterations=200, learning_rate=0.5, moves=1.0, magnitude="1/f"),
+    "robust": Defaults(iterations=50, learning_rate=0.05, moves=1.0, class_objective="log_probability"),
+    "maco": Defaults(iterations=200, learning_rate=0.5, moves=1.0, magnitude="1/f", class_objective="log_probability"),
 }
 ITERATIONS_BY_METHOD = ", ".join(f"{name} {defaults.iterations}" for name, defaults in METHOD_DEFAULTS.items())
 

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from featurevis import datasets, registry, scoring
+from featurevis.contract import METHOD_DEFAULTS
 from featurevis.model_cache import LoadedModel
 from featurevis.optvis import methods, objectives, param, render
 from featurevis.registry import LOGITS, ModelInfo
@@ -62,7 +63,8 @@ class StepCache:
         variant is a step of its own, compiled once like the others."""
         method_name, _, variant = step_name.partition("+")
         method = methods.BY_NAME[method_name]
-        network, objective = target_network(loaded, layer, with_style=method.needs_style)
+        network, objective = target_network(loaded, layer, with_style=method.needs_style,
+                                            class_objective=METHOD_DEFAULTS[method_name].class_objective)
         shape = loaded.info.input_shape
         options = {"magnitude": self.dataset_magnitude(loaded.info, variant.removeprefix("dataset-"))} \
             if variant.startswith("dataset-") else {variant: True} if variant else {}
@@ -79,16 +81,21 @@ class StepCache:
         return param.mean_magnitude(dataset.images)
 
 
-def target_network(loaded: LoadedModel, layer: str, with_style: bool = False) -> tuple[keras.Model, Callable]:
+def target_network(loaded: LoadedModel, layer: str, with_style: bool = False,
+                   class_objective: str = "logit") -> tuple[keras.Model, Callable]:
     """The model truncated at the target layer (at the logits for classes), and its objective.
 
     `with_style`: the logits come with the model's last Conv2D layer (or last spatial layer) as a
     second output, for the diversity term (objectives.target_and_style); a spatial target is its own style layer.
+    `class_objective` (contract.CLASS_OBJECTIVES, a method's contract.Defaults): what a class target climbs, its
+    logit or its log-probability. A sigmoid model's classes do not share a softmax, so they keep their logits.
     """
     if layer == LOGITS:
+        log_probability = class_objective == "log_probability" and loaded.info.class_activation != "sigmoid"
+        objective = objectives.weighted_log_probabilities if log_probability else objectives.weighted_logits
         if with_style:
             style_layer = (loaded.info.conv_layers or loaded.info.layers)[-1]
             style = loaded.layer_output(style_layer.name)
-            return keras.Model(loaded.network.inputs[0], [loaded.logits.output, style]), objectives.weighted_logits
-        return loaded.logits, objectives.weighted_logits
+            return keras.Model(loaded.network.inputs[0], [loaded.logits.output, style]), objective
+        return loaded.logits, objective
     return keras.Model(loaded.network.inputs[0], loaded.layer_output(layer)), objectives.weighted_channels

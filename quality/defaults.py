@@ -5,14 +5,17 @@ amounts, transform.Moves.lucid) and the iterations. Per method (robust and maco)
 1. each rate of RATES[method], at lucid's moves (strength 1);
 2. each strength of STRENGTHS at the rate step 1 chose;
 3. for maco, which keeps a magnitude spectrum, the other spectrum (contract.MAGNITUDES: 1/f, or the mean of
-   the model's dataset) at the rate and strength steps 1 and 2 chose.
+   the model's dataset) at the rate and strength steps 1 and 2 chose;
+4. the other class objective (contract.CLASS_OBJECTIVES: the class's logit, or its log-probability) at the
+   setting steps 1-3 chose. Steps 1-3 climb the objective the table holds; only the class pictures differ.
 Every setting runs ITERATIONS[-1] iterations once and its pictures are read at each count of ITERATIONS on
 the way: a step does not depend on how many follow, so the picture after 30 steps of a 200-step run is a
-30-iteration job's, and the iterations cost nothing more. This coordinate search (15 runs, about 4 minutes
-on 2 idle cores) replaces the full product of rates, strengths and spectra (45 runs): on the earlier
-full grid of robust's rates and transforms (bench/RESULTS.md), rate 0.05 was within one picture in 50 of
+30-iteration job's, and the iterations cost nothing more. This coordinate search (17 runs, about 4 minutes
+on 2 idle cores) replaces the full product of rates, strengths, spectra and class objectives (89 runs): on the
+earlier full grid of robust's rates and transforms (bench/RESULTS.md), rate 0.05 was within one picture in 50 of
 the best at every strength. gradient_ascent has no rate and no transforms; its iterations are read the same way, for
-comparison, and its default stays the tutorial's 30, so a job that leaves iterations out keeps its id.
+comparison, and its defaults stay the tutorial's (30, climbing the logit), so a job that leaves iterations out keeps its
+id and its picture.
 
 Scored as `make quality` scores the methods, on seeds it does not use (SEEDS; it uses 0-4):
 - shapes_cnn, 10 classes x 5 seeds: whether the judge (registry.JUDGES: shapes_judge) sees the target
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from featurevis import registry, scoring
-from featurevis.contract import MAGNITUDES, METHOD_DEFAULTS
+from featurevis.contract import CLASS_OBJECTIVES, MAGNITUDES, METHOD_DEFAULTS
 from featurevis.factory import ModelFactory
 from featurevis.step_cache import target_network
 from featurevis.optvis import methods, objectives, render, transform
@@ -55,12 +58,12 @@ CLOSE = 0.02  # one picture in 50
 
 
 def pictures(factory: ModelFactory, method: str, conv_id: int | None, rate: float | None, strength: float | None,
-             magnitude: str | None, features: list[int],
+             magnitude: str | None, class_objective: str, features: list[int],
              seeds: list[int]) -> tuple[dict[int, np.ndarray], np.ndarray, scoring.Probe]:
     """The batch's pictures after each count of ITERATIONS, from one run of a step compiled for these settings."""
     loaded = factory.model(MODEL)
     network, objective = target_network(loaded, loaded.info.target_layer(conv_id),
-                                        with_style=methods.BY_NAME[method].needs_style)
+                                        with_style=methods.BY_NAME[method].needs_style, class_objective=class_objective)
     shape = loaded.info.input_shape
     settings = {} if rate is None else {"learning_rate": rate, "moves": transform.Moves.lucid(max(shape[:2]), strength)}
     if magnitude == "dataset":  # the dataset's spectrum, as a worker's "maco+dataset-..." step has it
@@ -74,21 +77,22 @@ def pictures(factory: ModelFactory, method: str, conv_id: int | None, rate: floa
 
 
 def setting(factory: ModelFactory, method: str, rate: float | None, strength: float | None,
-            magnitude: str | None = None) -> list[dict]:
+            magnitude: str | None = None, class_objective: str | None = None) -> list[dict]:
     """One row per count of ITERATIONS: the setting's scores after that many steps."""
     loaded = factory.model(MODEL)
     classes = loaded.info.classes
     magnitude = magnitude or METHOD_DEFAULTS[method].magnitude
+    class_objective = class_objective or METHOD_DEFAULTS[method].class_objective
     rows = {count: {"method": method, "learning_rate": rate, "moves": strength, "magnitude": magnitude,
-                    "iterations": count} for count in ITERATIONS}
-    by_count, weights, probe = pictures(factory, method, None, rate, strength, magnitude,
+                    "class_objective": class_objective, "iterations": count} for count in ITERATIONS}
+    by_count, weights, probe = pictures(factory, method, None, rate, strength, magnitude, class_objective,
                                         list(range(classes)) * len(SEEDS), [seed for seed in SEEDS for _ in range(classes)])
     for count, batch in by_count.items():
         scores = scoring.scores(scoring.read(probe, batch), batch, weights, True, factory.judge(MODEL))
         rows[count].update(transferability=float(np.mean([row["judge_agrees"] for row in scores])),
                            robustness=float(np.mean([row["robustness"] for row in scores])))
     for conv_id in CONV_IDS:
-        by_count, weights, probe = pictures(factory, method, conv_id, rate, strength, magnitude,
+        by_count, weights, probe = pictures(factory, method, conv_id, rate, strength, magnitude, class_objective,
                                             [CHANNEL] * len(SEEDS), list(SEEDS))
         for count, batch in by_count.items():
             scores = scoring.scores(scoring.read(probe, batch), batch, weights, False)
@@ -105,34 +109,40 @@ def choose(rows: list[dict]) -> dict:
     best = max(row["transferability"] for row in rows)
     close = [row for row in rows if row["transferability"] >= best - CLOSE - 1e-9]
     held = METHOD_DEFAULTS[rows[0]["method"]]
-    kept = [row for row in close if settings_of(row) == (held.learning_rate, held.moves, held.magnitude)]
+    kept = [row for row in close
+            if settings_of(row) == (held.learning_rate, held.moves, held.magnitude, held.class_objective)]
     return min(kept or close, key=lambda row: (row["iterations"], -row["robustness"]))
 
 
 def settings_of(row: dict) -> tuple:
-    return row["learning_rate"], row["moves"], row["magnitude"]
+    return row["learning_rate"], row["moves"], row["magnitude"], row["class_objective"]
 
 
 def sweep(factory: ModelFactory, method: str) -> list[dict]:
     """Step 1, the rates at lucid's moves; step 2, the other strengths at the rate step 1 chose; step 3, for a
-    method that keeps a magnitude spectrum, the other spectra at the rate and strength chosen so far."""
+    method that keeps a magnitude spectrum, the other spectra at the rate and strength chosen so far; step 4, the
+    other class objectives at the setting chosen so far."""
     rows = [row for rate in RATES[method] for row in setting(factory, method, rate, 1.0)]
     rate = choose(rows)["learning_rate"]
     rows += [row for strength in STRENGTHS if strength != 1.0 for row in setting(factory, method, rate, strength)]
-    if METHOD_DEFAULTS[method].magnitude is None:
-        return rows
+    if METHOD_DEFAULTS[method].magnitude is not None:
+        chosen = choose(rows)
+        rows += [row for magnitude in MAGNITUDES if magnitude != chosen["magnitude"]
+                 for row in setting(factory, method, chosen["learning_rate"], chosen["moves"], magnitude)]
     chosen = choose(rows)
-    return rows + [row for magnitude in MAGNITUDES if magnitude != chosen["magnitude"]
-                   for row in setting(factory, method, chosen["learning_rate"], chosen["moves"], magnitude)]
+    return rows + [row for objective in CLASS_OBJECTIVES if objective != chosen["class_objective"]
+                   for row in setting(factory, method, chosen["learning_rate"], chosen["moves"], chosen["magnitude"],
+                                      objective)]
 
 
 def line(row: dict) -> str:
     rate = "-" if row["learning_rate"] is None else f"{row['learning_rate']:g}"
     moves = "-" if row["moves"] is None else f"{row['moves']:g}"
     magnitude = row["magnitude"] or "-"
+    objective = {"logit": "logit", "log_probability": "log p"}[row["class_objective"]]
     convs = "  ".join(f"{row[f'conv{conv_id}_robustness']:6.2f} {row[f'conv{conv_id}_specificity_z']:5.2f}"
                       for conv_id in CONV_IDS)
-    return (f"{row['method']:16s} {rate:>5} {moves:>5} {magnitude:>8} {row['iterations']:5d} {row['transferability']:7.0%} "
+    return (f"{row['method']:16s} {rate:>5} {moves:>5} {magnitude:>8} {objective:>6} {row['iterations']:5d} {row['transferability']:7.0%} "
             f"{row['robustness']:7.2f}  {convs}")
 
 
@@ -141,7 +151,7 @@ def main() -> int:
     factory = ModelFactory()
     print(f"{MODEL}, seeds {SEEDS[0]}-{SEEDS[-1]}; judged by {registry.JUDGES[MODEL]}; channel {CHANNEL} of conv "
           f"{' and '.join(map(str, CONV_IDS))}: robustness and specificity z")
-    print(f"{'method':16s} {'rate':>5} {'moves':>5} {'spectrum':>8} {'iters':>5} {'judged':>7} {'robust':>7}  "
+    print(f"{'method':16s} {'rate':>5} {'moves':>5} {'spectrum':>8} {'class':>6} {'iters':>5} {'judged':>7} {'robust':>7}  "
           + "  ".join(f"{f'conv{conv_id} rob':>6} {'z':>5}" for conv_id in CONV_IDS))
     rows = setting(factory, "gradient_ascent", None, None)
     for method in RATES:
@@ -152,7 +162,7 @@ def main() -> int:
     differ = []
     for method, row in chosen.items():
         defaults = METHOD_DEFAULTS[method]
-        held = (defaults.iterations, defaults.learning_rate, defaults.moves, defaults.magnitude)
+        held = (defaults.iterations, defaults.learning_rate, defaults.moves, defaults.magnitude, defaults.class_objective)
         if held != (row["iterations"], *settings_of(row)):
             differ.append(method)
         print(f"chosen: {line(row)}   contract: {f'{held}, differs' if method in differ else 'the same'}")

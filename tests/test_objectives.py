@@ -183,3 +183,17 @@ def test_regularizers_are_subtracted_from_the_loss_at_their_weights(network, ste
     assert loss(penalties_of(1, tv=2.0, lp=3.0, blur=4.0)) == pytest.approx(
         loss(penalties_of(1)) - 2.0 * measured["tv"] - 3.0 * measured["lp"] - 4.0 * measured["blur"], rel=1e-4)
     assert measured["tv"] > 0 and measured["lp"] > 0 and measured["blur"] > 0
+
+
+def test_the_log_probability_objective_reads_as_the_logit_but_climbs_the_log_probability():
+    """Its value is the weighted logits (robust scales diversity and opacity by it); its gradient the log-softmax's,
+    so raising every class's logit alike gains nothing."""
+    logits = tf.constant([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]])
+    weights = tf.constant([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        mine = objectives.weighted_log_probabilities(logits, weights)
+        log_p = objectives.weighted_logits(tf.nn.log_softmax(logits), weights)
+    np.testing.assert_allclose(mine, objectives.weighted_logits(logits, weights), rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(mine, logits), tape.gradient(log_p, logits), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(tf.reduce_sum(tape.gradient(mine, logits), axis=1), [0.0, 0.0], atol=1e-6)

@@ -221,3 +221,21 @@ def test_every_method_the_contract_names_has_a_step():
 
     assert list(methods.BY_NAME) == list(contract.METHODS)
     assert {name: method.needs_style for name, method in methods.BY_NAME.items()} == contract.METHODS
+
+
+@pytest.mark.parametrize("method", ["gradient_ascent", "robust", "maco"])
+def test_a_class_target_climbs_its_methods_class_objective_and_a_sigmoid_models_its_logit(factory, method):
+    """contract.METHOD_DEFAULTS names what each method climbs for a class; a sigmoid's classes share no softmax."""
+    import dataclasses
+
+    from featurevis.contract import METHOD_DEFAULTS
+    from featurevis.registry import LOGITS
+    from featurevis.step_cache import target_network
+
+    loaded = factory.model("shapes_cnn")
+    wanted = METHOD_DEFAULTS[method].class_objective
+    _, objective = target_network(loaded, LOGITS, class_objective=wanted)
+    assert objective is {"logit": objectives.weighted_logits,
+                         "log_probability": objectives.weighted_log_probabilities}[wanted]
+    sigmoid = dataclasses.replace(loaded, info=dataclasses.replace(loaded.info, class_activation="sigmoid"))
+    assert target_network(sigmoid, LOGITS, class_objective=wanted)[1] is objectives.weighted_logits
