@@ -77,6 +77,9 @@ ATLAS_COST_ITERATIONS = 512  # lucid's render length
 TARGETS_GOALS = {"speedup_vs_tutorial": {"conv5": 6.0, "logits": 1.8}, "service_over_bare": 1.05,
                  "warm_start_latency_ms_p50": 50, "batched_6_speedup": 1.1, "rss_growth": 1.10,
                  "job_efficiency": 0.85, "atlas_over_bare": 0.8, "atlas_over_single": 3.0}
+# Issue 29: at conv_id 5, on a CPU whose bare 30-iteration loop takes under FAST_BARE_S, a job's fixed cost may
+# take at most a tenth of it.
+FAST_JOB_EFFICIENCY, FAST_BARE_S = 0.9, 1.0
 
 
 @contextmanager
@@ -591,8 +594,10 @@ def print_efficiency(r: dict, header: bool = True) -> None:
     if header:
         print("\n| measure | value | goal |\n|---|---|---|")
     for name, row in r.get("efficiency", {}).items():
+        fast = name == "conv5" and row["bare_s"] < FAST_BARE_S
+        goal = FAST_JOB_EFFICIENCY if fast else TARGETS_GOALS["job_efficiency"]
         print(f"| job_efficiency.{name} (bare {row['bare_s']:.2f} s / job {row['job_s']:.2f} s) | "
-              f"{row['efficiency']:.3f} | >= {TARGETS_GOALS['job_efficiency']} |")
+              f"{row['efficiency']:.3f} | >= {goal} |")
     fixed_cost.print_rows(r)
     for name, row in r.get("cold_start", {}).items():
         print(f"| cold start, {name.replace('_', ' ')}: worker start to first result | {row['first_result_s']:.1f} s "

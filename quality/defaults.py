@@ -18,8 +18,8 @@ comparison, and its defaults stay the tutorial's (30, climbing the logit), so a 
 id and its picture.
 
 Scored as `make quality` scores the methods, on seeds it does not use (SEEDS; it uses 0-4):
-- shapes_cnn, 10 classes x 5 seeds: whether the judge (registry.JUDGES: shapes_judge) sees the target
-  class (transferability), and the held-out robustness;
+- shapes_cnn, 10 classes x 5 seeds: whether the frozen judge (registry.JUDGES: shapes_judge) gives the target
+  class at least scoring.JUDGE_SEES (transferability), and the held-out robustness;
 - channel CHANNEL of shapes_cnn's conv_id 2 and 3, 5 seeds each: held-out robustness and specificity.
 The chosen setting of a method (`choose`) is the one with the fewest iterations among those within CLOSE
 of its best transferability, then the most robust: transferability is the measure of a class picture a
@@ -86,7 +86,8 @@ def setting(factory: ModelFactory, method: str, rate: float | None, strength: fl
     rows = {count: {"method": method, "learning_rate": rate, "moves": strength, "magnitude": magnitude,
                     "class_objective": class_objective, "iterations": count} for count in ITERATIONS}
     by_count, weights, probe = pictures(factory, method, None, rate, strength, magnitude, class_objective,
-                                        list(range(classes)) * len(SEEDS), [seed for seed in SEEDS for _ in range(classes)])
+                                        list(range(classes)) * len(SEEDS),
+                                        [seed for seed in SEEDS for _ in range(classes)])
     for count, batch in by_count.items():
         scores = scoring.scores(scoring.read(probe, batch), batch, weights, True, factory.judge(MODEL))
         rows[count].update(transferability=float(np.mean([row["judge_agrees"] for row in scores])),
@@ -142,8 +143,8 @@ def line(row: dict) -> str:
     objective = {"logit": "logit", "log_probability": "log p"}[row["class_objective"]]
     convs = "  ".join(f"{row[f'conv{conv_id}_robustness']:6.2f} {row[f'conv{conv_id}_specificity_z']:5.2f}"
                       for conv_id in CONV_IDS)
-    return (f"{row['method']:16s} {rate:>5} {moves:>5} {magnitude:>8} {objective:>6} {row['iterations']:5d} {row['transferability']:7.0%} "
-            f"{row['robustness']:7.2f}  {convs}")
+    return (f"{row['method']:16s} {rate:>5} {moves:>5} {magnitude:>8} {objective:>6} {row['iterations']:5d} "
+            f"{row['transferability']:7.0%} {row['robustness']:7.2f}  {convs}")
 
 
 def main() -> int:
@@ -151,7 +152,8 @@ def main() -> int:
     factory = ModelFactory()
     print(f"{MODEL}, seeds {SEEDS[0]}-{SEEDS[-1]}; judged by {registry.JUDGES[MODEL]}; channel {CHANNEL} of conv "
           f"{' and '.join(map(str, CONV_IDS))}: robustness and specificity z")
-    print(f"{'method':16s} {'rate':>5} {'moves':>5} {'spectrum':>8} {'class':>6} {'iters':>5} {'judged':>7} {'robust':>7}  "
+    print(f"{'method':16s} {'rate':>5} {'moves':>5} {'spectrum':>8} {'class':>6} {'iters':>5} {'judged':>7} "
+          f"{'robust':>7}  "
           + "  ".join(f"{f'conv{conv_id} rob':>6} {'z':>5}" for conv_id in CONV_IDS))
     rows = setting(factory, "gradient_ascent", None, None)
     for method in RATES:
@@ -162,7 +164,8 @@ def main() -> int:
     differ = []
     for method, row in chosen.items():
         defaults = METHOD_DEFAULTS[method]
-        held = (defaults.iterations, defaults.learning_rate, defaults.moves, defaults.magnitude, defaults.class_objective)
+        held = (defaults.iterations, defaults.learning_rate, defaults.moves, defaults.magnitude,
+                defaults.class_objective)
         if held != (row["iterations"], *settings_of(row)):
             differ.append(method)
         print(f"chosen: {line(row)}   contract: {f'{held}, differs' if method in differ else 'the same'}")

@@ -4,9 +4,9 @@ A default job is what most users run, so each method runs here with what a job t
 out gets (contract.METHOD_DEFAULTS: its iterations, rate and transforms), on seeds 0-4, which
 `make quality-defaults` did not choose those defaults on:
 1. shapes_cnn, 10 classes x 5 seeds: does the judge, shapes_judge (another architecture, trained on
-   another generator: featurevis/shapes_judge.py), classify the picture as the target class
-   (transferability)? And, for comparison, shapes_cnn_b, which learnt from shapes_cnn's own generator
-   (its agreement overstates transferability). With held-out robustness (featurevis.scoring) and
+   another generator: featurevis/shapes_judge.py, frozen), give the target class at least
+   scoring.JUDGE_SEES (transferability), overall and for each class? And, for comparison, shapes_cnn_b,
+   which learnt from shapes_cnn's own generator (its agreement overstates transferability). With held-out robustness (featurevis.scoring) and
    `activation_vs_dataset`, the logit at the picture over the best of shapes_cnn's dataset, as an atlas
    computes it (featurevis.examples);
 2. channel CHANNEL of each shapes_cnn conv layer, 5 seeds: held-out robustness, specificity and
@@ -42,6 +42,7 @@ SAME_GENERATOR_MODEL = "shapes_cnn_b"  # trained on featurevis/shapes.py like sh
 CHANNEL = 1  # the channel of each shapes_cnn conv layer that part 2 climbs
 SHEET_TILE = 128
 GOAL = 0.9  # the share of class pictures the judge should recognize, for the best method at its defaults
+CLASS_GOAL = 2 / 3  # and of each class's seeds
 TUTORIAL = "gradient_ascent"
 
 
@@ -97,7 +98,7 @@ def shapes(factory: ModelFactory) -> tuple[dict, dict]:
             "iterations": iterations, "judge": judge, "transferability": float(agrees.mean()),
             "same_generator_model": SAME_GENERATOR_MODEL, "same_generator_agreement": float(same.mean()),
             **means(rows), "per_class_transferability": agrees.mean(axis=0).tolist(),
-            "misses": _misses(judged_as(batch).numpy().argmax(axis=1), classes, names),
+            "misses": _misses(judged_as(batch).numpy(), classes, names),
         }
         print(f"  {MODEL} {method:16s} {iterations:4d} iterations: transferability to {judge} "
               f"{summary[method]['transferability']:.0%} (to {SAME_GENERATOR_MODEL} "
@@ -110,10 +111,11 @@ def shapes(factory: ModelFactory) -> tuple[dict, dict]:
 
 
 def _misses(verdicts: np.ndarray, classes: int, names: list[str]) -> dict[str, list[str]]:
-    """For each class with a picture the judge read as another: what it read, one name per such picture."""
+    """For each class with a picture the judge did not recognize: the judge's top class, one per such picture."""
     targets = np.tile(np.arange(classes), len(SEEDS))
-    wrong = verdicts != targets
-    return {names[c]: [names[v] for v in verdicts[wrong & (targets == c)]] for c in sorted(set(targets[wrong]))}
+    missed = verdicts[np.arange(len(targets)), targets] < scoring.JUDGE_SEES
+    top = verdicts.argmax(axis=1)
+    return {names[c]: [names[v] for v in top[missed & (targets == c)]] for c in sorted(set(targets[missed]))}
 
 
 def flat_pictures(factory: ModelFactory) -> dict[str, dict]:
@@ -201,14 +203,17 @@ def main() -> int:
                "inception_iterations": INCEPTION_ITERATIONS, "judge_on_flat_pictures": judge_on_flat,
                "class_names": list(registry.builtin_info(MODEL).class_names), "seconds": None}
     best = max(METHODS, key=lambda method: shapes_summary[method]["transferability"])
+    weakest = min(shapes_summary[best]["per_class_transferability"])
     results["goal"] = {"best_method": best, "transferability": shapes_summary[best]["transferability"],
-                       "goal": GOAL, "met": shapes_summary[best]["transferability"] >= GOAL}
+                       "weakest_class": weakest, "goal": GOAL, "class_goal": CLASS_GOAL,
+                       "met": shapes_summary[best]["transferability"] >= GOAL and weakest >= CLASS_GOAL - 1e-9}
     results["below_tutorial"] = below_tutorial(results)
     (ROOT / "quality" / "contact_sheet.png").write_bytes(contact_sheet(pictures))
     results["seconds"] = time.perf_counter() - began
     (ROOT / "quality" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"goal: {best} recognized {results['goal']['transferability']:.0%} of the time at its defaults, "
-          f"{'met' if results['goal']['met'] else 'not met'} ({GOAL:.0%})")
+    print(f"goal: {best} recognized {results['goal']['transferability']:.0%} of the time at its defaults, its "
+          f"weakest class {weakest:.0%} of its seeds: {'met' if results['goal']['met'] else 'not met'} ({GOAL:.0%}, "
+          f"each class {CLASS_GOAL:.0%})")
     print("below the tutorial's method:" + "".join(f"\n  {line}" for line in results["below_tutorial"]))
     print(f"wrote quality/results.json and quality/contact_sheet.png in {results['seconds']:.0f} s")
     return 0

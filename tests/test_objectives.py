@@ -112,7 +112,8 @@ def test_a_caricatures_activations_move_toward_the_images(network, steps, method
     stripes = np.repeat(((rows + cols) // 4 % 2 * 200 + 28)[..., None], 3, axis=2).astype(np.float32)
     target = activations(network, stripes[None])[0]
     begun, climbed = climb(steps, method, [8], terms_of([[Term("caricature", 1.0, image="u")]], targets={"u": target}))
-    cosine = lambda images: float(objectives.cosine(tf.constant(activations(network, images)), tf.constant(target[None]))[0])
+    cosine = lambda images: float(objectives.cosine(tf.constant(activations(network, images)),
+                                                    tf.constant(target[None]))[0])
     before, after = cosine(begun), cosine(climbed.images)
     assert after > before + 0.1  # robust: 0.28 -> 0.46 in 40 steps, through its transforms
     if method == "gradient_ascent":
