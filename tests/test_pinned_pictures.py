@@ -2,7 +2,9 @@
 
 tests/data/pinned_pictures.json holds every n-th pixel (and the loss of every iteration) of two
 jobs as the render loop computed them before the speed work, per CPU vendor (see its `made_by`);
-the loop of today must give the same within float tolerance.
+the loop of today must give the same within float tolerance. Every class then climbed its logit, so a
+class case's step is compiled climbing the logit, whatever its method's class objective is now (issue 28
+changed what robust climbs, not how the loop runs).
 """
 import json
 from pathlib import Path
@@ -10,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featurevis.optvis import objectives, render
+from featurevis.optvis import methods, objectives, render
+from featurevis.step_cache import target_network
 from tests.cpu import pinned
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_pictures.json").read_text())
@@ -20,9 +23,13 @@ CASES = [name for name in PINNED if name != "made_by"]
 @pytest.mark.parametrize("name", CASES)
 def test_a_fixed_job_gives_the_pinned_picture(factory, name):
     case = PINNED[name]
-    acquired = factory.acquire(case["model"], case["target"], case["method"])
-    weights = objectives.weights_matrix([{case["feature"]: 1.0}], acquired.model.info.feature_count(case["target"]))
-    ascent = render.run(acquired.step, [case["seed"]], weights, case["iterations"], classify=acquired.model.classify,
+    loaded = factory.model(case["model"])
+    method = methods.BY_NAME[case["method"]]
+    network, objective = target_network(loaded, loaded.info.target_layer(case["target"]), method.needs_style,
+                                        class_objective="logit")
+    step = method.compile_step(network, loaded.preprocess, objective, loaded.info.input_shape)
+    weights = objectives.weights_matrix([{case["feature"]: 1.0}], loaded.info.feature_count(case["target"]))
+    ascent = render.run(step, [case["seed"]], weights, case["iterations"], classify=loaded.classify,
                         on_progress=lambda *_: None)
     every, pin = case["every"], pinned(case["pins"])
     np.testing.assert_allclose(ascent.images[0][::every, ::every], np.array(pin["pixels"]), atol=0.02)

@@ -11,7 +11,6 @@ disposable process's memory limit instead: the second line holds on its own.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import sys
 import time
@@ -28,7 +27,7 @@ from featurevis.registry import ModelRefused
 from featurevis.store import LEGACY_MODEL_FILE, MODEL_FILE
 from producer import Producer
 from tests import hostile
-from tests.cpu import pinned
+from tests.cpu import pinned, pinned_png_sha256
 from tests.test_modelcheck import REFUSALS
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_jobs.json").read_text())
@@ -146,8 +145,7 @@ def test_the_serving_worker_is_the_clean_worker_it_was(clean, warm, uploads, tmp
     assert grown < 32 * 2**20, f"the serving process grew by {grown / 2**20:.0f} MB"
     job = PINNED["shapes_channel"]  # shapes_cnn: a model this worker had not built
     result = producer.enqueue(job["fields"]).wait(timeout=300)
-    png = hashlib.sha256((clean.results_dir / result.image).read_bytes()).hexdigest()
-    assert png == pinned(job["png_sha256"])
+    assert pinned_png_sha256(clean.results_dir / result.image) == pinned(job["png_sha256"])
 
 
 def test_a_file_changed_in_the_store_after_registration_is_refused_not_loaded(clean, warm, tmp_path):
