@@ -29,7 +29,7 @@ def displayed(image: np.ndarray) -> np.ndarray:
 
 
 # zlib's fastest level: Pillow's default (6) made encoding a job's picture most of writing its files, for
-# pictures a little smaller (bench/RESULTS.md, "A job's fixed cost"); image.npy keeps the values either way.
+# pictures a little smaller (bench/RESULTS.md, "Issue 29 on a fast CPU"); image.npy keeps the values either way.
 PNG_LEVEL = 1
 
 
