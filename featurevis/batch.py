@@ -60,16 +60,18 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
                              np.array([[getattr(spec, name) for name in objectives.PENALTIES] for spec in per_image]))
     picture = None if first.start_image is None else factory.uploads.start_image(acquired.model, first.start_image)
     started, started_at = time.perf_counter(), time.time()
+    report = _progress(specs, info.class_names, on_progress)
     ascent = render.run(acquired.step, seeds, terms, first.iterations, first.diversity,
                         state=acquired.step.start(seeds, picture), classify=acquired.model.classify,
-                        on_progress=_progress(specs, info.class_names, on_progress),
+                        on_progress=_before_the_last(report, first.iterations),
                         frame_every=max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0,
                         predict_at_end=False)
     optimize_s = time.perf_counter() - started
     final = scoring.read(acquired.probe, ascent.images)
-    if final.probabilities is not None:
-        ascent = ascent._replace(predictions=[*ascent.predictions,
-                                              render.Prediction(first.iterations, final.probabilities)])
+    predicted = None if final.probabilities is None else render.Prediction(first.iterations, final.probabilities)
+    if predicted is not None:
+        ascent = ascent._replace(predictions=[*ascent.predictions, predicted])
+    report(first.iterations, ascent.history[-1], predicted)
     # Scores read channel means: a direction is its channels' weights already, a neuron counts as its channel.
     channel_view = terms.channels + terms.neurons.sum(axis=(1, 2))
     scores = scoring.scores(final, ascent.images, channel_view, first.layer == LOGITS,
@@ -113,6 +115,17 @@ def _progress(specs: list[JobSpec], class_names: list[str],
             job_ids=job_ids, iteration=done, iterations=specs[0].iterations,
             loss=float(np.mean(stats.loss)), grad_min=float(np.min(stats.grad_min)),
             grad_max=float(np.max(stats.grad_max)), step_size=float(np.mean(stats.step_size)), prediction=latest))
+
+    return on_progress
+
+
+def _before_the_last(report: render.ProgressCallback, iterations: int) -> render.ProgressCallback:
+    """The loop's progress but for its last iteration, which the batch reports after the final read, with the
+    pictures' classes: one last record, as the loop's own was."""
+
+    def on_progress(done: int, stats: render.StepStats, predicted: render.Prediction | None) -> None:
+        if done < iterations:
+            report(done, stats, predicted)
 
     return on_progress
 

@@ -97,8 +97,7 @@ def _run(folder: Path, request: dict, file: Path | None, limits: Limits) -> Verd
     disk_bound = 64 * 2**20
     if file is not None:
         kind = modelcheck.file_format(file)
-        copied = folder / {modelcheck.KERAS: "model.keras", modelcheck.LEGACY_H5: "model.h5",
-                           modelcheck.ONNX: "model.onnx"}[kind]  # the loaders route by name
+        copied = folder / modelcheck.UPLOAD_NAMES[kind]  # the loaders route by name, as in the store
         shutil.copyfile(file, copied)
         disk_bound += 3 * file.stat().st_size  # the copy, its conversion, and room for Keras' own unpacking
     (folder / REQUEST).write_text(json.dumps({"request": request, "file": copied and copied.name,

@@ -51,21 +51,21 @@ class Final(NamedTuple):
     model without classes), and the target's per-feature values at them, then at each of SAMPLES held-out moves."""
 
     probabilities: np.ndarray | None
-    held_out: np.ndarray
+    values: np.ndarray  # (batch * (1 + SAMPLES), features): the pictures' rows first
 
 
 def read(probe: Probe, images: np.ndarray) -> Final:
-    probabilities, held = probe.final(tf.constant(images))
-    return Final(None if probabilities is None else probabilities.numpy(), held.numpy())
+    probabilities, values = probe.final(tf.constant(images))
+    return Final(None if probabilities is None else probabilities.numpy(), values.numpy())
 
 
 def scores(final: Final, images: np.ndarray, weights: np.ndarray, classes: bool,
            judge: tuple[str, Callable] | None = None) -> list[dict]:
     """One dict of scores per image, from the batch's `final` read (`classes`: the target is the class logits)."""
     batch = images.shape[0]
-    at_image = final.held_out[:batch]
+    at_image = final.values[:batch]
     objective = (at_image * weights).sum(axis=1)
-    moved = (final.held_out[batch:].reshape(SAMPLES, batch, -1) * weights).sum(axis=2).mean(axis=0)
+    moved = (final.values[batch:].reshape(SAMPLES, batch, -1) * weights).sum(axis=2).mean(axis=0)
     main = weights.argmax(axis=1)  # the most weighted feature stands for the job
     verdicts = judge[1](images).numpy() if judge is not None and classes else None
     rows = []
@@ -107,28 +107,29 @@ def feature_probe(network, preprocess: Callable, image_shape: tuple[int, int, in
     target is on the way to the logits), and the truncated network only on the held-out moves: a job's last
     prediction and its scores were two passes at the picture before."""
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32), tf.TensorSpec([], tf.bool)])
-    def values_and_diversity(images, with_diversity):
+    @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
+    def values_and_diversity(images):
         outputs, style = objectives.target_and_style(network(preprocess(images), training=False))
-        values = _per_feature(outputs)
-        return values, tf.cond(with_diversity, lambda: objectives.diversity(style),
-                               lambda: tf.zeros(tf.shape(values)[:1], values.dtype))
+        return _per_feature(outputs), objectives.diversity(style)
 
     target = keras.Model(network.inputs[0], objectives.target_and_style(network.outputs)[0])
-    at_pictures = target if classes is None else keras.Model(network.inputs[0], [classes[0].output, target.output])
     moves = _held_out_moves(tuple(image_shape))
+    if classes is None:
+        @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
+        def final(images):
+            return None, _per_feature(target(preprocess(tf.concat([images, moves(images)], axis=0)), training=False))
+    else:
+        with_classes = keras.Model(network.inputs[0], [classes[0].output, target.output])
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
-    def final(images):
-        moved = _per_feature(target(preprocess(moves(images)), training=False))
-        if classes is None:
-            return None, tf.concat([_per_feature(target(preprocess(images), training=False)), moved], axis=0)
-        logits, values = at_pictures(preprocess(images), training=False)
-        return classes[1](logits), tf.concat([_per_feature(values), moved], axis=0)
+        @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
+        def final(images):
+            logits, values = with_classes(preprocess(images), training=False)
+            moved = _per_feature(target(preprocess(moves(images)), training=False))
+            return classes[1](logits), tf.concat([_per_feature(values), moved], axis=0)
 
-    values_and_diversity(tf.zeros([1, *image_shape]), tf.constant(True))
+    values_and_diversity(tf.zeros([1, *image_shape]))
     final(tf.zeros([1, *image_shape]))
-    return Probe(lambda images: values_and_diversity(images, tf.constant(True)), final)
+    return Probe(values_and_diversity, final)
 
 
 def _per_feature(outputs: tf.Tensor) -> tf.Tensor:

@@ -53,8 +53,7 @@ def run(factory: ModelFactory, model: str, conv_id, method: str, features: list[
     acquired = factory.acquire(model, conv_id, method)
     info = acquired.model.info
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], info.feature_count(conv_id))
-    ascent = render.run(acquired.step, seeds, weights, iterations, classify=acquired.model.classify,
-                        predict_at_end=False)
+    ascent = render.run(acquired.step, seeds, weights, iterations)  # the final read gives the classes
     scores = scoring.scores(scoring.read(acquired.probe, ascent.images), ascent.images, weights, conv_id is None,
                             factory.judge(model))
     if ranked is not None:

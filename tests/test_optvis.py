@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from featurevis import scoring
+from featurevis import batch, contract, scoring
 from featurevis.optvis import objectives, param, render
+from featurevis.step_cache import target_network
 
 MODEL = "inception_v3_untrained"
 SHAPE = (299, 299, 3)
@@ -143,9 +144,24 @@ def test_the_final_read_is_the_classifier_and_the_probe_in_one_pass(factory, con
         final = scoring.read(acquired.probe, ascent.images)
         np.testing.assert_allclose(final.probabilities, acquired.model.classify(ascent.images).numpy(), atol=1e-6)
         at_pictures = acquired.probe.features(tf.constant(ascent.images))[0].numpy()
-        np.testing.assert_allclose(final.held_out[:2], at_pictures, rtol=1e-4, atol=1e-5)
-        assert final.held_out.shape == ((1 + scoring.SAMPLES) * 2, at_pictures.shape[1])
-        assert not np.allclose(final.held_out[2:4], at_pictures)  # the moves are not the pictures
+        np.testing.assert_allclose(final.values[:2], at_pictures, rtol=1e-4, atol=1e-5)
+        assert final.values.shape == ((1 + scoring.SAMPLES) * 2, at_pictures.shape[1])
+        assert not np.allclose(final.values[2:4], at_pictures)  # the moves are not the pictures
+    network, _ = target_network(conv5.model, "conv2d_5")  # without classes: the same values, in one pass
+    without_classes = scoring.read(scoring.feature_probe(network, conv5.model.preprocess, SHAPE), ascent.images)
+    assert without_classes.probabilities is None
+    np.testing.assert_allclose(without_classes.values, scoring.read(conv5.probe, ascent.images).values,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_s_last_progress_and_its_result_carry_the_final_prediction(factory, conv5):
+    """The loop leaves the last prediction to the final read: the batch still publishes it as the last progress,
+    and the result's last prediction is at the last iteration."""
+    seen = []
+    spec = contract.normalize({"model": MODEL, "conv_id": 5, "feature": 1, "iterations": 3, "seed": 1})
+    rendered = batch.run(factory, [spec], seen.append).jobs[0]
+    assert seen[-1].iteration == 3 and seen[-1].prediction is not None
+    assert seen[-1].prediction == rendered.predictions[-1] and rendered.predictions[-1].iteration == 3
 
 
 def test_the_prediction_budget_counts_what_a_prediction_cost_not_the_one_image_estimate(conv5):

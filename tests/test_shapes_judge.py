@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurevis import batch, registry, shapes, shapes_judge
+from featurevis import batch, registry, scoring, shapes, shapes_judge
 from featurevis.contract import normalize
 from tests.test_shapes import assert_deterministic
 
@@ -68,7 +68,7 @@ def test_shapes_cnn_class_jobs_are_judged_by_the_independent_judge(factory):
     verdict = factory.model("shapes_judge").classify(rendered.pictures).numpy()[0]
     assert quality["judge"] == "shapes_judge"
     assert quality["judge_probability"] == float(verdict[shapes.CLASS_NAMES.index("rings")])
-    assert quality["judge_agrees"] == (verdict[shapes.CLASS_NAMES.index("rings")] >= 0.5)
+    assert quality["judge_agrees"] == (verdict[shapes.CLASS_NAMES.index("rings")] >= scoring.JUDGE_SEES)
 
 
 def _corner_spread(images: np.ndarray) -> np.ndarray:
