@@ -51,12 +51,12 @@ bench-quick: setup
 
 # Every method at its defaults, scored; writes quality/results.json and quality/contact_sheet.png.
 quality: setup
-	$(PY) quality/run.py
+	$(PY) -m quality.run
 
 # Each method's iterations, learning rate and transform strength, scored on other seeds; writes
 # quality/defaults.json, and fails when contract.METHOD_DEFAULTS is not what it chose.
 quality-defaults: setup
-	$(PY) quality/defaults.py
+	$(PY) -m quality.defaults
 
 # Redis, a worker, Flower (http://127.0.0.1:5555) and the queue metrics (http://127.0.0.1:9808/metrics), left
 # running; `make down` stops them, keeping queued jobs.
