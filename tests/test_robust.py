@@ -9,6 +9,10 @@ from featurevis.optvis import maco, objectives, param, render, robust, transform
 
 SHAPE = (64, 64, 3)
 CHANNELS, CLASSES = 16, 5
+# The step's mechanics are tested at lucid's rate and moves (those transform.standard defaults to), whatever
+# defaults `make quality-defaults` chooses for pictures; test_a_steps_rate_and_moves_are_its_methods_defaults_in_
+# the_contract checks that a worker's step takes the contract's.
+LUCID = {"learning_rate": 0.05, "moves": transform.Moves.lucid(max(SHAPE), 1.0)}
 
 
 def preprocess(pixels):
@@ -28,7 +32,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def channel_step(tiny):
-    return robust.compile_step(tiny[0], preprocess, objectives.weighted_channels, SHAPE)
+    return robust.compile_step(tiny[0], preprocess, objectives.weighted_channels, SHAPE, **LUCID)
 
 
 def pixels_of(spectrum):
@@ -128,7 +132,7 @@ def test_diversity_is_lower_for_different_images(tiny):
 def test_a_class_target_is_diversified_on_its_conv_layer_not_its_logits(tiny):
     """The logits network's second output is where the diversity term compares the set's Gram matrices."""
     network = keras.Model(tiny[1].input, [tiny[1].output, tiny[0].output])
-    step = robust.compile_step(network, preprocess, objectives.weighted_logits, SHAPE)
+    step = robust.compile_step(network, preprocess, objectives.weighted_logits, SHAPE, **LUCID)
     weights, seeds = one_hot_rows([2] * 3, CLASSES), [4, 5, 6]
     spectrum = param.fft_spectrum_init(SHAPE, seeds)
     first = render.run(step, seeds, weights, 1, diversity=3.0).history[0].loss
@@ -158,7 +162,7 @@ def test_adam_climbs_like_keras_adam_minimizing_the_negative():
 @pytest.mark.parametrize("objective, target", [(objectives.weighted_channels, 0), (objectives.weighted_logits, 1)])
 def test_twenty_robust_steps_raise_the_target_on_the_plain_image(tiny, objective, target):
     network = tiny[target]
-    step = robust.compile_step(network, preprocess, objective, SHAPE)
+    step = robust.compile_step(network, preprocess, objective, SHAPE, **LUCID)
     weights = one_hot_rows([3], network.output.shape[-1])
     start = param.fft_spectrum_init(SHAPE, [5])
     ascent = render.run(step, [5], weights, 20)
