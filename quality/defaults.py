@@ -23,10 +23,10 @@ Scored as `make quality` scores the methods, on seeds it does not use (SEEDS; it
 The chosen setting of a method (`choose`) is, among the settings whose every class the judge recognizes on
 at least CLASS_GOAL of the seeds (all settings, when none does), the one with the fewest iterations among those
 within CLOSE of their best transferability, then the most robust: a class the default never draws is a miss
-no overall figure makes up for, and transferability is the measure of a class picture a
-person would recognize, and within one picture in 50 of it, a shorter job is worth more than noise. Where the
-table's setting passes the same filter, a rate or strength other than its must beat it by more than CLOSE: they are not in the job id (the
-iterations are), so changing them changes the picture every job id already made stands for.
+no overall figure makes up for, transferability is the measure of a class picture a person would recognize,
+and within one picture in 50 of it, a shorter job is worth more than noise. Where the table's setting passes
+the same filter, a rate or strength other than its must beat it by more than CLOSE: they are not in the job id
+(the iterations are), so changing them changes the picture every job id already made stands for.
 Writes quality/defaults.json and prints the table; exits 1 when contract.METHOD_DEFAULTS does not hold the
 chosen settings.
 """

@@ -6,8 +6,8 @@ out gets (contract.METHOD_DEFAULTS: its iterations, rate and transforms), on see
 1. shapes_cnn, 10 classes x 10 seeds: does the judge, shapes_judge (another architecture, trained on
    another generator: featurevis/shapes_judge.py, frozen), give the target class at least
    scoring.JUDGE_SEES (transferability), overall and for each class? And, for comparison, shapes_cnn_b,
-   which learnt from shapes_cnn's own generator (its agreement overstates transferability). With held-out robustness (featurevis.scoring) and
-   `activation_vs_dataset`, the logit at the picture over the best of shapes_cnn's dataset, as an atlas
+   which learnt from shapes_cnn's own generator (its agreement overstates transferability). With held-out
+   robustness (featurevis.scoring) and `activation_vs_dataset`, the logit at the picture over the best of shapes_cnn's dataset, as an atlas
    computes it (featurevis.examples);
 2. channel CHANNEL of each shapes_cnn conv layer, 10 seeds: held-out robustness, specificity and
    `activation_vs_dataset`; and inception_v3_untrained at conv_id 5, 50 and 93, held-out robustness and
