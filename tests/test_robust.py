@@ -82,6 +82,20 @@ def test_transforms_without_movement_are_the_identity():
     np.testing.assert_allclose(moved(images, [1, 2], moves=still), images, atol=1e-3)
 
 
+@pytest.mark.parametrize("zoom", [0.5, 0.8, 1.25])
+def test_a_scale_draw_shows_the_picture_that_much_smaller_or_larger(zoom):
+    """The models want their own size, so the moved view is resized to it; the scale must survive that resize,
+    or lucid's scale stage would leave every pattern one size."""
+    images = np.zeros((1, *SHAPE), np.float32)
+    side = SHAPE[0] // 4
+    start = (SHAPE[0] - side) // 2
+    images[0, start:start + side, start:start + side] = 255.0
+    scaled = transform.Moves(pad=0, jitter=0, scale=(zoom, zoom), degrees=0, jitter_after=0)
+    out = moved(images, [1], moves=scaled)[0, ..., 0]
+    assert np.isclose((out > 127.5).sum(), (side * zoom) ** 2, rtol=0.2)
+    assert (out[SHAPE[0] // 2, SHAPE[1] // 2]) > 250.0  # about the middle
+
+
 def test_lucids_pixel_amounts_scale_with_the_image_and_a_strength_scales_them_all():
     assert transform.Moves.lucid(224) == transform.Moves(12, 8, (0.9, 1.1), 10.0, 4)
     assert transform.Moves.lucid(448).pad == 24

@@ -73,21 +73,29 @@ def move(images: tf.Tensor, draws: tf.Tensor, moves: Moves | None = None) -> tf.
 def _sampling_map(draws: tf.Tensor, h: int, w: int, r: Moves) -> tf.Tensor:
     """The input point each output pixel samples, as the op's 8 projective parameters per image.
 
-    Lucid's stages undone from the last: the picture lucid would show is
-    resized to h x w (lucid's models took any size, ours want their own),
-    cropped by the second jitter, rotated about its centre, scaled, cropped
-    by the first jitter, and padded. `draws` is (batch, 6) in [0, 1).
+    Lucid's stages undone from the last: the model's h x w pixels cover the
+    middle of the view lucid would show, cropped by the second jitter, rotated
+    about its centre, scaled, cropped by the first jitter, and padded.
+    `draws` is (batch, 6) in [0, 1).
+
+    Lucid's models took any size; ours want their own. Every draw's view is
+    resized by one factor, the one that fits the view at scale 1 to h x w,
+    so a scale below 1 still shows the picture smaller (grey around it) and
+    above 1 larger (its edge cut off). Resizing each draw's own view to h x w
+    would undo the scale, leaving the patterns one size.
     """
     size = tf.constant([w, h], tf.float32)  # points are (x, y)
     first = draws[:, 0:2] * r.jitter
     zoom = r.scale[0] + draws[:, 2:3] * (r.scale[1] - r.scale[0])
     angle = math.radians(r.degrees) * (2 * draws[:, 3] - 1)
     second = draws[:, 4:6] * r.jitter_after
-    scaled = (size + 2 * r.pad - r.jitter) * zoom  # the canvas after padding, first crop and scaling
+    canvas = size + 2 * r.pad - r.jitter  # after padding and the first crop
+    scaled = canvas * zoom
     centre = (scaled - 1) / 2
+    middle = (canvas - 1) * (zoom - 1) / 2  # where the unscaled view's width starts, centred in the scaled one
 
     def source(point: tf.Tensor) -> tf.Tensor:
-        point = point * (scaled - r.jitter_after) / size + second
+        point = point * (canvas - r.jitter_after) / size + second + middle
         point = _rotate(point - centre, angle) + centre
         return point / zoom + first - r.pad
 
