@@ -7,8 +7,8 @@ out gets (contract.METHOD_DEFAULTS: its iterations, rate and transforms), on see
    another generator: featurevis/shapes_judge.py, frozen), give the target class at least
    scoring.JUDGE_SEES (transferability), overall and for each class? And, for comparison, shapes_cnn_b,
    which learnt from shapes_cnn's own generator (its agreement overstates transferability). With held-out
-   robustness (featurevis.scoring) and `activation_vs_dataset`, the logit at the picture over the best of shapes_cnn's dataset, as an atlas
-   computes it (featurevis.examples);
+   robustness (featurevis.scoring) and `activation_vs_dataset`, the logit at the picture over the best of
+   shapes_cnn's dataset, as an atlas computes it (featurevis.examples);
 2. channel CHANNEL of each shapes_cnn conv layer, 10 seeds: held-out robustness, specificity and
    `activation_vs_dataset`; and inception_v3_untrained at conv_id 5, 50 and 93, held-out robustness and
    specificity at INCEPTION_ITERATIONS for every method (a step there costs 0.2-0.6 s on 2 cores, so its
@@ -16,10 +16,13 @@ out gets (contract.METHOD_DEFAULTS: its iterations, rate and transforms), on see
 3. quality/results.json, and quality/contact_sheet.png: one row per class, one column per method, each
    tile at least SHEET_TILE px (shapes' 64-px pictures enlarged, nearest neighbour).
 It prints whether the best method reaches GOAL and every measure where a method is below the tutorial's.
+`python -m quality.run --seeds 500-519` runs part 1 alone on other seeds and writes nothing: the defaults
+measured on seeds that no choice of them has seen.
 It runs the worker's own functions (render.run, scoring.scores) in this process.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -77,7 +80,7 @@ def means(scores: list[dict]) -> dict:
             for name in names if any(name in row for row in scores)}
 
 
-def shapes(factory: ModelFactory) -> tuple[dict, dict]:
+def shapes(factory: ModelFactory, seeds: tuple[int, ...] = SEEDS) -> tuple[dict, dict]:
     """Part 1: every class x seed of a method in one batch (batching never changes a picture)."""
     classes = registry.builtin_info(MODEL).classes
     judge = registry.JUDGES[MODEL]
@@ -87,17 +90,17 @@ def shapes(factory: ModelFactory) -> tuple[dict, dict]:
     summary, pictures = {}, {}
     for method in METHODS:
         iterations = METHOD_DEFAULTS[method].iterations
-        batch, rows = run(factory, MODEL, None, method, list(range(classes)) * len(SEEDS),
-                          [seed for seed in SEEDS for _ in range(classes)], iterations, ranked)
+        batch, rows = run(factory, MODEL, None, method, list(range(classes)) * len(seeds),
+                          [seed for seed in seeds for _ in range(classes)], iterations, ranked)
         pictures[method] = batch[:classes]  # the first seed's
         assert all(row["judge"] == judge for row in rows)
-        agrees = np.array([row["judge_agrees"] for row in rows]).reshape(len(SEEDS), classes)
-        same = same_generator(batch).numpy().argmax(axis=1) == np.tile(np.arange(classes), len(SEEDS))
+        agrees = np.array([row["judge_agrees"] for row in rows]).reshape(len(seeds), classes)
+        same = same_generator(batch).numpy().argmax(axis=1) == np.tile(np.arange(classes), len(seeds))
         summary[method] = {
             "iterations": iterations, "judge": judge, "transferability": float(agrees.mean()),
             "same_generator_model": SAME_GENERATOR_MODEL, "same_generator_agreement": float(same.mean()),
             **means(rows), "per_class_transferability": agrees.mean(axis=0).tolist(),
-            "misses": _misses(judged_as(batch).numpy(), classes, names),
+            "misses": _misses(judged_as(batch).numpy(), classes, names, len(seeds)),
         }
         print(f"  {MODEL} {method:16s} {iterations:4d} iterations: transferability to {judge} "
               f"{summary[method]['transferability']:.0%} (to {SAME_GENERATOR_MODEL} "
@@ -109,9 +112,9 @@ def shapes(factory: ModelFactory) -> tuple[dict, dict]:
     return summary, pictures
 
 
-def _misses(verdicts: np.ndarray, classes: int, names: list[str]) -> dict[str, list[str]]:
+def _misses(verdicts: np.ndarray, classes: int, names: list[str], seeds: int) -> dict[str, list[str]]:
     """For each class with a picture the judge did not recognize: the judge's top class, one per such picture."""
-    targets = np.tile(np.arange(classes), len(SEEDS))
+    targets = np.tile(np.arange(classes), seeds)
     missed = verdicts[np.arange(len(targets)), targets] < scoring.JUDGE_SEES
     top = verdicts.argmax(axis=1)
     return {names[c]: [names[v] for v in top[missed & (targets == c)]] for c in sorted(set(targets[missed]))}
@@ -186,7 +189,40 @@ def below_tutorial(results: dict) -> list[str]:
     return found
 
 
+def goal(summary: dict) -> dict:
+    """Whether the best method reaches GOAL and its weakest class CLASS_GOAL; printed."""
+    best = max(METHODS, key=lambda method: summary[method]["transferability"])
+    weakest = min(summary[best]["per_class_transferability"])
+    met = summary[best]["transferability"] >= GOAL and weakest >= CLASS_GOAL - 1e-9
+    print(f"goal: {best} recognized {summary[best]['transferability']:.0%} of the time at its defaults, its weakest "
+          f"class {weakest:.0%} of its seeds: {'met' if met else 'not met'} ({GOAL:.0%}, each class {CLASS_GOAL:.0%})")
+    return {"best_method": best, "transferability": summary[best]["transferability"], "weakest_class": weakest,
+            "goal": GOAL, "class_goal": CLASS_GOAL, "met": met}
+
+
+def other_seeds(first: int, last: int) -> int:
+    """Part 1 alone on seeds first..last, printed, nothing written: the defaults on seeds no choice has seen
+    (`make quality-defaults` and `make quality` both look at theirs)."""
+    seeds = tuple(range(first, last + 1))
+    print(f"{MODEL}: 10 classes x {len(seeds)} seeds ({first}-{last}), judged by {registry.JUDGES[MODEL]}", flush=True)
+    goal(shapes(ModelFactory(), seeds)[0])
+    return 0
+
+
+def seed_range(text: str) -> tuple[int, int]:
+    first, _, last = text.partition("-")
+    if not (first.isdigit() and last.isdigit() and int(first) <= int(last)):
+        raise argparse.ArgumentTypeError(f"{text!r}: give FIRST-LAST, two seeds 0 or more, e.g. 500-519")
+    return int(first), int(last)
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m quality.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", metavar="FIRST-LAST", type=seed_range,
+                        help="part 1 alone on these seeds (e.g. 500-519), printed, nothing written")
+    seeds = parser.parse_args().seeds
+    if seeds is not None:
+        return other_seeds(*seeds)
     began = time.perf_counter()
     factory = ModelFactory()
     defaults = {method: vars(METHOD_DEFAULTS[method]) for method in METHODS}
@@ -201,18 +237,11 @@ def main() -> int:
                "shapes_cnn_channels": shapes_channels(factory), "inception_v3_untrained": inception(factory),
                "inception_iterations": INCEPTION_ITERATIONS, "judge_on_flat_pictures": judge_on_flat,
                "class_names": list(registry.builtin_info(MODEL).class_names), "seconds": None}
-    best = max(METHODS, key=lambda method: shapes_summary[method]["transferability"])
-    weakest = min(shapes_summary[best]["per_class_transferability"])
-    results["goal"] = {"best_method": best, "transferability": shapes_summary[best]["transferability"],
-                       "weakest_class": weakest, "goal": GOAL, "class_goal": CLASS_GOAL,
-                       "met": shapes_summary[best]["transferability"] >= GOAL and weakest >= CLASS_GOAL - 1e-9}
+    results["goal"] = goal(shapes_summary)
     results["below_tutorial"] = below_tutorial(results)
     (ROOT / "quality" / "contact_sheet.png").write_bytes(contact_sheet(pictures))
     results["seconds"] = time.perf_counter() - began
     (ROOT / "quality" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"goal: {best} recognized {results['goal']['transferability']:.0%} of the time at its defaults, its "
-          f"weakest class {weakest:.0%} of its seeds: {'met' if results['goal']['met'] else 'not met'} ({GOAL:.0%}, "
-          f"each class {CLASS_GOAL:.0%})")
     print("below the tutorial's method:" + "".join(f"\n  {line}" for line in results["below_tutorial"]))
     print(f"wrote quality/results.json and quality/contact_sheet.png in {results['seconds']:.0f} s")
     return 0
