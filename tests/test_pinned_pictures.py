@@ -6,7 +6,8 @@ the loop of today must give the same within float tolerance. Every class then cl
 class case's step is compiled climbing the logit, whatever its method's class objective is now (issue 28
 changed what robust climbs, not how the loop runs), and a robust case's at the rate and moves its case names
 (`learning_rate`, `moves`: a strength of lucid's), whatever robust's defaults are now. The robust case was
-pinned again when the transforms' scale stage began to scale (issue 28), on the one kind of CPU at hand.
+pinned again when the transforms' scale stage began to scale (issue 28), on an AMD AVX-512 CPU, then on
+an AMD AVX2 one.
 """
 import json
 from pathlib import Path
