@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -85,14 +85,23 @@ def _shapes_cnn_b(weights: str | None) -> keras.Model:
     return _small_cnn("shapes_cnn_b", blocks, weights)
 
 
+# The judges' architecture: a 5x5 first layer with pooling, then a strided 3x3 layer, 16-32-48-96 channels.
+JUDGE_BLOCKS = (ConvBlock(16, 5, pool=True), ConvBlock(32, 3, pool=True), ConvBlock(48, 3, stride=2), ConvBlock(96, 3))
+
+
 def _shapes_judge(weights: str | None) -> keras.Model:
-    """The judge of shapes_cnn's class pictures, trained on another generator (featurevis/shapes_judge.py):
-    a 5x5 first layer with pooling, then a strided 3x3 layer, 16-32-48-96 channels."""
-    blocks = [ConvBlock(16, 5, pool=True), ConvBlock(32, 3, pool=True), ConvBlock(48, 3, stride=2), ConvBlock(96, 3)]
-    return _small_cnn("shapes_judge", blocks, weights)
+    """The judge of shapes_cnn's class pictures, trained adversarially on another generator
+    (featurevis/shapes_judge.py)."""
+    return _small_cnn("shapes_judge", JUDGE_BLOCKS, weights)
 
 
-def _small_cnn(name: str, blocks: list[ConvBlock], weights: str | None) -> keras.Model:
+def _shapes_judge_clean(weights: str | None) -> keras.Model:
+    """A second judge: the same architecture and generator, trained on clean images only, as one of the judges
+    outside the project was (issue 28)."""
+    return _small_cnn("shapes_judge_clean", JUDGE_BLOCKS, weights)
+
+
+def _small_cnn(name: str, blocks: Sequence[ConvBlock], weights: str | None) -> keras.Model:
     """Conv blocks, global average pooling and Dense(10) logits, no softmax: jobs maximize the logits.
 
     Every layer is named, so names never depend on what else the process built
@@ -117,7 +126,8 @@ def _small_cnn(name: str, blocks: list[ConvBlock], weights: str | None) -> keras
 # The architectures this repository defines and trains (scripts/train_shapes.py); they see pixels / 255.
 ARCHITECTURES: dict[str, Callable[[str | None], keras.Model]] = {"shapes_cnn": _shapes_cnn,
                                                                   "shapes_cnn_b": _shapes_cnn_b,
-                                                                  "shapes_judge": _shapes_judge}
+                                                                  "shapes_judge": _shapes_judge,
+                                                                  "shapes_judge_clean": _shapes_judge_clean}
 SHAPES_PREPROCESS = "unit"
 
 # How each Keras Application family expects its pixels (keras.applications.<family>.preprocess_input).

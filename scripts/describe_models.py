@@ -12,7 +12,8 @@ from featurevis import registry, zoo
 # What registry.builtin_description adds per served name, and so leaves out of the shipped file.
 PER_NAME = ("name", "sha256", "source", "keras_version")
 CLASS_NAMES = {"inception_v3": "imagenet_classes.json", "shapes_cnn": "shapes_classes.json",
-               "shapes_cnn_b": "shapes_classes.json", "shapes_judge": "shapes_classes.json"}
+               "shapes_cnn_b": "shapes_classes.json", "shapes_judge": "shapes_classes.json",
+               "shapes_judge_clean": "shapes_classes.json"}
 
 
 def shipped_description(architecture: str, model) -> dict:

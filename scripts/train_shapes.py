@@ -1,14 +1,16 @@
-"""Trains shapes_cnn and shapes_cnn_b on featurevis.shapes, and the judge shapes_judge on
-featurevis.shapes_judge (another generator of the same classes); writes their weights and descriptions.
+"""Trains shapes_cnn and shapes_cnn_b on featurevis.shapes, and the judges shapes_judge and shapes_judge_clean
+on featurevis.shapes_judge (another generator of the same classes); writes their weights and descriptions.
 
 Run in a fresh process: `.venv/bin/python scripts/train_shapes.py [name ...]`
-(shapes_cnn and shapes_cnn_b about 4 minutes each on 2 CPU cores, shapes_judge about 21; no names: all three). It writes, in
+(shapes_cnn and shapes_cnn_b about 4 minutes each on 2 CPU cores, shapes_judge about 21; no names: all four). It
+writes, in
 featurevis/models/,
 `<architecture>.weights.h5`, `<architecture>.json` (the registry's description
 plus `accuracy` on fresh data of its own generator, `accuracy_by_generator` on
-fresh data of both, `trained_on` and `trained_by`) and `shapes_classes.json`.
+fresh data of both, `trained_on`, `trained_by`, `adversarial_epsilon` and `trained_at`, the commit and date)
+and `shapes_classes.json`.
 
-Both are trained adversarially (FGSM with a random start, Wong, Rice and
+All but shapes_judge_clean are trained adversarially (FGSM with a random start, Wong, Rice and
 Kolter 2020, "Fast is better than free"): every batch is first pushed by one
 signed-gradient step of at most EPSILON per pixel towards a wrong answer, and
 the model learns from the pushed batch. Trained on clean images only, these
@@ -16,7 +18,9 @@ models read classes from pixel-level texture their gradients point at, so a
 visualization of them was noise that the other model recognized 10-18% of the
 time; adversarial training makes the gradients follow shapes (Santurkar et al.
 2019, "Image synthesis with a single robust classifier"), and the pictures
-draw the classes (quality/results.json has the figures).
+draw the classes (quality/results.json has the figures). shapes_judge_clean is the
+judge's architecture and generator trained on clean images: a second opinion on
+the pictures, as one of the two judges outside the project was clean (issue 28).
 
 Deterministic: data come from seeded generators, Keras' seeds are set per
 model, the random starts are stateless draws from (seed, step) and
@@ -28,9 +32,11 @@ independently (registry.JUDGES).
 """
 import json
 import math
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import keras
@@ -45,6 +51,7 @@ from describe_models import shipped_description
 # The shapes models see pixels / 255 (registry.PREPROCESS['unit']).
 PREPROCESS = zoo.preprocessor(registry.preprocess_from(zoo.SHAPES_PREPROCESS, 3))
 
+ROOT = Path(__file__).resolve().parent.parent
 EVAL_SEED = 2024  # used by no training run
 EVAL_SAMPLES = 2000
 BATCH_SIZE = 64
@@ -53,7 +60,7 @@ LEARNING_RATE = 3e-3
 # pictures of shapes_cnn (seeds 100-104, not make quality's): 4 gave 99.1% and 84%, 6 gives 96.4% and 100%,
 # 8 (the CIFAR-10 custom) cost 14 points of accuracy (86%, in a trial run).
 EPSILON = 6.0
-FGSM_STEP = 1.25 * EPSILON  # Wong et al.'s step from the random start
+FGSM_STEP_OF_EPSILON = 1.25  # Wong et al.'s step from the random start, in epsilons
 
 
 # The generators, by module name: what a model is trained on, and what its accuracy is measured on.
@@ -66,12 +73,15 @@ class Recipe:
     samples: int
     epochs: int
     generator: str = "featurevis.shapes"
+    epsilon: float = EPSILON  # the adversarial push, 0..255 pixels; 0 trains on clean images
 
 
 RECIPES = {
     "shapes_cnn": Recipe(seed=1, samples=16_000, epochs=6),
     "shapes_cnn_b": Recipe(seed=2, samples=16_000, epochs=6),
     "shapes_judge": Recipe(seed=3, samples=24_000, epochs=10, generator="featurevis.shapes_judge"),
+    # Fixed before it was trained or judged anything (issue 28): never retrained after seeing a method's scores.
+    "shapes_judge_clean": Recipe(seed=4, samples=24_000, epochs=10, generator="featurevis.shapes_judge", epsilon=0.0),
 }
 
 
@@ -90,7 +100,10 @@ def train(architecture: str, recipe: Recipe) -> keras.Model:
 
     @tf.function
     def train_step(pixels: tf.Tensor, labels: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
-        pushed = adversarial(pixels, labels, loss_of, tf.stack([tf.constant(recipe.seed, tf.int64), step]))
+        pushed = pixels
+        if recipe.epsilon:
+            pushed = adversarial(pixels, labels, loss_of, recipe.epsilon,
+                                 tf.stack([tf.constant(recipe.seed, tf.int64), step]))
         with tf.GradientTape() as tape:
             loss = loss_of(pushed, labels)
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
@@ -109,19 +122,29 @@ def train(architecture: str, recipe: Recipe) -> keras.Model:
     return model
 
 
-def adversarial(pixels: tf.Tensor, labels: tf.Tensor, loss_of, seed: tf.Tensor) -> tf.Tensor:
-    """The batch moved by at most EPSILON per pixel: a random start, then one signed step up the loss."""
-    start = tf.random.stateless_uniform(tf.shape(pixels), seed, -EPSILON, EPSILON)
+def adversarial(pixels: tf.Tensor, labels: tf.Tensor, loss_of, epsilon: float, seed: tf.Tensor) -> tf.Tensor:
+    """The batch moved by at most `epsilon` per pixel: a random start, then one signed step up the loss."""
+    start = tf.random.stateless_uniform(tf.shape(pixels), seed, -epsilon, epsilon)
     with tf.GradientTape() as tape:
         tape.watch(start)
         loss = loss_of(tf.clip_by_value(pixels + start, 0.0, 255.0), labels)
-    moved = tf.clip_by_value(start + FGSM_STEP * tf.sign(tape.gradient(loss, start)), -EPSILON, EPSILON)
+    moved = tf.clip_by_value(start + FGSM_STEP_OF_EPSILON * epsilon * tf.sign(tape.gradient(loss, start)),
+                             -epsilon, epsilon)
     return tf.clip_by_value(pixels + moved, 0.0, 255.0)
 
 
 def accuracy(architecture: str, model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
     logits = model.predict(PREPROCESS(images), batch_size=256, verbose=0)
     return float(np.mean(logits.argmax(axis=1) == labels))
+
+
+def trained_at() -> dict:
+    """The commit whose recipe trained a model (a tree with changes is named as such) and the day, in UTC."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    commit = git("rev-parse", "HEAD") + (" with uncommitted changes" if git("status", "--porcelain") else "")
+    return {"commit": commit, "date": datetime.now(timezone.utc).date().isoformat()}
 
 
 def write_json(path: Path, content: dict) -> None:
@@ -131,6 +154,7 @@ def write_json(path: Path, content: dict) -> None:
 
 def main() -> None:
     tf.config.experimental.enable_op_determinism()
+    commit_and_day = trained_at()  # before any weights are written, which the tree would show as a change
     write_json(registry.SHIPPED_DIR / "shapes_classes.json", {
         "source": "featurevis/shapes.py CLASS_NAMES, in label order: a synthetic data set of shapes and textures",
         "names": list(shapes.CLASS_NAMES),
@@ -147,7 +171,8 @@ def main() -> None:
         print(f"wrote {weights} ({weights.stat().st_size / 1e6:.2f} MB)")
         write_json(registry.SHIPPED_DIR / f"{architecture}.json", {
             **shipped_description(architecture, model), "accuracy": score, "accuracy_by_generator": by_generator,
-            "trained_on": recipe.generator, "trained_by": "scripts/train_shapes.py", "adversarial_epsilon": EPSILON,
+            "trained_on": recipe.generator, "trained_by": "scripts/train_shapes.py",
+            "adversarial_epsilon": recipe.epsilon, "trained_at": commit_and_day,
         })
         print(f"{architecture}: accuracy {score:.4f} on {EVAL_SAMPLES} fresh samples (seed {EVAL_SEED}) of its "
               f"generator {recipe.generator}; "
