@@ -30,7 +30,8 @@ from featurevis.store import DATASET, DATASET_INFO
 
 # The built-in models' datasets: drawn from a fixed seed by the generator each learnt from (its module).
 GENERATORS = {"shapes": shapes.generate, "shapes_judge": shapes_judge.generate}
-DRAWN_BY = {"shapes_cnn": "shapes", "shapes_cnn_b": "shapes", "shapes_judge": "shapes_judge"}
+DRAWN_BY = {"shapes_cnn": "shapes", "shapes_cnn_b": "shapes", "shapes_judge": "shapes_judge",
+            "shapes_judge_clean": "shapes_judge"}
 DRAWN_SIZE, DRAWN_SEED = 320, 20_261_129  # a few hundred images, drawn apart from training's seeds
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -14,7 +14,7 @@ creation order (what `conv_id` indexes, as the tutorial's `conv_names` did),
 the classes and how 0..255 pixels reach the network. The producer validates
 jobs from it alone.
 
-The five built-in models are ordinary entries whose descriptions ship in
+The six built-in models are ordinary entries whose descriptions ship in
 `featurevis/models/`; workers write them into the store at start, and a
 process that finds no entry for a built-in name reads the shipped one.
 """
@@ -62,11 +62,14 @@ BUILTINS = {
     "shapes_cnn": {"architecture": "shapes_cnn", "weights": "shipped", "description": "shapes_cnn"},
     "shapes_cnn_b": {"architecture": "shapes_cnn_b", "weights": "shipped", "description": "shapes_cnn_b"},
     "shapes_judge": {"architecture": "shapes_judge", "weights": "shipped", "description": "shapes_judge"},
+    "shapes_judge_clean": {"architecture": "shapes_judge_clean", "weights": "shipped",
+                           "description": "shapes_judge_clean"},
 }
 
 # A model whose class visualizations an independently trained model judges (scoring's judge). shapes_judge
 # shares neither architecture nor training data nor the generator of its data (featurevis/shapes_judge.py)
 # with shapes_cnn; shapes_cnn_b, trained on shapes_cnn's generator, stays a model jobs can use.
+# shapes_judge_clean, its twin trained on clean images, is a second opinion `make quality` prints beside it.
 JUDGES = {"shapes_cnn": "shapes_judge"}
 
 

@@ -6,7 +6,7 @@ from featurevis import registry, shapes, targets, zoo
 from featurevis.registry import WeightsUnavailable
 from featurevis.optvis import objectives, render
 
-SHIPPED = ["shapes_cnn", "shapes_cnn_b", "shapes_judge"]
+SHIPPED = ["shapes_cnn", "shapes_cnn_b", "shapes_judge", "shapes_judge_clean"]
 ON_SHAPES = ["shapes_cnn", "shapes_cnn_b"]  # trained on featurevis.shapes; the judge's accuracy: test_shapes_judge.py
 SHAPE = (64, 64, 3)
 FRESH_SEED = 4242  # used neither in training (1, 2) nor for the descriptions' accuracy (2024)

@@ -1,16 +1,20 @@
-"""The judge's own generator (featurevis/shapes_judge.py) and the judge trained on it alone (shapes_judge)."""
+"""The judge's own generator (featurevis/shapes_judge.py) and the judges trained on it alone (shapes_judge,
+adversarially; shapes_judge_clean, on clean images)."""
 import ast
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from featurevis import batch, registry, scoring, shapes, shapes_judge
 from featurevis.contract import normalize
 from tests.test_shapes import assert_deterministic
 
-FRESH_SEED = 4243  # used neither in training (3) nor for the description's accuracy (2024)
+FRESH_SEED = 4243  # used neither in training (3, 4) nor for the descriptions' accuracy (2024)
+JUDGES = ["shapes_judge", "shapes_judge_clean"]
 SAMPLES = 200
-# The judge's accuracy on fresh samples: shapes_judge.json records it on 2000 of each generator.
+# A judge's accuracy on fresh samples: its description records it on 2000 of each generator.
 OWN_ACCURACY, CROSS_ACCURACY = 0.97, 0.97  # measured: 0.997 and 0.9975 on 2000, 0.995 and 0.99 on these 200
 
 
@@ -50,8 +54,9 @@ def test_judge_generator_draws_patterns_that_differ_in_hue_alone():
     assert shapes_judge._visible(red + 70.0, red, red)  # clearly lighter
 
 
-def test_judge_recognizes_fresh_samples_of_both_generators(factory):
-    judge = factory.model("shapes_judge")
+@pytest.mark.parametrize("name", JUDGES)
+def test_judge_recognizes_fresh_samples_of_both_generators(factory, name):
+    judge = factory.model(name)
     for generator, wanted in ((shapes_judge, OWN_ACCURACY), (shapes, CROSS_ACCURACY)):
         images, labels = generator.generate(SAMPLES, FRESH_SEED)
         accuracy = np.mean(judge.classify(images).numpy().argmax(axis=1) == labels)
@@ -78,12 +83,23 @@ def _corner_spread(images: np.ndarray) -> np.ndarray:
     return (means.max(axis=1) - means.min(axis=1)).max(axis=1)
 
 
-# The judge is frozen (issue 28): never retrained, re-chosen or re-weighted after seeing a method's scores.
-FROZEN_JUDGE_SHA256 = "776da27b4043bfb231828bd30857640e95cc0aa503505af680c69909889af2fb"
+# The judges are frozen (issue 28): never retrained, re-chosen or re-weighted after seeing a method's scores.
+FROZEN_SHA256 = {"shapes_judge": "776da27b4043bfb231828bd30857640e95cc0aa503505af680c69909889af2fb",
+                 "shapes_judge_clean": "5efadc6a65902843a30a834fab144b92d961028fb97ebc03ec864bad9ec509c0"}
 
 
-def test_the_judge_is_frozen_and_the_readme_pins_it():
-    weights = registry.shipped_weights_file("shapes_judge")
-    assert registry.version_of_file(weights) == FROZEN_JUDGE_SHA256, \
-        "shapes_judge's weights changed: a judge is frozen before what it judges changes (README, issue 28)"
-    assert FROZEN_JUDGE_SHA256 in (Path(__file__).resolve().parent.parent / "README.md").read_text()
+@pytest.mark.parametrize("name", JUDGES)
+def test_a_judge_is_frozen_and_the_readme_pins_it(name):
+    weights = registry.shipped_weights_file(name)
+    assert registry.version_of_file(weights) == FROZEN_SHA256[name], \
+        f"{name}'s weights changed: a judge is frozen before what it judges changes (README, issue 28)"
+    assert FROZEN_SHA256[name] in (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_the_second_judge_names_its_recipe_commit_and_day_and_saw_clean_images_only():
+    """A judge added after issue 28 comes with the commit it was trained at and the date (its recipe is
+    scripts/train_shapes.py at that commit), from a tree without other changes."""
+    description = registry.builtin_info("shapes_judge_clean").description
+    assert description["trained_on"] == "featurevis.shapes_judge" and description["adversarial_epsilon"] == 0.0
+    assert re.fullmatch(r"[0-9a-f]{40}", description["trained_at"]["commit"])
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", description["trained_at"]["date"])
