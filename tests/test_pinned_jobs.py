@@ -5,9 +5,8 @@ tutorial conv job, a channel, a class by name with the robust method, a composed
 negative weight, a diverse set and a sweep. The ids and keys must match exactly (they address the
 store); the pictures must be the same pixels (tests/cpu.pinned_png_sha256) on a CPU of the vendor they were
 pinned on. The robust jobs' pictures changed on purpose when robust began climbing a class's
-log-probability, when `make quality-defaults` chose its new rate and moves, and when the transforms' scale
-stage began to scale (issue 28): they were pinned again then, each time on the one kind of CPU at hand, and
-on an AMD AVX2 CPU once one was at hand again.
+log-probability, when `make quality-defaults` chose its new rate and moves (twice), and when the transforms'
+scale stage began to scale (issue 28): they were pinned again then, each time on the one kind of CPU at hand.
 """
 import json
 from pathlib import Path
