@@ -69,7 +69,8 @@ BUILTINS = {
 # A model whose class visualizations an independently trained model judges (scoring's judge). shapes_judge
 # shares neither architecture nor training data nor the generator of its data (featurevis/shapes_judge.py)
 # with shapes_cnn; shapes_cnn_b, trained on shapes_cnn's generator, stays a model jobs can use.
-# shapes_judge_clean, its twin trained on clean images, is a second opinion `make quality` prints beside it.
+# shapes_judge_clean, its twin trained on clean images, is the second judge that `make quality` and `make
+# quality-defaults` read beside it.
 JUDGES = {"shapes_cnn": "shapes_judge"}
 
 
