@@ -50,7 +50,7 @@ from featurevis.contract import CLASS_OBJECTIVES, MAGNITUDES, METHOD_DEFAULTS
 from featurevis.factory import ModelFactory
 from featurevis.step_cache import target_network
 from featurevis.optvis import methods, objectives, render, transform
-from quality.run import CLASS_GOAL, SECOND_JUDGE, recognized
+from quality.run import CLASS_GOAL, SECOND_JUDGE, judges_mean, recognized
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +100,7 @@ def setting(factory: ModelFactory, method: str, rate: float | None, strength: fl
         scores = scoring.scores(scoring.read(probe, batch), batch, weights, True, factory.judge(MODEL))
         agrees = np.array([row["judge_agrees"] for row in scores]).reshape(len(SEEDS), classes)
         second = recognized(second_judge(batch).numpy(), classes)
-        both = np.mean([agrees.mean(axis=0), second.mean(axis=0)], axis=0)
+        both = judges_mean(agrees.mean(axis=0), second.mean(axis=0))
         rows[count].update(transferability=float(agrees.mean()), weakest_class=float(agrees.mean(axis=0).min()),
                            second_judge_transferability=float(second.mean()), judges_mean=float(both.mean()),
                            judges_mean_weakest_class=float(both.min()),
