@@ -145,19 +145,11 @@ def _runner(name: str):
     import tensorflow as tf
 
     if name == "bare":
+        from bench.loop import compiled_loop
         from featurevis.factory import ModelFactory
-        from featurevis.optvis import objectives
 
         acquired = ModelFactory().acquire("inception_v3_untrained", LAYER)
-        weights = tf.constant(objectives.weights_matrix([{CHANNEL: 1.0}], acquired.model.info.feature_count(LAYER)))
-        arguments = (weights, tf.constant([1], tf.int64), tf.constant(0.0))
-
-        def bare() -> None:
-            state = acquired.step.start([1])
-            for _ in range(ITERATIONS):
-                state, _ = acquired.step.advance(state, *arguments)
-            acquired.step.pixels(state).numpy()
-        return bare, "featurevis"
+        return compiled_loop(acquired, LAYER, CHANNEL, ITERATIONS), "featurevis"
     network = _network()
     if name.startswith("xplique"):
         from importlib.metadata import version

@@ -42,9 +42,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import tensorflow as tf
 
 from bench import fixed_cost, onnx_speed, peers, registration
+from bench.loop import compiled_loop
 from devstack.stack import LocalStack
 from featurevis import contract, registry
 from featurevis.atlas import DEFAULT_BATCH
@@ -227,18 +227,7 @@ def precision(conv_ids: list, iterations: int) -> dict:
 def bare_loop_seconds(factory: ModelFactory, model: str, target, method: str, iterations: int, feature: int,
                       repeats: int) -> float:
     """Seconds for `iterations` calls of the job's compiled step and nothing else: the limit a job can reach."""
-    acquired = factory.acquire(model, target, method)
-    info = acquired.model.info
-    weights = tf.constant(objectives.weights_matrix([{feature: 1.0}], info.feature_count(target)))
-    seeds = [1]
-    arguments = (weights, tf.constant(seeds, tf.int64), tf.constant(0.0))
-
-    def loop() -> None:
-        state = acquired.step.start(seeds)
-        for _ in range(iterations):
-            state, _ = acquired.step.advance(state, *arguments)
-        acquired.step.pixels(state).numpy()
-
+    loop = compiled_loop(factory.acquire(model, target, method), target, feature, iterations)
     loop()
     runs = []
     for _ in range(repeats):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bench.loop import compiled_loop
 from featurevis import batch, contract, scoring
 from featurevis.optvis import objectives, param, render
 from featurevis.step_cache import target_network
@@ -95,6 +96,14 @@ def test_batching_never_changes_a_jobs_image(conv5):
     batched = render.run(conv5.step, [20, 21], one_hot([1, 2]), 3).images[1] - start[0]
     assert np.corrcoef(alone.ravel(), batched.ravel())[0, 1] > 0.999
     assert np.abs(batched - alone).mean() < 0.01 * np.abs(alone).mean()
+
+
+def test_the_bench_s_bare_loop_draws_a_job_s_picture(factory):
+    """`make bench` measures jobs against a bare loop of their step: it must be the same climb, nothing less."""
+    acquired = factory.acquire("shapes_cnn", None, "robust")
+    weights = objectives.weights_matrix([{3: 1.0}], acquired.model.info.feature_count(None))
+    job = render.run(acquired.step, [7], weights, 5).images
+    np.testing.assert_array_equal(compiled_loop(acquired, None, 3, 5, seeds=(7,))(), job)
 
 
 def test_weighted_targets_climb_their_sum(conv5, channel_means):
