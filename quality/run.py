@@ -102,12 +102,12 @@ def shapes(factory: ModelFactory, seeds: tuple[int, ...] = SEEDS) -> tuple[dict,
         agrees = np.array([row["judge_agrees"] for row in rows]).reshape(len(seeds), classes)
         same = same_generator(batch).numpy().argmax(axis=1) == np.tile(np.arange(classes), len(seeds))
         second = recognized(second_judge(batch).numpy(), classes)
-        summary[method] = {
-            "iterations": iterations, "judge": judge, "transferability": float(agrees.mean()),
+        summary[method] = {  # the shares are means of per-class shares, as goal() reads them: printed alike
+            "iterations": iterations, "judge": judge, "transferability": float(np.mean(agrees.mean(axis=0))),
             "same_generator_model": SAME_GENERATOR_MODEL, "same_generator_agreement": float(same.mean()),
             **means(rows), "per_class_transferability": agrees.mean(axis=0).tolist(),
             "misses": _misses(judged_as(batch).numpy(), classes, names),
-            "second_judge": SECOND_JUDGE, "second_judge_transferability": float(second.mean()),
+            "second_judge": SECOND_JUDGE, "second_judge_transferability": float(np.mean(second.mean(axis=0))),
             "second_judge_per_class": second.mean(axis=0).tolist(),
         }
         print(f"  {MODEL} {method:16s} {iterations:4d} iterations: transferability to {judge} "
