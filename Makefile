@@ -34,7 +34,7 @@ demo: setup
 	$(PY) -m devstack.demo
 
 # Every test but those marked slow (the scale test; every target of every people model by every method):
-# README.md says how long each takes; `make test-all` runs them too.
+# README.md's "Two commands" says how long each takes; `make test-all` runs them too.
 test: setup
 	$(PY) -m pytest -m "not slow"
 
