@@ -99,9 +99,9 @@ def setting(factory: ModelFactory, method: str, rate: float | None, strength: fl
     for count, batch in by_count.items():
         scores = scoring.scores(scoring.read(probe, batch), batch, weights, True, factory.judge(MODEL))
         agrees = np.array([row["judge_agrees"] for row in scores]).reshape(len(SEEDS), classes)
-        second = recognized(second_judge(batch).numpy(), classes)
-        both = judges_mean(agrees.mean(axis=0), second.mean(axis=0))
-        rows[count].update(transferability=float(agrees.mean()), weakest_class=float(agrees.mean(axis=0).min()),
+        per_class, second = agrees.mean(axis=0), recognized(second_judge(batch).numpy(), classes).mean(axis=0)
+        both = judges_mean(per_class, second)  # every share a mean of per-class shares, as make quality's
+        rows[count].update(transferability=float(per_class.mean()), weakest_class=float(per_class.min()),
                            second_judge_transferability=float(second.mean()), judges_mean=float(both.mean()),
                            judges_mean_weakest_class=float(both.min()),
                            robustness=float(np.mean([row["robustness"] for row in scores])))
