@@ -49,6 +49,10 @@ MAGNITUDES = ("1/f", "dataset")
 # What a method's step climbs for a class: the class's logit (the tutorial's), or its log-probability under the
 # model's softmax, the logit less the log-sum-exp of all of them (optvis/objectives.weighted_log_probabilities).
 CLASS_OBJECTIVES = ("logit", "log_probability")
+# Adam's rate may step down once, after this many updates (Defaults.settled_rate). A count of steps rather than
+# a share of the job's iterations, so a step never depends on how many follow: a longer job's first pictures
+# are a shorter one's, and `make quality-defaults` reads every count of iterations from one run.
+SETTLE_AFTER = 50
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class Defaults:
 
     iterations: int
     learning_rate: float | None = None  # Adam's rate; None: the method's own step rule
+    settled_rate: float | None = None  # Adam's rate after SETTLE_AFTER updates; None: learning_rate throughout
     moves: float | None = None  # how far the transforms move the picture, in lucid's amounts; None: none
     magnitude: str | None = None  # the fixed magnitude spectrum (MAGNITUDES) of a method that keeps one
     class_objective: str = "logit"  # what the step climbs for a class target (CLASS_OBJECTIVES)

@@ -7,11 +7,15 @@ amounts, transform.Moves.lucid) and the iterations. Per method (robust and maco)
 3. for maco, which keeps a magnitude spectrum, the other spectrum (contract.MAGNITUDES: 1/f, or the mean of
    the model's dataset) at the rate and strength steps 1 and 2 chose;
 4. the other class objective (contract.CLASS_OBJECTIVES: the class's logit, or its log-probability) at the
-   setting steps 1-3 chose. Steps 1-3 climb the objective the table holds; only the class pictures differ.
+   setting steps 1-3 chose. Steps 1-3 climb the objective the table holds; only the class pictures differ;
+5. a scheduled rate at the setting steps 1-4 chose: its rate for contract.SETTLE_AFTER steps, then SETTLED of
+   it (steps 1-4 keep one rate throughout). Its pictures differ only after SETTLE_AFTER steps, so only the
+   counts of ITERATIONS beyond it are its rows.
 Every setting runs ITERATIONS[-1] iterations once and its pictures are read at each count of ITERATIONS on
 the way: a step does not depend on how many follow, so the picture after 30 steps of a 200-step run is a
-30-iteration job's, and the iterations cost nothing more. This coordinate search (19 runs; docs/methods-and-quality.md
-says how long it takes) replaces the full product of rates, strengths, spectra and class objectives (111 runs).
+30-iteration job's, and the iterations cost nothing more. This coordinate search (21 runs; docs/methods-and-quality.md
+says how long it takes) replaces the full product of rates, strengths, spectra, class objectives and schedules
+(221 runs).
 gradient_ascent has no rate and no transforms; its iterations are read the same way, for comparison, and its
 defaults stay the tutorial's (30, climbing the logit), so a job that leaves iterations out keeps its id and its
 picture.
@@ -46,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from featurevis import registry, scoring
-from featurevis.contract import CLASS_OBJECTIVES, MAGNITUDES, METHOD_DEFAULTS
+from featurevis.contract import CLASS_OBJECTIVES, MAGNITUDES, METHOD_DEFAULTS, SETTLE_AFTER
 from featurevis.factory import ModelFactory
 from featurevis.step_cache import target_network
 from featurevis.optvis import methods, objectives, render, transform
@@ -62,17 +66,19 @@ STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0)
 CONV_IDS = (2, 3)  # conv_id 1's channels average near 0, where robustness, a ratio, is noise
 CHANNEL = 2  # make quality climbs channel 1
 CLOSE = 0.02  # one picture in 50
+SETTLED = 0.2  # the scheduled rate's share of the rate after SETTLE_AFTER steps: 0.1, then 0.02 was the lead tried
 
 
 def pictures(factory: ModelFactory, method: str, conv_id: int | None, rate: float | None, strength: float | None,
-             magnitude: str | None, class_objective: str, features: list[int],
+             magnitude: str | None, class_objective: str, settled_rate: float | None, features: list[int],
              seeds: list[int]) -> tuple[dict[int, np.ndarray], np.ndarray, scoring.Probe]:
     """The batch's pictures after each count of ITERATIONS, from one run of a step compiled for these settings."""
     loaded = factory.model(MODEL)
     network, objective = target_network(loaded, loaded.info.target_layer(conv_id),
                                         with_style=methods.BY_NAME[method].needs_style, class_objective=class_objective)
     shape = loaded.info.input_shape
-    settings = {} if rate is None else {"learning_rate": rate, "moves": transform.Moves.lucid(max(shape[:2]), strength)}
+    settings = {} if rate is None else {"learning_rate": rate, "settled_rate": settled_rate,
+                                        "moves": transform.Moves.lucid(max(shape[:2]), strength)}
     if magnitude == "dataset":  # the dataset's spectrum, as a worker's "maco+dataset-..." step has it
         settings["magnitude"] = factory.dataset_magnitude(loaded.info)
     step = methods.BY_NAME[method].compile_step(network, loaded.preprocess, objective, shape, **settings)
@@ -84,19 +90,23 @@ def pictures(factory: ModelFactory, method: str, conv_id: int | None, rate: floa
 
 
 def setting(factory: ModelFactory, method: str, rate: float | None, strength: float | None,
-            magnitude: str | None = None, class_objective: str | None = None) -> list[dict]:
-    """One row per count of ITERATIONS: the setting's scores after that many steps."""
+            magnitude: str | None = None, class_objective: str | None = None,
+            settled_rate: float | None = None) -> list[dict]:
+    """One row per count of ITERATIONS: the setting's scores after that many steps (with a `settled_rate`, only
+    the counts beyond SETTLE_AFTER: before it the pictures are the same setting's at one rate)."""
     loaded = factory.model(MODEL)
     classes = loaded.info.classes
     magnitude = magnitude or METHOD_DEFAULTS[method].magnitude
     class_objective = class_objective or METHOD_DEFAULTS[method].class_objective
     second_judge = factory.model(SECOND_JUDGE).classify
-    rows = {count: {"method": method, "learning_rate": rate, "moves": strength, "magnitude": magnitude,
-                    "class_objective": class_objective, "iterations": count} for count in ITERATIONS}
+    rows = {count: {"method": method, "learning_rate": rate, "settled_rate": settled_rate, "moves": strength,
+                    "magnitude": magnitude, "class_objective": class_objective, "iterations": count}
+            for count in ITERATIONS if settled_rate is None or count > SETTLE_AFTER}
     by_count, weights, probe = pictures(factory, method, None, rate, strength, magnitude, class_objective,
-                                        list(range(classes)) * len(SEEDS),
+                                        settled_rate, list(range(classes)) * len(SEEDS),
                                         [seed for seed in SEEDS for _ in range(classes)])
-    for count, batch in by_count.items():
+    for count in rows:
+        batch = by_count[count]
         scores = scoring.scores(scoring.read(probe, batch), batch, weights, True, factory.judge(MODEL))
         agrees = np.array([row["judge_agrees"] for row in scores]).reshape(len(SEEDS), classes)
         per_class, second = agrees.mean(axis=0), recognized(second_judge(batch).numpy(), classes).mean(axis=0)
@@ -107,8 +117,9 @@ def setting(factory: ModelFactory, method: str, rate: float | None, strength: fl
                            robustness=float(np.mean([row["robustness"] for row in scores])))
     for conv_id in CONV_IDS:
         by_count, weights, probe = pictures(factory, method, conv_id, rate, strength, magnitude, class_objective,
-                                            [CHANNEL] * len(SEEDS), list(SEEDS))
-        for count, batch in by_count.items():
+                                            settled_rate, [CHANNEL] * len(SEEDS), list(SEEDS))
+        for count in rows:
+            batch = by_count[count]
             scores = scoring.scores(scoring.read(probe, batch), batch, weights, False)
             rows[count].update({f"conv{conv_id}_robustness": float(np.mean([row["robustness"] for row in scores])),
                                 f"conv{conv_id}_specificity_z": float(np.mean([row["specificity_z"]
@@ -127,18 +138,20 @@ def choose(rows: list[dict]) -> dict:
     close = [row for row in rows if row["judges_mean"] >= best - CLOSE - 1e-9]
     held = METHOD_DEFAULTS[rows[0]["method"]]
     kept = [row for row in close
-            if settings_of(row) == (held.learning_rate, held.moves, held.magnitude, held.class_objective)]
+            if settings_of(row) == (held.learning_rate, held.moves, held.magnitude, held.class_objective,
+                                    held.settled_rate)]
     return min(kept or close, key=lambda row: (row["iterations"], -row["robustness"]))
 
 
 def settings_of(row: dict) -> tuple:
-    return row["learning_rate"], row["moves"], row["magnitude"], row["class_objective"]
+    return row["learning_rate"], row["moves"], row["magnitude"], row["class_objective"], row["settled_rate"]
 
 
 def sweep(factory: ModelFactory, method: str) -> list[dict]:
     """Step 1, the rates at lucid's moves; step 2, the other strengths at the rate step 1 chose; step 3, for a
     method that keeps a magnitude spectrum, the other spectra at the rate and strength chosen so far; step 4, the
-    other class objectives at the setting chosen so far."""
+    other class objectives at the setting chosen so far; step 5, that setting with its rate settling to SETTLED of
+    it after SETTLE_AFTER steps."""
     rows = [row for rate in RATES[method] for row in setting(factory, method, rate, 1.0)]
     rate = choose(rows)["learning_rate"]
     rows += [row for strength in STRENGTHS if strength != 1.0 for row in setting(factory, method, rate, strength)]
@@ -147,19 +160,24 @@ def sweep(factory: ModelFactory, method: str) -> list[dict]:
         rows += [row for magnitude in MAGNITUDES if magnitude != chosen["magnitude"]
                  for row in setting(factory, method, chosen["learning_rate"], chosen["moves"], magnitude)]
     chosen = choose(rows)
-    return rows + [row for objective in CLASS_OBJECTIVES if objective != chosen["class_objective"]
-                   for row in setting(factory, method, chosen["learning_rate"], chosen["moves"], chosen["magnitude"],
-                                      objective)]
+    rows += [row for objective in CLASS_OBJECTIVES if objective != chosen["class_objective"]
+             for row in setting(factory, method, chosen["learning_rate"], chosen["moves"], chosen["magnitude"],
+                                objective)]
+    chosen = choose(rows)
+    return rows + setting(factory, method, chosen["learning_rate"], chosen["moves"], chosen["magnitude"],
+                          chosen["class_objective"], round(SETTLED * chosen["learning_rate"], 6))
 
 
 def line(row: dict) -> str:
     rate = "-" if row["learning_rate"] is None else f"{row['learning_rate']:g}"
+    if row["settled_rate"] is not None:
+        rate += f">{row['settled_rate']:g}"
     moves = "-" if row["moves"] is None else f"{row['moves']:g}"
     magnitude = row["magnitude"] or "-"
     objective = {"logit": "logit", "log_probability": "log p"}[row["class_objective"]]
     convs = "  ".join(f"{row[f'conv{conv_id}_robustness']:6.2f} {row[f'conv{conv_id}_specificity_z']:5.2f}"
                       for conv_id in CONV_IDS)
-    return (f"{row['method']:16s} {rate:>5} {moves:>5} {magnitude:>8} {objective:>6} {row['iterations']:5d} "
+    return (f"{row['method']:16s} {rate:>9} {moves:>5} {magnitude:>8} {objective:>6} {row['iterations']:5d} "
             f"{row['transferability']:7.0%} {row['weakest_class']:7.0%} {row['second_judge_transferability']:7.0%} "
             f"{row['judges_mean']:7.0%} {row['judges_mean_weakest_class']:7.0%} {row['robustness']:7.2f}  {convs}")
 
@@ -170,7 +188,7 @@ def main() -> int:
     print(f"{MODEL}, seeds {SEEDS[0]}-{SEEDS[-1]}; judged by {registry.JUDGES[MODEL]} and {SECOND_JUDGE} (clean), "
           f"both judges' mean and its weakest class; channel {CHANNEL} of conv "
           f"{' and '.join(map(str, CONV_IDS))}: robustness and specificity z")
-    print(f"{'method':16s} {'rate':>5} {'moves':>5} {'spectrum':>8} {'class':>6} {'iters':>5} {'judged':>7} "
+    print(f"{'method':16s} {'rate':>9} {'moves':>5} {'spectrum':>8} {'class':>6} {'iters':>5} {'judged':>7} "
           f"{'weakest':>7} {'clean':>7} {'mean':>7} {'weakest':>7} {'robust':>7}  "
           + "  ".join(f"{f'conv{conv_id} rob':>6} {'z':>5}" for conv_id in CONV_IDS))
     rows = setting(factory, "gradient_ascent", None, None)
@@ -183,7 +201,7 @@ def main() -> int:
     for method, row in chosen.items():
         defaults = METHOD_DEFAULTS[method]
         held = (defaults.iterations, defaults.learning_rate, defaults.moves, defaults.magnitude,
-                defaults.class_objective)
+                defaults.class_objective, defaults.settled_rate)
         if held != (row["iterations"], *settings_of(row)):
             differ.append(method)
         print(f"chosen: {line(row)}   contract: {f'{held}, differs' if method in differ else 'the same'}")

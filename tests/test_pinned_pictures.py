@@ -5,9 +5,9 @@ jobs as the render loop computed them before the speed work, per CPU vendor (see
 the loop of today must give the same within float tolerance. Every class then climbed its logit, so a
 class case's step is compiled climbing the logit, whatever its method's class objective is now (issue 28
 changed what robust climbs, not how the loop runs), and a robust case's at the rate and moves its case names
-(`learning_rate`, `moves`: a strength of lucid's), whatever robust's defaults are now. The robust case was
-pinned again when the transforms' scale stage began to scale (issue 28), on an AMD AVX-512 CPU, then on
-an AMD AVX2 one.
+(`learning_rate`, held throughout, and `moves`: a strength of lucid's), whatever robust's defaults are now.
+The robust case was pinned again when the transforms' scale stage began to scale (issue 28), on an AMD
+AVX-512 CPU, then on an AMD AVX2 one.
 """
 import json
 from pathlib import Path
@@ -33,7 +33,7 @@ def test_a_fixed_job_gives_the_pinned_picture(factory, name):
     shape = loaded.info.input_shape
     settings = {}
     if "learning_rate" in case:
-        settings = {"learning_rate": case["learning_rate"],
+        settings = {"learning_rate": case["learning_rate"], "settled_rate": None,
                     "moves": transform.Moves.lucid(max(shape[:2]), case["moves"])}
     step = method.compile_step(network, loaded.preprocess, objective, shape, **settings)
     weights = objectives.weights_matrix([{case["feature"]: 1.0}], loaded.info.feature_count(case["target"]))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from featurevis.contract import METHOD_DEFAULTS
+from featurevis.contract import METHOD_DEFAULTS, SETTLE_AFTER
 from featurevis.optvis import maco, objectives, param, render, robust, transform
 
 SHAPE = (64, 64, 3)
@@ -12,7 +12,7 @@ CHANNELS, CLASSES = 16, 5
 # The step's mechanics are tested at lucid's rate and moves (those transform.standard defaults to), whatever
 # defaults `make quality-defaults` chooses for pictures; test_a_steps_rate_and_moves_are_its_methods_defaults_in_
 # the_contract checks that a worker's step takes the contract's.
-LUCID = {"learning_rate": 0.05, "moves": transform.Moves.lucid(max(SHAPE), 1.0)}
+LUCID = {"learning_rate": 0.05, "settled_rate": None, "moves": transform.Moves.lucid(max(SHAPE), 1.0)}
 
 
 def preprocess(pixels):
@@ -117,6 +117,21 @@ def test_a_steps_rate_and_moves_are_its_methods_defaults_in_the_contract(tiny, m
     np.testing.assert_array_equal(default.images, named.images)
     other = climbed(moves=transform.Moves.lucid(max(SHAPE), defaults.moves + 1.0))
     assert np.abs(other.images - default.images).max() > 1.0
+
+
+@pytest.mark.parametrize("method", [robust, maco])
+def test_a_scheduled_rate_settles_after_its_steps_and_leaves_the_first_pictures_alone(tiny, method):
+    """A settled rate takes over after contract.SETTLE_AFTER updates, whatever the job's length: the pictures up to
+    there are those of the same step at one rate (make quality-defaults reads every count from one run), and
+    the ones after move by the settled rate's steps."""
+    seeds, weights = [1], one_hot_rows([3], CHANNELS)
+    climbed = lambda settled: render.run(
+        method.compile_step(tiny[0], preprocess, objectives.weighted_channels, SHAPE, learning_rate=0.05,
+                            settled_rate=settled), seeds, weights, SETTLE_AFTER + 2, frame_every=SETTLE_AFTER)
+    steady, settling = climbed(None), climbed(0.01)
+    assert [stats.step_size[0] for stats in settling.history] == pytest.approx([0.05] * SETTLE_AFTER + [0.01] * 2)
+    np.testing.assert_array_equal(settling.frames[0], steady.frames[0])
+    assert np.abs(settling.images - steady.images).max() > 0.0
 
 
 def test_weighted_objectives_are_linear_and_one_hot_is_the_tutorials_loss():

@@ -120,12 +120,14 @@ def _hermitian(phase: tf.Tensor, w: int) -> tf.Tensor:
 
 def compile_step(network: keras.Model, preprocess: Callable, objective: Objective, image_shape: tuple[int, int, int],
                  learning_rate: float = DEFAULTS.learning_rate, moves: transform.Moves | None = None,
-                 magnitude: np.ndarray | None = None) -> CompiledStep:
+                 magnitude: np.ndarray | None = None,
+                 settled_rate: float | None = DEFAULTS.settled_rate) -> CompiledStep:
     """MACO's step, compiled once: one Adam update of the phases, the loss seen through random moves.
 
     pixels = phase_to_pixels(phase, magnitude), moved by transform.standard, then preprocess and
     `network` (ending at the target layer); Adam climbs the objective on the phase alone (robust's
-    adam_ascent). The gradient at the unmoved pixels is summed into the state's `looked` map.
+    adam_ascent, at robust.scheduled_rate's rate). The gradient at the unmoved pixels is summed into the
+    state's `looked` map.
     `objective` takes dense (batch, channels) weights; with any batch, weights and seeds as tensor
     arguments nothing retraces. There is no diversity term (the contract refuses sets for maco:
     Xplique's MACO renders one image per objective, and how a fixed magnitude and the Gram-matrix
@@ -175,9 +177,10 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
             total = tf.reduce_sum(loss)  # images are independent, so d(total)/d(image b) = d(loss b)/d(image b)
         grads, looked = tape.gradient(total, [state.phase, images])
         axes = [1, 2, 3]
+        rate = robust.scheduled_rate(state.updates, learning_rate, settled_rate)
         stats = StepStats(loss, tf.reduce_min(grads, axis=axes), tf.reduce_max(grads, axis=axes),
-                          tf.fill(tf.shape(loss), learning_rate))
-        adam = robust.adam_ascent(robust.RobustState(*state[:4]), grads, learning_rate)
+                          tf.fill(tf.shape(loss), rate))
+        adam = robust.adam_ascent(robust.RobustState(*state[:4]), grads, rate)
         return MacoState(*adam, state.looked + tf.reduce_sum(tf.abs(looked), axis=-1)), stats
 
     compiled.advance = lambda state, terms, seeds, diversity: step(state, objectives.as_terms(terms), seeds, diversity)

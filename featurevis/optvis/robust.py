@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from featurevis.contract import METHOD_DEFAULTS
+from featurevis.contract import METHOD_DEFAULTS, SETTLE_AFTER
 from featurevis.optvis import objectives, param, transform
 from featurevis.optvis.render import CompiledStep, Method, Objective, StepStats
 
@@ -39,7 +39,7 @@ class RobustState(NamedTuple):
 
 def compile_step(network: keras.Model, preprocess: Callable, objective: Objective, image_shape: tuple[int, int, int],
                  learning_rate: float = DEFAULTS.learning_rate, moves: transform.Moves | None = None,
-                 alpha: bool = False) -> CompiledStep:
+                 alpha: bool = False, settled_rate: float | None = DEFAULTS.settled_rate) -> CompiledStep:
     """lucid's render step, compiled once: one Adam update of FFT spectra, the loss seen through random moves.
 
     pixels = fft_to_pixels(spectrum), moved by transform.standard, then
@@ -57,7 +57,8 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     climbs too; with any batch, objectives.Terms and seeds as tensor arguments
     nothing retraces.
     The stats' gradient figures are of the spectra, which is what Adam moves;
-    their step size is the learning rate. With `alpha`, see `transparent`. Regularizers
+    their step size is the rate of that update (scheduled_rate: `learning_rate`, then `settled_rate`
+    after contract.SETTLE_AFTER updates where one is given). With `alpha`, see `transparent`. Regularizers
     (objectives.penalty) are taken on the picture itself, not on the moved copy. `moves` defaults to
     lucid's at the strength DEFAULTS names.
     """
@@ -102,9 +103,10 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
             total = tf.reduce_sum(loss)
         grads = tape.gradient(total, state.spectrum)
         axes = [1, 2, 3, 4]
+        rate = scheduled_rate(state.updates, learning_rate, settled_rate)
         stats = StepStats(loss, tf.reduce_min(grads, axis=axes), tf.reduce_max(grads, axis=axes),
-                          tf.fill(tf.shape(loss), learning_rate))
-        return adam_ascent(state, grads, learning_rate), stats
+                          tf.fill(tf.shape(loss), rate))
+        return adam_ascent(state, grads, rate), stats
 
     compiled.advance = lambda state, terms, seeds, diversity: step(state, objectives.as_terms(terms), seeds, diversity)
     start = RobustState.start(np.zeros([1, *spectrum_spec.shape[1:]], np.float32))
@@ -154,7 +156,16 @@ def over_noise(images: tf.Tensor, opacity: tf.Tensor, seeds: tf.Tensor, step: tf
     return images * opacity + noise * (1.0 - opacity)
 
 
-def adam_ascent(state: RobustState, grads: tf.Tensor, learning_rate: float,
+def scheduled_rate(updates: tf.Tensor, learning_rate: float, settled_rate: float | None) -> tf.Tensor:
+    """Adam's rate for the update after `updates` of them: `learning_rate` for the first contract.SETTLE_AFTER,
+    then `settled_rate` (None: `learning_rate` throughout). A fast climb forms the picture and a slower one
+    settles it without the big steps' grain; counted in steps, the schedule never depends on the job's length."""
+    if settled_rate is None:
+        return tf.constant(learning_rate, tf.float32)
+    return tf.where(updates < SETTLE_AFTER, tf.constant(learning_rate, tf.float32), settled_rate)
+
+
+def adam_ascent(state: RobustState, grads: tf.Tensor, learning_rate: float | tf.Tensor,
                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8) -> RobustState:
     """One Adam step up the gradient, with Kingma & Ba's (and lucid's) defaults."""
     updates = state.updates + 1
