@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import tensorflow as tf
 
-from featurevis.optvis import objectives
+from featurevis.optvis import objectives, render
 
 
 def compiled_loop(acquired, target, feature: int, iterations: int, seeds: tuple[int, ...] = (1,)
@@ -17,7 +16,7 @@ def compiled_loop(acquired, target, feature: int, iterations: int, seeds: tuple[
     of an acquired (model, layer, method) step and fetches the pixels: no queue, no prediction, no files. Its
     pictures are a job's (tests/test_optvis.py holds them equal to render.run's)."""
     weights = objectives.weights_matrix([{feature: 1.0}] * len(seeds), acquired.model.info.feature_count(target))
-    arguments = (objectives.as_terms(weights), tf.constant(list(seeds), tf.int64), tf.constant(0.0))  # as render.run
+    arguments = render.step_arguments(weights, list(seeds))
 
     def loop() -> np.ndarray:
         state = acquired.step.start(list(seeds))

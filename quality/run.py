@@ -194,7 +194,8 @@ def contact_sheet(pictures: dict) -> bytes:
 
 
 def below_tutorial(results: dict) -> list[str]:
-    """Every measure on which a method scores below the tutorial's: docs/methods-and-quality.md must say why for each."""
+    """Every measure on which a method scores below the tutorial's: docs/methods-and-quality.md must say why for
+    each."""
     measures = [(f"{MODEL} classes", results[MODEL], "", ("transferability", "same_generator_agreement",
                                                           "robustness_mean", "activation_vs_dataset_mean"))]
     channels = ("robustness_mean", "specificity_z_mean", "activation_vs_dataset_mean")

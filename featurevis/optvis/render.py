@@ -146,6 +146,12 @@ class Cadence:
         return since_last_s >= interval and elapsed_s / done * (iterations - done) >= interval
 
 
+def step_arguments(weights: np.ndarray | objectives.Terms, seeds: list[int], diversity: float = 0.0) -> tuple:
+    """What a compiled step's `advance` takes after the state, converted once for a whole climb: the objective's
+    terms, the seeds as a tensor and the diversity weight."""
+    return objectives.as_terms(weights), tf.constant(seeds, tf.int64), tf.constant(diversity, tf.float32)
+
+
 def run(step: CompiledStep, seeds: list[int], weights: np.ndarray | objectives.Terms, iterations: int,
         diversity: float = 0.0,
         classify: Classifier | None = None, on_progress: ProgressCallback | None = None, frame_every: int = 0,
@@ -163,7 +169,7 @@ def run(step: CompiledStep, seeds: list[int], weights: np.ndarray | objectives.T
     host between steps. With `frame_every`, the pixels of every that-many
     iterations are kept, for an animation.
     """
-    arguments = (objectives.as_terms(weights), tf.constant(seeds, tf.int64), tf.constant(diversity, tf.float32))
+    arguments = step_arguments(weights, seeds, diversity)
     state = step.start(seeds) if state is None else state
     history, predictions, frames = [], [], []
     prediction_s = classify.cost_s * len(seeds) if classify is not None else 0.0
