@@ -53,6 +53,10 @@ CLASS_OBJECTIVES = ("logit", "log_probability")
 # a share of the job's iterations, so a step never depends on how many follow: a longer job's first pictures
 # are a shorter one's, and `make quality-defaults` reads every count of iterations from one run.
 SETTLE_AFTER = 50
+# A climb may start coarse (Defaults.coarse_steps): for its first steps the picture holds no frequency above this
+# many cycles per image, so the ascent lays out the whole shape before it draws edges and texture, as DeepDream's
+# octaves and lucid's low-resolution parameterizations do. Counted in steps too, for the same reason.
+COARSE_CYCLES = 4
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Defaults:
     iterations: int
     learning_rate: float | None = None  # Adam's rate; None: the method's own step rule
     settled_rate: float | None = None  # Adam's rate after SETTLE_AFTER updates; None: learning_rate throughout
+    coarse_steps: int | None = None  # the first steps' picture holds only COARSE_CYCLES per image; None: none
     moves: float | None = None  # how far the transforms move the picture, in lucid's amounts; None: none
     magnitude: str | None = None  # the fixed magnitude spectrum (MAGNITUDES) of a method that keeps one
     class_objective: str = "logit"  # what the step climbs for a class target (CLASS_OBJECTIVES)

@@ -10,12 +10,14 @@ amounts, transform.Moves.lucid) and the iterations. Per method (robust and maco)
    setting steps 1-3 chose. Steps 1-3 climb the objective the table holds; only the class pictures differ;
 5. a scheduled rate at the setting steps 1-4 chose: its rate for contract.SETTLE_AFTER steps, then SETTLED of
    it (steps 1-4 keep one rate throughout). Its pictures differ only after SETTLE_AFTER steps, so only the
-   counts of ITERATIONS beyond it are its rows.
+   counts of ITERATIONS beyond it are its rows;
+6. a coarse start at the setting steps 1-5 chose: for its first COARSE steps the picture holds no frequency above
+   contract.COARSE_CYCLES cycles per image (steps 1-5 start with every frequency).
 Every setting runs ITERATIONS[-1] iterations once and its pictures are read at each count of ITERATIONS on
 the way: a step does not depend on how many follow, so the picture after 30 steps of a 200-step run is a
-30-iteration job's, and the iterations cost nothing more. This coordinate search (21 runs; docs/methods-and-quality.md
-says how long it takes) replaces the full product of rates, strengths, spectra, class objectives and schedules
-(221 runs).
+30-iteration job's, and the iterations cost nothing more. This coordinate search (23 runs; docs/methods-and-quality.md
+says how long it takes) replaces the full product of rates, strengths, spectra, class objectives, schedules and
+starts (441 runs).
 gradient_ascent has no rate and no transforms; its iterations are read the same way, for comparison, and its
 defaults stay the tutorial's (30, climbing the logit), so a job that leaves iterations out keeps its id and its
 picture.
@@ -46,6 +48,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -67,21 +70,51 @@ CONV_IDS = (2, 3)  # conv_id 1's channels average near 0, where robustness, a ra
 CHANNEL = 2  # make quality climbs channel 1
 CLOSE = 0.02  # one picture in 50
 SETTLED = 0.2  # the scheduled rate's share of the rate after SETTLE_AFTER steps: 0.1, then 0.02 was the lead tried
+COARSE = 25  # the coarse start's steps (contract.COARSE_CYCLES): 25 was the lead tried
 
 
-def pictures(factory: ModelFactory, method: str, conv_id: int | None, rate: float | None, strength: float | None,
-             magnitude: str | None, class_objective: str, settled_rate: float | None, features: list[int],
+class Setting(NamedTuple):
+    """What one run of the sweep sets (None: the method has no such setting, or keeps it off); a row of the table
+    is a setting's scores after one count of ITERATIONS."""
+
+    method: str
+    learning_rate: float | None = None
+    moves: float | None = None  # the transforms' strength (transform.Moves.lucid)
+    magnitude: str | None = None
+    class_objective: str = "logit"
+    settled_rate: float | None = None
+    coarse_steps: int | None = None
+
+    @classmethod
+    def held(cls, method: str) -> Setting:
+        """The setting contract.METHOD_DEFAULTS holds for `method`."""
+        defaults = METHOD_DEFAULTS[method]
+        return cls(method, **{name: getattr(defaults, name) for name in cls._fields[1:]})
+
+    @classmethod
+    def of(cls, row: dict) -> Setting:
+        return cls(**{name: row[name] for name in cls._fields})
+
+    def step_settings(self, shape: tuple[int, int, int]) -> dict:
+        """compile_step's keyword arguments for this setting, bar the dataset's spectrum (the caller's to read)."""
+        if self.learning_rate is None:
+            return {}
+        return {"learning_rate": self.learning_rate, "settled_rate": self.settled_rate,
+                "coarse_steps": self.coarse_steps, "moves": transform.Moves.lucid(max(shape[:2]), self.moves)}
+
+
+def pictures(factory: ModelFactory, setting: Setting, conv_id: int | None, features: list[int],
              seeds: list[int]) -> tuple[dict[int, np.ndarray], np.ndarray, scoring.Probe]:
-    """The batch's pictures after each count of ITERATIONS, from one run of a step compiled for these settings."""
+    """The batch's pictures after each count of ITERATIONS, from one run of a step compiled for `setting`."""
     loaded = factory.model(MODEL)
     network, objective = target_network(loaded, loaded.info.target_layer(conv_id),
-                                        with_style=methods.BY_NAME[method].needs_style, class_objective=class_objective)
+                                        with_style=methods.BY_NAME[setting.method].needs_style,
+                                        class_objective=setting.class_objective)
     shape = loaded.info.input_shape
-    settings = {} if rate is None else {"learning_rate": rate, "settled_rate": settled_rate,
-                                        "moves": transform.Moves.lucid(max(shape[:2]), strength)}
-    if magnitude == "dataset":  # the dataset's spectrum, as a worker's "maco+dataset-..." step has it
+    settings = setting.step_settings(shape)
+    if setting.magnitude == "dataset":  # the dataset's spectrum, as a worker's "maco+dataset-..." step has it
         settings["magnitude"] = factory.dataset_magnitude(loaded.info)
-    step = methods.BY_NAME[method].compile_step(network, loaded.preprocess, objective, shape, **settings)
+    step = methods.BY_NAME[setting.method].compile_step(network, loaded.preprocess, objective, shape, **settings)
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], loaded.info.feature_count(conv_id))
     every = math.gcd(*ITERATIONS)
     frames = render.run(step, seeds, weights, ITERATIONS[-1], frame_every=every).frames
@@ -89,21 +122,15 @@ def pictures(factory: ModelFactory, method: str, conv_id: int | None, rate: floa
             scoring.feature_probe(network, loaded.preprocess, shape, loaded.classes() if conv_id is None else None))
 
 
-def setting(factory: ModelFactory, method: str, rate: float | None, strength: float | None,
-            magnitude: str | None = None, class_objective: str | None = None,
-            settled_rate: float | None = None) -> list[dict]:
+def scored(factory: ModelFactory, setting: Setting) -> list[dict]:
     """One row per count of ITERATIONS: the setting's scores after that many steps (with a `settled_rate`, only
     the counts beyond SETTLE_AFTER: before it the pictures are the same setting's at one rate)."""
     loaded = factory.model(MODEL)
     classes = loaded.info.classes
-    magnitude = magnitude or METHOD_DEFAULTS[method].magnitude
-    class_objective = class_objective or METHOD_DEFAULTS[method].class_objective
     second_judge = factory.model(SECOND_JUDGE).classify
-    rows = {count: {"method": method, "learning_rate": rate, "settled_rate": settled_rate, "moves": strength,
-                    "magnitude": magnitude, "class_objective": class_objective, "iterations": count}
-            for count in ITERATIONS if settled_rate is None or count > SETTLE_AFTER}
-    by_count, weights, probe = pictures(factory, method, None, rate, strength, magnitude, class_objective,
-                                        settled_rate, list(range(classes)) * len(SEEDS),
+    rows = {count: {**setting._asdict(), "iterations": count}
+            for count in ITERATIONS if setting.settled_rate is None or count > SETTLE_AFTER}
+    by_count, weights, probe = pictures(factory, setting, None, list(range(classes)) * len(SEEDS),
                                         [seed for seed in SEEDS for _ in range(classes)])
     for count in rows:
         batch = by_count[count]
@@ -116,8 +143,7 @@ def setting(factory: ModelFactory, method: str, rate: float | None, strength: fl
                            judges_mean_weakest_class=float(both.min()),
                            robustness=float(np.mean([row["robustness"] for row in scores])))
     for conv_id in CONV_IDS:
-        by_count, weights, probe = pictures(factory, method, conv_id, rate, strength, magnitude, class_objective,
-                                            settled_rate, [CHANNEL] * len(SEEDS), list(SEEDS))
+        by_count, weights, probe = pictures(factory, setting, conv_id, [CHANNEL] * len(SEEDS), list(SEEDS))
         for count in rows:
             batch = by_count[count]
             scores = scoring.scores(scoring.read(probe, batch), batch, weights, False)
@@ -136,36 +162,31 @@ def choose(rows: list[dict]) -> dict:
     rows = [row for row in rows if row["judges_mean_weakest_class"] >= weakest - 1 / len(SEEDS) - 1e-9]
     best = max(row["judges_mean"] for row in rows)
     close = [row for row in rows if row["judges_mean"] >= best - CLOSE - 1e-9]
-    held = METHOD_DEFAULTS[rows[0]["method"]]
-    kept = [row for row in close
-            if settings_of(row) == (held.learning_rate, held.moves, held.magnitude, held.class_objective,
-                                    held.settled_rate)]
+    held = Setting.held(rows[0]["method"])
+    kept = [row for row in close if Setting.of(row) == held]
     return min(kept or close, key=lambda row: (row["iterations"], -row["robustness"]))
-
-
-def settings_of(row: dict) -> tuple:
-    return row["learning_rate"], row["moves"], row["magnitude"], row["class_objective"], row["settled_rate"]
 
 
 def sweep(factory: ModelFactory, method: str) -> list[dict]:
     """Step 1, the rates at lucid's moves; step 2, the other strengths at the rate step 1 chose; step 3, for a
     method that keeps a magnitude spectrum, the other spectra at the rate and strength chosen so far; step 4, the
     other class objectives at the setting chosen so far; step 5, that setting with its rate settling to SETTLED of
-    it after SETTLE_AFTER steps."""
-    rows = [row for rate in RATES[method] for row in setting(factory, method, rate, 1.0)]
+    it after SETTLE_AFTER steps; step 6, the setting chosen so far starting coarse for COARSE steps."""
+    plain = Setting.held(method)._replace(settled_rate=None, coarse_steps=None)
+    rows = [row for rate in RATES[method] for row in scored(factory, plain._replace(learning_rate=rate, moves=1.0))]
     rate = choose(rows)["learning_rate"]
-    rows += [row for strength in STRENGTHS if strength != 1.0 for row in setting(factory, method, rate, strength)]
-    if METHOD_DEFAULTS[method].magnitude is not None:
-        chosen = choose(rows)
-        rows += [row for magnitude in MAGNITUDES if magnitude != chosen["magnitude"]
-                 for row in setting(factory, method, chosen["learning_rate"], chosen["moves"], magnitude)]
-    chosen = choose(rows)
-    rows += [row for objective in CLASS_OBJECTIVES if objective != chosen["class_objective"]
-             for row in setting(factory, method, chosen["learning_rate"], chosen["moves"], chosen["magnitude"],
-                                objective)]
-    chosen = choose(rows)
-    return rows + setting(factory, method, chosen["learning_rate"], chosen["moves"], chosen["magnitude"],
-                          chosen["class_objective"], round(SETTLED * chosen["learning_rate"], 6))
+    rows += [row for strength in STRENGTHS if strength != 1.0
+             for row in scored(factory, plain._replace(learning_rate=rate, moves=strength))]
+    if plain.magnitude is not None:
+        chosen = Setting.of(choose(rows))
+        rows += [row for magnitude in MAGNITUDES if magnitude != chosen.magnitude
+                 for row in scored(factory, chosen._replace(magnitude=magnitude))]
+    chosen = Setting.of(choose(rows))
+    rows += [row for objective in CLASS_OBJECTIVES if objective != chosen.class_objective
+             for row in scored(factory, chosen._replace(class_objective=objective))]
+    chosen = Setting.of(choose(rows))
+    rows += scored(factory, chosen._replace(settled_rate=round(SETTLED * chosen.learning_rate, 6)))
+    return rows + scored(factory, Setting.of(choose(rows))._replace(coarse_steps=COARSE))
 
 
 def line(row: dict) -> str:
@@ -173,11 +194,12 @@ def line(row: dict) -> str:
     if row["settled_rate"] is not None:
         rate += f">{row['settled_rate']:g}"
     moves = "-" if row["moves"] is None else f"{row['moves']:g}"
+    coarse = "-" if row["coarse_steps"] is None else str(row["coarse_steps"])
     magnitude = row["magnitude"] or "-"
     objective = {"logit": "logit", "log_probability": "log p"}[row["class_objective"]]
     convs = "  ".join(f"{row[f'conv{conv_id}_robustness']:6.2f} {row[f'conv{conv_id}_specificity_z']:5.2f}"
                       for conv_id in CONV_IDS)
-    return (f"{row['method']:16s} {rate:>9} {moves:>5} {magnitude:>8} {objective:>6} {row['iterations']:5d} "
+    return (f"{row['method']:16s} {rate:>9} {moves:>5} {coarse:>6} {magnitude:>8} {objective:>6} {row['iterations']:5d} "
             f"{row['transferability']:7.0%} {row['weakest_class']:7.0%} {row['second_judge_transferability']:7.0%} "
             f"{row['judges_mean']:7.0%} {row['judges_mean_weakest_class']:7.0%} {row['robustness']:7.2f}  {convs}")
 
@@ -188,10 +210,10 @@ def main() -> int:
     print(f"{MODEL}, seeds {SEEDS[0]}-{SEEDS[-1]}; judged by {registry.JUDGES[MODEL]} and {SECOND_JUDGE} (clean), "
           f"both judges' mean and its weakest class; channel {CHANNEL} of conv "
           f"{' and '.join(map(str, CONV_IDS))}: robustness and specificity z")
-    print(f"{'method':16s} {'rate':>9} {'moves':>5} {'spectrum':>8} {'class':>6} {'iters':>5} {'judged':>7} "
+    print(f"{'method':16s} {'rate':>9} {'moves':>5} {'coarse':>6} {'spectrum':>8} {'class':>6} {'iters':>5} {'judged':>7} "
           f"{'weakest':>7} {'clean':>7} {'mean':>7} {'weakest':>7} {'robust':>7}  "
           + "  ".join(f"{f'conv{conv_id} rob':>6} {'z':>5}" for conv_id in CONV_IDS))
-    rows = setting(factory, "gradient_ascent", None, None)
+    rows = scored(factory, Setting.held("gradient_ascent"))
     for method in RATES:
         rows += sweep(factory, method)
     chosen = {"gradient_ascent": next(row for row in rows if row["method"] == "gradient_ascent"
@@ -199,10 +221,8 @@ def main() -> int:
     chosen.update({method: choose([row for row in rows if row["method"] == method]) for method in RATES})
     differ = []
     for method, row in chosen.items():
-        defaults = METHOD_DEFAULTS[method]
-        held = (defaults.iterations, defaults.learning_rate, defaults.moves, defaults.magnitude,
-                defaults.class_objective, defaults.settled_rate)
-        if held != (row["iterations"], *settings_of(row)):
+        held = (METHOD_DEFAULTS[method].iterations, Setting.held(method))
+        if held != (row["iterations"], Setting.of(row)):
             differ.append(method)
         print(f"chosen: {line(row)}   contract: {f'{held}, differs' if method in differ else 'the same'}")
     results = {"date": time.strftime("%Y-%m-%d"), "model": MODEL, "seeds": list(SEEDS), "channel": CHANNEL,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from featurevis.contract import METHOD_DEFAULTS, SETTLE_AFTER
+from featurevis.contract import COARSE_CYCLES, METHOD_DEFAULTS, SETTLE_AFTER
 from featurevis.optvis import maco, objectives, param, render, robust, transform
 
 SHAPE = (64, 64, 3)
@@ -132,6 +132,26 @@ def test_a_scheduled_rate_settles_after_its_steps_and_leaves_the_first_pictures_
     assert [stats.step_size[0] for stats in settling.history] == pytest.approx([0.05] * SETTLE_AFTER + [0.01] * 2)
     np.testing.assert_array_equal(settling.frames[0], steady.frames[0])
     assert np.abs(settling.images - steady.images).max() > 0.0
+
+
+@pytest.mark.parametrize("method", [robust, maco])
+def test_a_coarse_start_holds_the_fine_frequencies_out_of_its_first_pictures_and_then_lets_them_in(tiny, method):
+    """For its first coarse_steps updates a climb sees only the frequencies up to contract.COARSE_CYCLES cycles
+    per image: two starts that differ only above them give the same pictures on the way, and different ones
+    once those updates are done (the fine frequencies come back as they started)."""
+    coarse_steps, seeds, weights = 3, [1], one_hot_rows([3], CHANNELS)
+    step = method.compile_step(tiny[0], preprocess, objectives.weighted_channels, SHAPE, learning_rate=0.05,
+                               coarse_steps=coarse_steps)
+    h, w = SHAPE[:2]
+    fine = np.hypot(np.fft.fftfreq(h)[:, None] * h, np.fft.rfftfreq(w)[None, :] * w) > COARSE_CYCLES
+    start = step.start(seeds)
+    moved = start[0].numpy().copy()  # the spectrum (robust) or the phase (maco)
+    moved[:, :, fine] = step.start([seeds[0] + 1])[0].numpy()[:, :, fine]
+    assert np.abs(moved - start[0].numpy()).max() > 0.0
+    climbed = [render.run(step, seeds, weights, coarse_steps, state=state, frame_every=1)
+               for state in (start, start._replace(**{start._fields[0]: tf.constant(moved)}))]
+    np.testing.assert_array_equal(climbed[0].frames[:-1], climbed[1].frames[:-1])
+    assert np.abs(climbed[0].images - climbed[1].images).max() > 1.0
 
 
 def test_weighted_objectives_are_linear_and_one_hot_is_the_tutorials_loss():

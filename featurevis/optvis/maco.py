@@ -121,7 +121,8 @@ def _hermitian(phase: tf.Tensor, w: int) -> tf.Tensor:
 def compile_step(network: keras.Model, preprocess: Callable, objective: Objective, image_shape: tuple[int, int, int],
                  learning_rate: float = DEFAULTS.learning_rate, moves: transform.Moves | None = None,
                  magnitude: np.ndarray | None = None,
-                 settled_rate: float | None = DEFAULTS.settled_rate) -> CompiledStep:
+                 settled_rate: float | None = DEFAULTS.settled_rate,
+                 coarse_steps: int | None = DEFAULTS.coarse_steps) -> CompiledStep:
     """MACO's step, compiled once: one Adam update of the phases, the loss seen through random moves.
 
     pixels = phase_to_pixels(phase, magnitude), moved by transform.standard, then preprocess and
@@ -135,6 +136,7 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     `magnitude` (channels, h, w//2+1) defaults to one_over_f; a dataset's mean spectrum goes here.
     A start picture (a job's `start_image`) gives the start its phase alone (picture_phase): the magnitude
     stays `magnitude`, since fixing it is the method, so the first picture is the image's layout, not the image.
+    With `coarse_steps`, the first that many updates see the magnitude through param.coarse_mask.
     `moves` defaults to lucid's at the strength DEFAULTS names.
     """
     moves = moves or transform.Moves.lucid(max(image_shape[:2]), DEFAULTS.moves)
@@ -144,9 +146,15 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     state_spec = MacoState(phase_spec, phase_spec, phase_spec, tf.TensorSpec([], tf.int64),
                            tf.TensorSpec([None, *image_shape[:2]], tf.float32))
 
+    def seen(state):
+        """The magnitude the picture is made with: the fixed one, held to its coarse frequencies at the start."""
+        if coarse_steps is None:
+            return magnitude
+        return magnitude * param.coarse_mask(state.updates, coarse_steps, *image_shape[:2])
+
     @tf.function(input_signature=[state_spec])
     def pixels(state):
-        return phase_to_pixels(state.phase, magnitude, image_shape)
+        return phase_to_pixels(state.phase, seen(state), image_shape)
 
     @tf.function(input_signature=[state_spec])
     def extras(state):
@@ -170,7 +178,7 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
         compiled.traces += 1  # runs at trace time only
         with tf.GradientTape() as tape:
             tape.watch(state.phase)
-            images = phase_to_pixels(state.phase, magnitude, image_shape)
+            images = phase_to_pixels(state.phase, seen(state), image_shape)
             moved = transform.standard(images, seeds, state.updates, moves)
             loss = objectives.total(objective, network(preprocess(moved), training=False), terms) \
                 - objectives.penalty(images, terms)

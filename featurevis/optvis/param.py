@@ -2,6 +2,8 @@
 import numpy as np
 import tensorflow as tf
 
+from featurevis.contract import COARSE_CYCLES
+
 
 def tutorial_noise(shape: tuple[int, int, int], seeds: list[int]) -> np.ndarray:
     """uniform[0,1) + 128, a nearly flat mid-grey as in the tutorial: one start image per seed, each drawn
@@ -98,6 +100,16 @@ def correlated_channels_last(planes: tf.Tensor) -> tf.Tensor:
     if planes.shape[1] == 3:
         return tf.einsum("bchw,dc->bhwd", planes, _COLOR_CORRELATION)
     return tf.transpose(planes, [0, 2, 3, 1])
+
+
+def coarse_mask(updates: tf.Tensor, coarse_steps: int, h: int, w: int) -> tf.Tensor:
+    """(h, w//2+1): what multiplies a picture's half-spectrum after `updates` steps of a climb that starts coarse.
+    For the first `coarse_steps` it keeps only the frequencies up to contract.COARSE_CYCLES cycles per image (the
+    rest of the spectrum is there, held out of the picture, so its gradient is 0 and Adam leaves it as it
+    started); from then on, every frequency."""
+    cycles = np.hypot(np.fft.fftfreq(h)[:, None] * h, np.fft.rfftfreq(w)[None, :] * w)
+    coarse = tf.constant(cycles <= COARSE_CYCLES, tf.float32)
+    return tf.where(updates < coarse_steps, coarse, tf.ones_like(coarse))
 
 
 def spectrum_scale(h: int, w: int) -> np.ndarray:

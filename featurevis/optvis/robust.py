@@ -39,7 +39,8 @@ class RobustState(NamedTuple):
 
 def compile_step(network: keras.Model, preprocess: Callable, objective: Objective, image_shape: tuple[int, int, int],
                  learning_rate: float = DEFAULTS.learning_rate, moves: transform.Moves | None = None,
-                 alpha: bool = False, settled_rate: float | None = DEFAULTS.settled_rate) -> CompiledStep:
+                 alpha: bool = False, settled_rate: float | None = DEFAULTS.settled_rate,
+                 coarse_steps: int | None = DEFAULTS.coarse_steps) -> CompiledStep:
     """lucid's render step, compiled once: one Adam update of FFT spectra, the loss seen through random moves.
 
     pixels = fft_to_pixels(spectrum), moved by transform.standard, then
@@ -58,7 +59,8 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     nothing retraces.
     The stats' gradient figures are of the spectra, which is what Adam moves;
     their step size is the rate of that update (scheduled_rate: `learning_rate`, then `settled_rate`
-    after contract.SETTLE_AFTER updates where one is given). With `alpha`, see `transparent`. Regularizers
+    after contract.SETTLE_AFTER updates where one is given). With `coarse_steps`, the first that many updates
+    see the spectrum through param.coarse_mask (`seen`). With `alpha`, see `transparent`. Regularizers
     (objectives.penalty) are taken on the picture itself, not on the moved copy. `moves` defaults to
     lucid's at the strength DEFAULTS names.
     """
@@ -67,13 +69,19 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     spectrum_spec = tf.TensorSpec([None, *param.fft_spectrum_shape(planes)], tf.float32)
     state_spec = RobustState(spectrum_spec, spectrum_spec, spectrum_spec, tf.TensorSpec([], tf.int64))
 
+    def seen(state):
+        """The spectrum the picture is made of: the state's, held to its coarse frequencies at the start."""
+        if coarse_steps is None:
+            return state.spectrum
+        return state.spectrum * param.coarse_mask(state.updates, coarse_steps, *image_shape[:2])[..., None]
+
     @tf.function(input_signature=[state_spec])
     def pixels(state):
-        return transparent(state.spectrum, image_shape)[0] if alpha else param.fft_to_pixels(state.spectrum, image_shape)
+        return transparent(seen(state), image_shape)[0] if alpha else param.fft_to_pixels(seen(state), image_shape)
 
     @tf.function(input_signature=[state_spec])
     def extras(state):
-        return {"alpha": transparent(state.spectrum, image_shape)[1][..., 0]}
+        return {"alpha": transparent(seen(state), image_shape)[1][..., 0]}
 
     compiled = CompiledStep(advance=None, pixels=pixels, extras=extras if alpha else None,
                             start=lambda seeds, picture=None: RobustState.start(start_spectrum(planes, seeds, picture)))
@@ -89,10 +97,10 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
         with tf.GradientTape() as tape:
             tape.watch(state.spectrum)
             if alpha:
-                images, opacity = transparent(state.spectrum, image_shape)
+                images, opacity = transparent(seen(state), image_shape)
                 images = over_noise(images, opacity, seeds, state.updates)
             else:
-                images = param.fft_to_pixels(state.spectrum, image_shape)
+                images = param.fft_to_pixels(seen(state), image_shape)
             moved = transform.standard(images, seeds, state.updates, moves)
             activations, style = objectives.target_and_style(network(preprocess(moved), training=False))
             target = objectives.total(objective, activations, terms)
