@@ -71,7 +71,7 @@ class Defaults:
     iterations: int
     learning_rate: float | None = None  # Adam's rate; None: the method's own step rule
     settled_rate: float | None = None  # Adam's rate after SETTLE_AFTER updates; None: learning_rate throughout
-    coarse_steps: int | None = None  # the first steps' picture holds only COARSE_CYCLES per image; None: none
+    coarse_steps: int | None = None  # steps whose picture holds no frequency above COARSE_CYCLES; None: none
     moves: float | None = None  # how far the transforms move the picture, in lucid's amounts; None: none
     magnitude: str | None = None  # the fixed magnitude spectrum (MAGNITUDES) of a method that keeps one
     class_objective: str = "logit"  # what the step climbs for a class target (CLASS_OBJECTIVES)

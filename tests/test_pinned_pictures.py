@@ -33,7 +33,7 @@ def test_a_fixed_job_gives_the_pinned_picture(factory, name):
     shape = loaded.info.input_shape
     settings = {}
     if "learning_rate" in case:
-        settings = {"learning_rate": case["learning_rate"], "settled_rate": None,
+        settings = {"learning_rate": case["learning_rate"], "settled_rate": None, "coarse_steps": None,
                     "moves": transform.Moves.lucid(max(shape[:2]), case["moves"])}
     step = method.compile_step(network, loaded.preprocess, objective, shape, **settings)
     weights = objectives.weights_matrix([{case["feature"]: 1.0}], loaded.info.feature_count(case["target"]))

@@ -12,7 +12,8 @@ CHANNELS, CLASSES = 16, 5
 # The step's mechanics are tested at lucid's rate and moves (those transform.standard defaults to), whatever
 # defaults `make quality-defaults` chooses for pictures; test_a_steps_rate_and_moves_are_its_methods_defaults_in_
 # the_contract checks that a worker's step takes the contract's.
-LUCID = {"learning_rate": 0.05, "settled_rate": None, "moves": transform.Moves.lucid(max(SHAPE), 1.0)}
+LUCID = {"learning_rate": 0.05, "settled_rate": None, "coarse_steps": None,
+         "moves": transform.Moves.lucid(max(SHAPE), 1.0)}
 
 
 def preprocess(pixels):
@@ -127,7 +128,8 @@ def test_a_scheduled_rate_settles_after_its_steps_and_leaves_the_first_pictures_
     seeds, weights = [1], one_hot_rows([3], CHANNELS)
     climbed = lambda settled: render.run(
         method.compile_step(tiny[0], preprocess, objectives.weighted_channels, SHAPE, learning_rate=0.05,
-                            settled_rate=settled), seeds, weights, SETTLE_AFTER + 2, frame_every=SETTLE_AFTER)
+                            settled_rate=settled, coarse_steps=None),
+        seeds, weights, SETTLE_AFTER + 2, frame_every=SETTLE_AFTER)
     steady, settling = climbed(None), climbed(0.01)
     assert [stats.step_size[0] for stats in settling.history] == pytest.approx([0.05] * SETTLE_AFTER + [0.01] * 2)
     np.testing.assert_array_equal(settling.frames[0], steady.frames[0])
