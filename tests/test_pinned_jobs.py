@@ -6,7 +6,8 @@ negative weight, a diverse set and a sweep. The ids and keys must match exactly 
 store); the pictures must be the same pixels (tests/cpu.pinned_png_sha256) on a CPU of the vendor they were
 pinned on. The robust jobs' pictures changed on purpose when robust began climbing a class's
 log-probability, when `make quality-defaults` chose its new rate and moves (twice), and when the transforms'
-scale stage began to scale (issue 28): they were pinned again then, each time on the one kind of CPU at hand.
+scale stage began to scale (issue 28): they were pinned again then, each time on the one kind of CPU at hand,
+and for an Intel AVX-512 CPU when one was at hand later.
 """
 import json
 from pathlib import Path
