@@ -110,9 +110,11 @@ def shapes(factory: ModelFactory, seeds: tuple[int, ...] = SEEDS) -> tuple[dict,
             "second_judge": SECOND_JUDGE, "second_judge_transferability": float(np.mean(second.mean(axis=0))),
             "second_judge_per_class": second.mean(axis=0).tolist(),
         }
+        both = judges_mean(summary[method]["per_class_transferability"], summary[method]["second_judge_per_class"])
         print(f"  {MODEL} {method:16s} {iterations:4d} iterations: transferability to {judge} "
               f"{summary[method]['transferability']:.0%} (to {SECOND_JUDGE} "
-              f"{summary[method]['second_judge_transferability']:.0%}; to {SAME_GENERATOR_MODEL} "
+              f"{summary[method]['second_judge_transferability']:.0%}; their mean {both.mean():.1%}, its weakest "
+              f"class {both.min():.1%}; to {SAME_GENERATOR_MODEL} "
               f"{summary[method]['same_generator_agreement']:.0%}), robustness "
               f"{summary[method]['robustness_mean']:.2f}, activation_vs_dataset "
               f"{summary[method]['activation_vs_dataset_mean']:.2f}; the judge's misses: "
