@@ -35,7 +35,7 @@ class LoadedModel:
 
     def classes(self) -> tuple[keras.Model, Callable] | None:
         """The logits network and what makes its values probabilities (scoring.feature_probe's final read)."""
-        return None if self.logits is None else (self.logits, render.class_probabilities(self.info.class_activation))
+        return None if self.logits is None else (self.logits, render.class_probabilities(self.info.multi_label))
 
     def layer_output(self, name: str) -> keras.KerasTensor:
         """A described layer's output in the network's graph, nested layers included (zoo.live_target)."""
@@ -86,7 +86,7 @@ class ModelCache:
         head = targets.class_head(network) if info.classes else None
         logits = keras.Model(network.inputs[0], head.logits) if head is not None else None
         preprocess = zoo.preprocessor(info.preprocess)
-        classify = render.classifier(logits, preprocess, info.input_shape, info.class_activation) \
+        classify = render.classifier(logits, preprocess, info.input_shape, info.multi_label) \
             if logits is not None else None
         return LoadedModel(info=info, network=network, logits=logits, preprocess=preprocess, classify=classify,
                            build_s=time.perf_counter() - started, weight_bytes=4 * network.count_params())

@@ -128,6 +128,12 @@ class ModelInfo:
     description: dict = field(default_factory=dict, compare=False, repr=False)  # the whole JSON it came from
 
     @property
+    def multi_label(self) -> bool:
+        """A sigmoid's classes are independent labels, each its own probability; a softmax's (or bare logits')
+        compete for one. It decides what a class climbs and how a judge's or a job's probabilities are read."""
+        return self.class_activation == "sigmoid"
+
+    @property
     def untrained(self) -> bool:
         return self.source.get("weights") in ("untrained", "none")
 

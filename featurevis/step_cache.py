@@ -91,7 +91,7 @@ def target_network(loaded: LoadedModel, layer: str, with_style: bool = False,
     logit or its log-probability. A sigmoid model's classes do not share a softmax, so they keep their logits.
     """
     if layer == LOGITS:
-        log_probability = class_objective == "log_probability" and loaded.info.class_activation != "sigmoid"
+        log_probability = class_objective == "log_probability" and not loaded.info.multi_label
         objective = objectives.weighted_log_probabilities if log_probability else objectives.weighted_logits
         if with_style:
             style_layer = (loaded.info.conv_layers or loaded.info.layers)[-1]

@@ -320,7 +320,7 @@ def _details(info: ModelInfo) -> str:
         shown = ", ".join(f"{index} {name}" for index, name in enumerate(info.class_names[:10]))
         before = f", before its {info.class_activation}" if info.class_activation else ""
         lines.append(f"{'logits':>7}  {info.logits_layer} {info.logits_type}{before}: {info.classes} classes"
-                     f"{' (multi-label)' if info.class_activation == 'sigmoid' else ''}: {shown}"
+                     f"{' (multi-label)' if info.multi_label else ''}: {shown}"
                      f"{', ...' if info.classes > 10 else ''}")
     else:
         lines.append(f"{'':>7}  no class logits: {info.no_classes or 'the model has no class output'}")

@@ -76,10 +76,10 @@ class Classifier:
 
 
 def classifier(model: keras.Model, preprocess: Callable, image_shape: tuple[int, int, int],
-               activation: str | None = "softmax") -> Classifier:
+               multi_label: bool = False) -> Classifier:
     """The model's classifier over its logits, compiled once per model; traced, optimized and timed here, not in
-    a job. `activation` is the model's own final one (a model without one gets softmax's probabilities)."""
-    probabilities = class_probabilities(activation)
+    a job. `multi_label` (registry.ModelInfo.multi_label): its classes are a sigmoid's, not a softmax's."""
+    probabilities = class_probabilities(multi_label)
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
     def classify(images):
@@ -92,9 +92,9 @@ def classifier(model: keras.Model, preprocess: Callable, image_shape: tuple[int,
     return Classifier(classify, time.perf_counter() - started)
 
 
-def class_probabilities(activation: str | None) -> Callable[[tf.Tensor], tf.Tensor]:
-    """What turns a model's logits into its class probabilities: its own final activation, softmax without one."""
-    return tf.nn.sigmoid if activation == "sigmoid" else tf.nn.softmax
+def class_probabilities(multi_label: bool) -> Callable[[tf.Tensor], tf.Tensor]:
+    """What turns a model's logits into its class probabilities: a sigmoid per label, else one softmax."""
+    return tf.nn.sigmoid if multi_label else tf.nn.softmax
 
 
 class Prediction(NamedTuple):
