@@ -58,11 +58,11 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
                              layer and (layer.height, layer.width, layer.channels),
                              lambda key: factory.uploads.caricature(acquired.model, first.layer, key),
                              np.array([[getattr(spec, name) for name in objectives.PENALTIES] for spec in per_image]))
-    picture = None if first.start_image is None else factory.uploads.start_image(acquired.model, first.start_image)
     started, started_at = time.perf_counter(), time.time()
     report = _progress(specs, info.class_names, on_progress)
     ascent = render.run(acquired.step, seeds, terms, first.iterations, first.diversity,
-                        state=acquired.step.start(seeds, picture), classify=acquired.model.classify,
+                        state=acquired.step.start(seeds, *_start(factory, acquired, per_image)),
+                        classify=acquired.model.classify,
                         on_progress=_before_the_last(report, first.iterations),
                         frame_every=max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0,
                         predict_at_end=False)
@@ -84,6 +84,19 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
                for name in render.StepStats._fields}
     return Batch(acquired, timings, [_share(spec, rows, ascent, history, scores, acquired, info.class_names)
                                      for spec, rows in zip(specs, _rows(specs))])
+
+
+def _start(factory: ModelFactory, acquired: Acquired, per_image: list[JobSpec]) -> tuple:
+    """The step's start arguments after the seeds: none (each seed's noise), the job's uploaded picture, or each
+    image's dataset start with contract.START_NOISE times its seed's noise on it (JobSpec.start)."""
+    first = per_image[0]
+    if first.start_image is not None:
+        return (factory.uploads.start_image(acquired.model, first.start_image),)
+    if first.start is None:
+        return ()
+    pictures = [factory.dataset_starts.picture(acquired.model, first.layer, spec.feature, spec.start)
+                for spec in per_image]
+    return np.stack(pictures), contract.START_NOISE
 
 
 def _rows(specs: list[JobSpec]) -> list[slice]:

@@ -57,6 +57,14 @@ SETTLE_AFTER = 50
 # many cycles per image, so the ascent lays out the whole shape before it draws edges and texture, as DeepDream's
 # octaves and lucid's low-resolution parameterizations do. Counted in steps too, for the same reason.
 COARSE_CYCLES = 4
+# Where a climb starts (JobSpec.start): each seed's noise, or the dataset's start, the mean of the registered
+# dataset's START_EXAMPLES images that excite the target most (examples.py's top examples, as multifaceted feature
+# visualization starts from a class's best training images), with START_NOISE times the method's noise of each
+# seed on it, so each seed still draws its own picture. Only where a method's start takes the noise.
+STARTS = ("noise", "dataset")
+START_METHODS = ("robust",)
+START_EXAMPLES = 9
+START_NOISE = 10.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,7 @@ class Defaults:
     moves: float | None = None  # how far the transforms move the picture, in lucid's amounts; None: none
     magnitude: str | None = None  # the fixed magnitude spectrum (MAGNITUDES) of a method that keeps one
     class_objective: str = "logit"  # what the step climbs for a class target (CLASS_OBJECTIVES)
+    start: str = "noise"  # where a climb starts (STARTS), when the job can start there
 
 
 METHOD_DEFAULTS = {
@@ -214,6 +223,7 @@ class JobFields(BaseModel):
     blur: float = Field(default=0.0, ge=0.0, le=MAX_PENALTY, allow_inf_nan=False)
     start_image: str | None = Field(default=None, pattern=store.UPLOAD_PATTERN)
     magnitude: Literal[MAGNITUDES] | None = None  # type: ignore[valid-type]
+    start: Literal[STARTS] | None = None  # type: ignore[valid-type]
 
 
 class JobSpec(BaseModel):
@@ -248,6 +258,9 @@ class JobSpec(BaseModel):
     # keeps (None: 1/f). On the wire as "dataset"; the fingerprint is in the job id, so a new dataset gives new
     # pictures.
     magnitude: str | None = None
+    # start "dataset": the fingerprint of the dataset whose best examples of the target the climb starts from
+    # (None: the seeds' noise, or start_image). On the wire as "dataset", the fingerprint in the job id, as magnitude.
+    start: str | None = None
 
     def fields(self) -> dict[str, Any]:
         """The normalized job as the task's keyword arguments (the wire format)."""
@@ -256,9 +269,9 @@ class JobSpec(BaseModel):
             del fields["feature"]
             fields["targets"] = [{"feature": feature, "weight": weight} for feature, weight in self.targets or ()] \
                 + [term.wire() for term in self.terms or ()]
-        fields.update({name: getattr(self, name) for name in self._added_and_set() if name not in ("terms", "magnitude")})
-        if self.magnitude:
-            fields["magnitude"] = "dataset"
+        fields.update({name: getattr(self, name) for name in self._added_and_set()
+                       if name not in ("terms", "magnitude", "start")})
+        fields.update({name: "dataset" for name in ("magnitude", "start") if getattr(self, name)})
         return fields
 
     def _added_and_set(self) -> list[str]:
@@ -317,7 +330,7 @@ def _job_id(spec: JobSpec) -> str:
 
 # Fields added after version 1: at their defaults they leave the wire format and the job id as they were.
 ADDED_FIELDS = ("animate", "images", "diversity", "alpha", "terms", "tv", "lp", "lp_p", "blur", "start_image",
-                "magnitude")
+                "magnitude", "start")
 
 # What each field accepts, for messages about a value of the wrong type or range.
 FIELD_RANGES = {
@@ -349,6 +362,9 @@ FIELD_RANGES = {
                  f"{' or '.join(MAGNITUDE_METHODS)} picture keeps (dataset: the mean of the model's registered dataset)",
     "start_image": f"null or an uploaded image's key {store.UPLOADS}/<sha256>.<{'|'.join(store.UPLOAD_FORMATS)}> "
                    f"(Producer.upload_image): the picture the job starts from instead of noise",
+    "start": f"null (the method's default) or one of {', '.join(STARTS)}: where the climb starts (dataset: the "
+             f"mean of the {START_EXAMPLES} images of the model's dataset that excite the one target most, with "
+             f"each seed's noise on it; method {' or '.join(START_METHODS)})",
 }
 
 
@@ -390,8 +406,32 @@ def normalize(fields: dict[str, Any], draw_seed: bool = True, models: registry.R
         iterations=steps, seed=seed, method=parsed.method, targets=targets, animate=parsed.animate,
         images=parsed.images, diversity=diversity, alpha=parsed.alpha, terms=terms, tv=float(parsed.tv),
         lp=float(parsed.lp), lp_p=_lp_power(parsed), blur=float(parsed.blur), start_image=parsed.start_image,
-        magnitude=_magnitude(parsed, models, info),
+        magnitude=_magnitude(parsed, models, info), start=_start(parsed, models, info, targets or terms),
     )
+
+
+def _start(parsed: JobFields, models: registry.Registry, info: registry.ModelInfo, composed: tuple | None) -> str | None:
+    """The fingerprint of the dataset a job's climb starts from; None for noise or an uploaded start picture.
+
+    A job that asks for the dataset's start gets it or an error; a method whose default is that start falls back
+    to noise where the job cannot have it (a composed objective, or a model with no dataset), as a picture
+    always could start from noise."""
+    asked = parsed.start == "dataset"
+    if parsed.start is not None and parsed.start_image is not None:
+        raise JobError("start", "give start or start_image, not both: a climb starts from one picture")
+    if parsed.start_image is not None or (parsed.start or METHOD_DEFAULTS[parsed.method].start) != "dataset":
+        return None
+    if parsed.method not in START_METHODS:
+        raise JobError("start", f"'dataset' needs method {' or '.join(START_METHODS)} (its start takes the seeds' "
+                                f"noise), got method {parsed.method}")
+    fingerprint = datasets.fingerprint(models, info)
+    if composed and asked:
+        raise JobError("start", "'dataset' needs one target, a class or a channel (`feature`): the dataset's best "
+                                "examples are a unit's")
+    if fingerprint is None and asked:
+        raise JobError("start", f"'dataset' needs a model with a dataset; {info.name} has none (`python -m producer "
+                                f"models dataset {info.name} PATH`), or use noise")
+    return None if composed else fingerprint
 
 
 def _magnitude(parsed: JobFields, models: registry.Registry, info: registry.ModelInfo) -> str | None:

@@ -78,9 +78,10 @@ def read(store: ResultStore, info: registry.ModelInfo, dataset: Dataset, layer: 
         return None
 
 
-def ranking(loaded, dataset: Dataset, layer: str) -> dict:
-    """The dataset ranked for every unit of `layer`, unpublished: `make quality` compares pictures with it too."""
-    return rank(_scores(loaded, layer), dataset.images)
+def ranking(loaded, dataset: Dataset, layer: str, k: int = K) -> dict:
+    """The dataset ranked for every unit of `layer`, unpublished: `make quality` compares pictures with it too,
+    and a job's dataset start (dataset_starts.py) starts from its best."""
+    return rank(_scores(loaded, layer), dataset.images, k)
 
 
 def compute(store: ResultStore, loaded, dataset: Dataset, layer: str) -> dict:

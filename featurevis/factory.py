@@ -10,7 +10,8 @@ steps:
   (a user's file only after the static check passes again), in an LRU by weight;
 - featurevis/step_cache.py: each (model, layer, method) step traced once, in an
   LRU; a model's steps leave with it;
-- featurevis/uploads.py: caricature targets and start pictures, fitted to the model.
+- featurevis/uploads.py: caricature targets and start pictures, fitted to the model;
+- featurevis/dataset_starts.py: the pictures a climb starts from when a job asks for its dataset's best examples.
 
 Describing a new model is none of these: it happens in a disposable process
 (featurevis/sandbox.py), never in the factory's.
@@ -29,6 +30,7 @@ import tensorflow as tf
 from featurevis import registry, scoring
 from featurevis.model_cache import LoadedModel, ModelCache
 from featurevis.optvis import render
+from featurevis.dataset_starts import DatasetStarts
 from featurevis.registry import ModelInfo
 from featurevis.step_cache import StepCache
 from featurevis.uploads import Uploads
@@ -52,6 +54,7 @@ class ModelFactory:
         self.models = ModelCache(models, self.builds, model_cache_mb)
         self.steps = StepCache(self.models.store_registry, self.builds, step_cache_size)
         self.uploads = Uploads(self.models.store_registry, self.builds)
+        self.dataset_starts = DatasetStarts(self.models.store_registry, self.builds)
         self.models.on_evict = self.steps.forget_model
 
     def model(self, name: str, version: str | None = None) -> LoadedModel:

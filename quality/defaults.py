@@ -12,12 +12,16 @@ amounts, transform.Moves.lucid) and the iterations. Per method (robust and maco)
    it (steps 1-4 keep one rate throughout). Its pictures differ only after SETTLE_AFTER steps, so only the
    counts of ITERATIONS beyond it are its rows;
 6. a coarse start at the setting steps 1-5 chose: for its first COARSE steps the picture holds no frequency above
-   contract.COARSE_CYCLES cycles per image (steps 1-5 start with every frequency).
+   contract.COARSE_CYCLES cycles per image (steps 1-5 start with every frequency);
+7. for a method of contract.START_METHODS, the dataset start at the setting steps 1-6 chose: each picture starts
+   from the mean of the dataset's contract.START_EXAMPLES best examples of its class or channel, with
+   contract.START_NOISE times its seed's noise on it (steps 1-6 start from the noise alone). Its rows also give
+   the judges' mean of the starts themselves (`start`), before any step: what the judges see of the dataset.
 Every setting runs ITERATIONS[-1] iterations once and its pictures are read at each count of ITERATIONS on
 the way: a step does not depend on how many follow, so the picture after 30 steps of a 200-step run is a
-30-iteration job's, and the iterations cost nothing more. This coordinate search (23 runs; docs/methods-and-quality.md
+30-iteration job's, and the iterations cost nothing more. This coordinate search (24 runs; docs/methods-and-quality.md
 says how long it takes) replaces the full product of rates, strengths, spectra, class objectives, schedules and
-starts (441 runs).
+starts (882 runs).
 gradient_ascent has no rate and no transforms; its iterations are read the same way, for comparison, and its
 defaults stay the tutorial's (30, climbing the logit), so a job that leaves iterations out keeps its id and its
 picture.
@@ -52,8 +56,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from featurevis import registry, scoring
-from featurevis.contract import CLASS_OBJECTIVES, MAGNITUDES, METHOD_DEFAULTS, SETTLE_AFTER
+from featurevis import datasets, registry, scoring
+from featurevis.contract import CLASS_OBJECTIVES, MAGNITUDES, METHOD_DEFAULTS, SETTLE_AFTER, START_METHODS, START_NOISE
 from featurevis.factory import ModelFactory
 from featurevis.step_cache import target_network
 from featurevis.optvis import methods, objectives, render, transform
@@ -84,6 +88,7 @@ class Setting(NamedTuple):
     class_objective: str = "logit"
     settled_rate: float | None = None
     coarse_steps: int | None = None
+    start: str = "noise"  # contract.STARTS
 
     @classmethod
     def held(cls, method: str) -> Setting:
@@ -117,9 +122,23 @@ def pictures(factory: ModelFactory, setting: Setting, conv_id: int | None, featu
     step = methods.BY_NAME[setting.method].compile_step(network, loaded.preprocess, objective, shape, **settings)
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], loaded.info.feature_count(conv_id))
     every = math.gcd(*ITERATIONS)
-    frames = render.run(step, seeds, weights, ITERATIONS[-1], frame_every=every).frames
-    return ({count: frames[count // every - 1] for count in ITERATIONS}, weights,
+    start = step.start(seeds, *dataset_start(factory, setting, conv_id, features))
+    frames = [step.pixels(start).numpy(), *render.run(step, seeds, weights, ITERATIONS[-1], state=start,
+                                                        frame_every=every).frames]
+    return ({count: frames[count // every] for count in (0, *ITERATIONS)}, weights,
             scoring.feature_probe(network, loaded.preprocess, shape, loaded.classes() if conv_id is None else None))
+
+
+def dataset_start(factory: ModelFactory, setting: Setting, conv_id: int | None, features: list[int]) -> tuple:
+    """step.start's arguments after the seeds: none for the noise start; for the dataset start, each image's
+    feature's start (dataset_starts.py) and START_NOISE, as a worker's batch gives them."""
+    if setting.start == "noise":
+        return ()
+    loaded = factory.model(MODEL)
+    layer = loaded.info.target_layer(conv_id)
+    fingerprint = datasets.fingerprint(factory.models.store_registry(), loaded.info)
+    return np.stack([factory.dataset_starts.picture(loaded, layer, feature, fingerprint) for feature in features]), \
+        START_NOISE
 
 
 def scored(factory: ModelFactory, setting: Setting) -> list[dict]:
@@ -141,7 +160,8 @@ def scored(factory: ModelFactory, setting: Setting) -> list[dict]:
         rows[count].update(transferability=float(per_class.mean()), weakest_class=float(per_class.min()),
                            second_judge_transferability=float(second.mean()), judges_mean=float(both.mean()),
                            judges_mean_weakest_class=float(both.min()),
-                           robustness=float(np.mean([row["robustness"] for row in scores])))
+                           robustness=float(np.mean([row["robustness"] for row in scores])),
+                           start_judges_mean=judged(factory, by_count[0], classes, second_judge))
     for conv_id in CONV_IDS:
         by_count, weights, probe = pictures(factory, setting, conv_id, [CHANNEL] * len(SEEDS), list(SEEDS))
         for count in rows:
@@ -153,6 +173,12 @@ def scored(factory: ModelFactory, setting: Setting) -> list[dict]:
     for row in rows.values():
         print(line(row), flush=True)
     return list(rows.values())
+
+
+def judged(factory: ModelFactory, batch: np.ndarray, classes: int, second_judge) -> float:
+    """The two judges' mean of a batch of class pictures, in seed-major order."""
+    first = recognized(factory.judge(MODEL)[1](batch).numpy(), classes).mean(axis=0)
+    return float(judges_mean(first, recognized(second_judge(batch).numpy(), classes).mean(axis=0)).mean())
 
 
 def choose(rows: list[dict]) -> dict:
@@ -171,7 +197,8 @@ def sweep(factory: ModelFactory, method: str) -> list[dict]:
     """Step 1, the rates at lucid's moves; step 2, the other strengths at the rate step 1 chose; step 3, for a
     method that keeps a magnitude spectrum, the other spectra at the rate and strength chosen so far; step 4, the
     other class objectives at the setting chosen so far; step 5, that setting with its rate settling to SETTLED of
-    it after SETTLE_AFTER steps; step 6, the setting chosen so far starting coarse for COARSE steps."""
+    it after SETTLE_AFTER steps; step 6, the setting chosen so far starting coarse for COARSE steps; step 7, for a
+    method of START_METHODS, the setting chosen so far starting from the dataset."""
     plain = Setting.held(method)._replace(settled_rate=None, coarse_steps=None)
     rows = [row for rate in RATES[method] for row in scored(factory, plain._replace(learning_rate=rate, moves=1.0))]
     rate = choose(rows)["learning_rate"]
@@ -186,7 +213,10 @@ def sweep(factory: ModelFactory, method: str) -> list[dict]:
              for row in scored(factory, chosen._replace(class_objective=objective))]
     chosen = Setting.of(choose(rows))
     rows += scored(factory, chosen._replace(settled_rate=round(SETTLED * chosen.learning_rate, 6)))
-    return rows + scored(factory, Setting.of(choose(rows))._replace(coarse_steps=COARSE))
+    rows += scored(factory, Setting.of(choose(rows))._replace(coarse_steps=COARSE))
+    if method in START_METHODS:
+        rows += scored(factory, Setting.of(choose(rows))._replace(start="dataset"))
+    return rows
 
 
 def line(row: dict) -> str:
@@ -195,11 +225,13 @@ def line(row: dict) -> str:
         rate += f">{row['settled_rate']:g}"
     moves = "-" if row["moves"] is None else f"{row['moves']:g}"
     coarse = "-" if row["coarse_steps"] is None else str(row["coarse_steps"])
+    start = {"noise": "noise", "dataset": "data"}[row["start"]]
     magnitude = row["magnitude"] or "-"
     objective = {"logit": "logit", "log_probability": "log p"}[row["class_objective"]]
     convs = "  ".join(f"{row[f'conv{conv_id}_robustness']:6.2f} {row[f'conv{conv_id}_specificity_z']:5.2f}"
                       for conv_id in CONV_IDS)
-    return (f"{row['method']:16s} {rate:>9} {moves:>5} {coarse:>6} {magnitude:>8} {objective:>6} {row['iterations']:5d} "
+    return (f"{row['method']:16s} {rate:>9} {moves:>5} {coarse:>6} {start:>5} {magnitude:>8} {objective:>6} "
+            f"{row['iterations']:5d} {row['start_judges_mean']:6.0%} "
             f"{row['transferability']:7.0%} {row['weakest_class']:7.0%} {row['second_judge_transferability']:7.0%} "
             f"{row['judges_mean']:7.0%} {row['judges_mean_weakest_class']:7.0%} {row['robustness']:7.2f}  {convs}")
 
@@ -208,9 +240,11 @@ def main() -> int:
     began = time.perf_counter()
     factory = ModelFactory()
     print(f"{MODEL}, seeds {SEEDS[0]}-{SEEDS[-1]}; judged by {registry.JUDGES[MODEL]} and {SECOND_JUDGE} (clean), "
-          f"both judges' mean and its weakest class; channel {CHANNEL} of conv "
+          f"both judges' mean and its weakest class (at 0: the judges' mean of the starts, before a step); channel "
+          f"{CHANNEL} of conv "
           f"{' and '.join(map(str, CONV_IDS))}: robustness and specificity z")
-    print(f"{'method':16s} {'rate':>9} {'moves':>5} {'coarse':>6} {'spectrum':>8} {'class':>6} {'iters':>5} {'judged':>7} "
+    print(f"{'method':16s} {'rate':>9} {'moves':>5} {'coarse':>6} {'start':>5} {'spectrum':>8} {'class':>6} {'iters':>5} "
+          f"{'at 0':>6} {'judged':>7} "
           f"{'weakest':>7} {'clean':>7} {'mean':>7} {'weakest':>7} {'robust':>7}  "
           + "  ".join(f"{f'conv{conv_id} rob':>6} {'z':>5}" for conv_id in CONV_IDS))
     rows = scored(factory, Setting.held("gradient_ascent"))

@@ -13,8 +13,10 @@ def tutorial_noise(shape: tuple[int, int, int], seeds: list[int]) -> np.ndarray:
 
 def tiled(picture: np.ndarray, count: int) -> np.ndarray:
     """A start picture (h, w, channels) once for each of `count` images: a job's images, or a sweep's features,
-    all start from the job's one start image."""
-    return np.repeat(np.asarray(picture, np.float32)[None], count, axis=0)
+    all start from the job's one start image. Pictures (count, h, w, channels), one per image (each feature's
+    dataset start), are taken as they are."""
+    picture = np.asarray(picture, np.float32)
+    return picture if picture.ndim == 4 else np.repeat(picture[None], count, axis=0)
 
 
 # lucid's colour decorrelation: the square root of ImageNet's colour covariance (from its SVD).

@@ -37,7 +37,9 @@ class CompiledStep:
     state is whatever the method moves (pixels, or spectra and their Adam moments),
     made by start(seeds) from each seed's noise, or by start(seeds, picture) from one
     (h, w, channels) 0..255 picture at the network's input size for every image (a job's
-    start_image: DeepDream starts from a photo), and seen as 0..255 images through pixels(state).
+    start_image: DeepDream starts from a photo) or one per image (batch, h, w, channels), and seen as 0..255
+    images through pixels(state). The methods of contract.START_METHODS take start(seeds, picture, noise):
+    the picture with `noise` times each seed's own noise on it (a job's dataset start).
     `extras(state)`, where a method has them, are per-image maps beside the pictures
     (`alpha`: (batch, h, w) in 0..1, published as alpha.png), read once at the end.
     `traces` counts traces of the step: it should stay at 1.

@@ -84,7 +84,8 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
         return {"alpha": transparent(seen(state), image_shape)[1][..., 0]}
 
     compiled = CompiledStep(advance=None, pixels=pixels, extras=extras if alpha else None,
-                            start=lambda seeds, picture=None: RobustState.start(start_spectrum(planes, seeds, picture)))
+                            start=lambda seeds, picture=None, noise=0.0: RobustState.start(
+                                start_spectrum(planes, seeds, picture, noise)))
 
     @tf.function(input_signature=[
         state_spec,
@@ -127,8 +128,11 @@ def compile_step(network: keras.Model, preprocess: Callable, objective: Objectiv
     return compiled
 
 
-def start_spectrum(planes: tuple[int, int, int], seeds: list[int], picture: np.ndarray | None) -> np.ndarray:
-    """lucid's noise spectra, one per seed; with a start picture (h, w, channels), its colours in their place.
+def start_spectrum(planes: tuple[int, int, int], seeds: list[int], picture: np.ndarray | None,
+                   noise: float = 0.0) -> np.ndarray:
+    """lucid's noise spectra, one per seed; with a start picture (h, w, channels), or one per image, its colours
+    in their place, with `noise` times the seed's noise on them (0: exactly the picture; a dataset start,
+    contract.START_NOISE, so each seed still draws its own picture).
 
     An opacity plane (alpha) stays the seed's noise, a half-transparent start as without a picture:
     a fully opaque one would sit where the sigmoid is flat, and the opacity would hardly move.
@@ -136,7 +140,8 @@ def start_spectrum(planes: tuple[int, int, int], seeds: list[int], picture: np.n
     spectrum = param.fft_spectrum_init(planes, seeds)
     if picture is not None:
         channels = picture.shape[-1]
-        spectrum[:, :channels] = param.pixels_to_fft(param.tiled(picture, len(seeds)), (*planes[:2], channels))
+        spectrum[:, :channels] = param.pixels_to_fft(param.tiled(picture, len(seeds)), (*planes[:2], channels)) \
+            + noise * spectrum[:, :channels]
     return spectrum
 
 

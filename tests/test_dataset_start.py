@@ -1,0 +1,134 @@
+"""A job's dataset start (issue 28): the contract's ids and refusals, robust's start under each seed's noise, the
+mean of a unit's best dataset examples, and jobs and a sweep through a real worker that start from them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featurevis import contract, datasets, examples, registry
+from featurevis.contract import JobError, normalize, normalize_sweep
+from featurevis.optvis import objectives, robust
+from featurevis.registry import LOGITS
+from tests.test_objective_contract import producer, uploaded  # noqa: F401 - fixtures
+from tests.test_robust import SHAPE, preprocess, tiny  # noqa: F401 - tiny is a fixture
+from tests.test_start_image import picture
+
+CROSS = {"model": "shapes_cnn", "class": "cross", "method": "robust", "iterations": 5, "seed": 1}
+SHAPES = datasets.drawn_fingerprint("shapes")
+
+
+# The contract.
+
+def test_a_dataset_start_names_its_dataset_in_the_id_and_travels_as_dataset():
+    plain, started = normalize(CROSS), normalize({**CROSS, "start": "dataset"})
+    assert plain.start is None and "start" not in plain.fields() and normalize({**CROSS, "start": "noise"}) == plain
+    assert started.start == SHAPES and started.job_id != plain.job_id
+    assert started.fields()["start"] == "dataset" and normalize(started.fields()) == started
+    swept = normalize_sweep({"model": "shapes_cnn", "conv_id": 2, "features": [1, 4], "method": "robust",
+                             "seed": 1, "start": "dataset"})
+    assert [spec.start for spec in swept] == [SHAPES, SHAPES]
+    # A target given as one channel of weight 1 is the plain job, so it may start from the dataset too.
+    one = normalize({**CROSS, "class": None, "targets": [{"feature": 3}], "start": "dataset"})
+    assert one.start == SHAPES and one.feature == 3
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({**CROSS, "method": "maco", "start": "dataset"},
+     "start: 'dataset' needs method robust (its start takes the seeds' noise), got method maco"),
+    ({"model": "inception_v3_untrained", "conv_id": 3, "feature": 1, "method": "robust", "start": "dataset"},
+     "start: 'dataset' needs a model with a dataset; inception_v3_untrained has none (`python -m producer models "
+     "dataset inception_v3_untrained PATH`), or use noise"),
+    ({"model": "shapes_cnn", "conv_id": 2, "method": "robust", "targets": [{"feature": 1}, {"feature": 2}],
+      "start": "dataset"},
+     "start: 'dataset' needs one target, a class or a channel (`feature`): the dataset's best examples are a unit's"),
+    ({**CROSS, "start": "photo"}, f"start: must be {contract.FIELD_RANGES['start']}, got \"photo\""),
+])
+def test_a_dataset_start_it_cannot_have_is_refused_in_one_line(fields, message):
+    fields = {name: value for name, value in fields.items() if not (name == "class" and "conv_id" in fields)}
+    with pytest.raises(JobError) as refused:
+        normalize(fields)
+    assert str(refused.value) == message
+
+
+def test_a_job_starts_from_one_picture_not_an_upload_and_the_dataset(producer, uploaded):  # noqa: F811
+    with pytest.raises(JobError) as refused:
+        normalize({"conv_id": 5, "seed": 1, "method": "robust", "start_image": uploaded, "start": "dataset"},
+                  models=producer.registry)
+    assert str(refused.value) == "start: give start or start_image, not both: a climb starts from one picture"
+
+
+# Robust's start, on test_robust's small network.
+
+def test_robusts_start_puts_each_seeds_noise_on_the_picture_and_takes_one_picture_per_image(tiny):
+    step = robust.compile_step(tiny[0], preprocess, objectives.weighted_channels, SHAPE)
+    first, second = picture(1), picture(2)
+    exact = step.pixels(step.start([4, 5], np.stack([first, second]))).numpy()
+    np.testing.assert_allclose(exact, np.stack([first, second]), atol=0.5 + 1e-3)
+    noisy = step.pixels(step.start([4, 5], first, contract.START_NOISE)).numpy()
+    assert np.abs(noisy[0] - noisy[1]).mean() > 5.0  # each seed its own start
+    for start in noisy:  # still the picture's layout under the noise
+        assert np.corrcoef(start.ravel(), first.ravel())[0, 1] > 0.5
+        assert abs(np.corrcoef(start.ravel(), second.ravel())[0, 1]) < 0.5
+
+
+# The dataset's best examples of a unit.
+
+def test_a_units_dataset_start_is_the_mean_of_its_best_examples_ranked_once_per_layer(factory):
+    loaded, dataset = factory.model("shapes_cnn"), datasets.drawn("shapes")
+    ranked = examples.ranking(loaded, dataset, LOGITS, contract.START_EXAMPLES)
+    built = factory.builds["dataset start"]
+    starts = {feature: factory.dataset_starts.picture(loaded, LOGITS, feature, SHAPES) for feature in range(10)}
+    assert factory.builds["dataset start"] == built + 1  # one pass ranks every class
+    for feature, start in starts.items():
+        best = ranked["top"]["indices"][feature]
+        assert len(best) == contract.START_EXAMPLES
+        np.testing.assert_allclose(start, dataset.images[best].astype(np.float32).mean(axis=0), atol=1e-3)
+
+
+def test_a_dataset_replaced_after_a_job_was_validated_fails_its_start_in_one_line(tmp_path):
+    from featurevis.factory import ModelFactory
+    from featurevis.store import ResultStore
+
+    models = registry.Registry(ResultStore(tmp_path / "results"))
+    info = models.get("inception_v3_untrained")
+    fingerprints = []
+    for colour in ((255, 0, 0), (0, 0, 255)):
+        folder = tmp_path / f"pictures-{colour}"
+        folder.mkdir()
+        Image.new("RGB", (40, 30), colour).save(folder / "only.png")
+        datasets.put(models, info, folder)
+        fingerprints.append(datasets.fingerprint(models, info))
+    factory = ModelFactory(models=models)
+    with pytest.raises(ValueError) as refused:
+        factory.dataset_starts.picture(factory.model("inception_v3_untrained"), "conv2d_3", 1, fingerprints[0])
+    assert str(refused.value) == (f"start: inception_v3_untrained's dataset changed since this job was validated "
+                                  f"({fingerprints[0]} -> {fingerprints[1]}); submit it again")
+
+
+# Through a real worker.
+
+def test_a_job_and_a_sweep_start_from_their_targets_dataset_examples(stack, producer_api, factory):
+    """A few steps from the dataset start leave each picture with its own unit's start's layout (correlated with
+    it, where the same job from noise is not, nor a picture with another unit's start); meta.json names the
+    dataset."""
+    results = Path(stack.results_dir)
+    loaded = factory.model("shapes_cnn")
+
+    def likeness(result, layer: str, feature: int) -> float:
+        start = factory.dataset_starts.picture(loaded, layer, feature, SHAPES)
+        return float(np.corrcoef(np.load(results / result.array).ravel(), start.ravel())[0, 1])
+
+    from_noise = producer_api.enqueue(CROSS).wait(timeout=300)
+    from_data = producer_api.enqueue({**CROSS, "start": "dataset"}).wait(timeout=300)
+    assert json.loads((results / from_data.meta).read_text())["spec"]["start"] == SHAPES
+    assert likeness(from_data, LOGITS, 3) > 0.5 > 0.2 > abs(likeness(from_noise, LOGITS, 3))
+    swept = producer_api.sweep({"model": "shapes_cnn", "conv_id": 3, "features": [2, 5], "method": "robust",
+                                "iterations": 5, "seed": 1, "start": "dataset"}).wait(timeout=300)
+    layer = loaded.info.target_layer(3)
+    first, second = swept.jobs
+    assert likeness(first, layer, 2) > 0.5 > 0.2 > likeness(first, layer, 5)
+    assert likeness(second, layer, 5) > 0.5 > 0.2 > likeness(second, layer, 2)
