@@ -92,11 +92,8 @@ def _start(factory: ModelFactory, acquired: Acquired, per_image: list[JobSpec]) 
     first = per_image[0]
     if first.start_image is not None:
         return (factory.uploads.start_image(acquired.model, first.start_image),)
-    if first.start is None:
-        return ()
-    pictures = [factory.dataset_starts.picture(acquired.model, first.layer, spec.feature, spec.start)
-                for spec in per_image]
-    return np.stack(pictures), contract.START_NOISE
+    return factory.dataset_starts.arguments(acquired.model, first.layer, [spec.feature for spec in per_image],
+                                            first.start)
 
 
 def _rows(specs: list[JobSpec]) -> list[slice]:

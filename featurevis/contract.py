@@ -88,7 +88,8 @@ class Defaults:
 
 METHOD_DEFAULTS = {
     "gradient_ascent": Defaults(iterations=30),  # the tutorial's: its step is 1/std(grad), on the pixels
-    "robust": Defaults(iterations=50, learning_rate=0.1, moves=1.5, class_objective="log_probability"),
+    "robust": Defaults(iterations=100, learning_rate=0.1, settled_rate=0.02, moves=1.5, class_objective="log_probability",
+                       start="dataset"),
     "maco": Defaults(iterations=200, learning_rate=0.5, moves=0.5, magnitude="1/f", class_objective="log_probability"),
 }
 ITERATIONS_BY_METHOD = ", ".join(f"{name} {defaults.iterations}" for name, defaults in METHOD_DEFAULTS.items())
@@ -259,7 +260,8 @@ class JobSpec(BaseModel):
     # pictures.
     magnitude: str | None = None
     # start "dataset": the fingerprint of the dataset whose best examples of the target the climb starts from
-    # (None: the seeds' noise, or start_image). On the wire as "dataset", the fingerprint in the job id, as magnitude.
+    # (None: the seeds' noise, or start_image). On the wire as "dataset", the fingerprint in the job id, as magnitude;
+    # a noise start keeps the id it always had, and a method whose default is the dataset start says "noise".
     start: str | None = None
 
     def fields(self) -> dict[str, Any]:
@@ -272,6 +274,8 @@ class JobSpec(BaseModel):
         fields.update({name: getattr(self, name) for name in self._added_and_set()
                        if name not in ("terms", "magnitude", "start")})
         fields.update({name: "dataset" for name in ("magnitude", "start") if getattr(self, name)})
+        if self.method in START_METHODS and self.start is None and self.start_image is None:
+            fields["start"] = "noise"  # said, so the worker's normalize does not give it the method's default start
         return fields
 
     def _added_and_set(self) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from featurevis import datasets, examples, registry
-from featurevis.contract import START_EXAMPLES
+from featurevis.contract import START_EXAMPLES, START_NOISE
 from featurevis.model_cache import LoadedModel
 
 RANKING_CACHE = 16  # (model version, dataset, layer) rankings a process keeps: each is units x START_EXAMPLES
@@ -27,6 +27,13 @@ class DatasetStarts:
         self.registry = models
         self.builds = builds
         self._best: OrderedDict[tuple[str, str, str, str], tuple[datasets.Dataset, list[list[int]]]] = OrderedDict()
+
+    def arguments(self, loaded: LoadedModel, layer: str, features: list[int], fingerprint: str | None) -> tuple:
+        """A compiled step's start arguments after the seeds, one image per feature: none where there is no
+        dataset start (each seed's noise), else each feature's start and START_NOISE (render.CompiledStep)."""
+        if fingerprint is None:
+            return ()
+        return np.stack([self.picture(loaded, layer, feature, fingerprint) for feature in features]), START_NOISE
 
     def picture(self, loaded: LoadedModel, layer: str, feature: int, fingerprint: str) -> np.ndarray:
         """The mean (h, w, channels) in 0..255 of the dataset's best examples of `feature` at `layer` (a name,

@@ -16,7 +16,7 @@ amounts, transform.Moves.lucid) and the iterations. Per method (robust and maco)
 7. for a method of contract.START_METHODS, the dataset start at the setting steps 1-6 chose: each picture starts
    from the mean of the dataset's contract.START_EXAMPLES best examples of its class or channel, with
    contract.START_NOISE times its seed's noise on it (steps 1-6 start from the noise alone). Its rows also give
-   the judges' mean of the starts themselves (`start`), before any step: what the judges see of the dataset.
+   the judges' mean of the starts themselves (`at 0`), before any step: what the judges see of the dataset.
 Every setting runs ITERATIONS[-1] iterations once and its pictures are read at each count of ITERATIONS on
 the way: a step does not depend on how many follow, so the picture after 30 steps of a 200-step run is a
 30-iteration job's, and the iterations cost nothing more. This coordinate search (24 runs; docs/methods-and-quality.md
@@ -56,12 +56,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from featurevis import datasets, registry, scoring
-from featurevis.contract import CLASS_OBJECTIVES, MAGNITUDES, METHOD_DEFAULTS, SETTLE_AFTER, START_METHODS, START_NOISE
+from featurevis import registry, scoring
+from featurevis.contract import CLASS_OBJECTIVES, MAGNITUDES, METHOD_DEFAULTS, SETTLE_AFTER, START_METHODS
 from featurevis.factory import ModelFactory
 from featurevis.step_cache import target_network
 from featurevis.optvis import methods, objectives, render, transform
-from quality.run import CLASS_GOAL, SECOND_JUDGE, judges_mean, recognized
+from quality.run import CLASS_GOAL, SECOND_JUDGE, judges_mean, recognized, start_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,23 +122,12 @@ def pictures(factory: ModelFactory, setting: Setting, conv_id: int | None, featu
     step = methods.BY_NAME[setting.method].compile_step(network, loaded.preprocess, objective, shape, **settings)
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], loaded.info.feature_count(conv_id))
     every = math.gcd(*ITERATIONS)
-    start = step.start(seeds, *dataset_start(factory, setting, conv_id, features))
+    start = step.start(seeds, *start_arguments(factory, loaded, conv_id, setting.start, features))
     frames = [step.pixels(start).numpy(), *render.run(step, seeds, weights, ITERATIONS[-1], state=start,
                                                         frame_every=every).frames]
     return ({count: frames[count // every] for count in (0, *ITERATIONS)}, weights,
             scoring.feature_probe(network, loaded.preprocess, shape, loaded.classes() if conv_id is None else None))
 
-
-def dataset_start(factory: ModelFactory, setting: Setting, conv_id: int | None, features: list[int]) -> tuple:
-    """step.start's arguments after the seeds: none for the noise start; for the dataset start, each image's
-    feature's start (dataset_starts.py) and START_NOISE, as a worker's batch gives them."""
-    if setting.start == "noise":
-        return ()
-    loaded = factory.model(MODEL)
-    layer = loaded.info.target_layer(conv_id)
-    fingerprint = datasets.fingerprint(factory.models.store_registry(), loaded.info)
-    return np.stack([factory.dataset_starts.picture(loaded, layer, feature, fingerprint) for feature in features]), \
-        START_NOISE
 
 
 def scored(factory: ModelFactory, setting: Setting) -> list[dict]:
@@ -199,7 +188,7 @@ def sweep(factory: ModelFactory, method: str) -> list[dict]:
     other class objectives at the setting chosen so far; step 5, that setting with its rate settling to SETTLED of
     it after SETTLE_AFTER steps; step 6, the setting chosen so far starting coarse for COARSE steps; step 7, for a
     method of START_METHODS, the setting chosen so far starting from the dataset."""
-    plain = Setting.held(method)._replace(settled_rate=None, coarse_steps=None)
+    plain = Setting.held(method)._replace(settled_rate=None, coarse_steps=None, start="noise")
     rows = [row for rate in RATES[method] for row in scored(factory, plain._replace(learning_rate=rate, moves=1.0))]
     rate = choose(rows)["learning_rate"]
     rows += [row for strength in STRENGTHS if strength != 1.0

@@ -60,13 +60,22 @@ def run(factory: ModelFactory, model: str, conv_id, method: str, features: list[
     acquired = factory.acquire(model, conv_id, method)
     info = acquired.model.info
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], info.feature_count(conv_id))
-    ascent = render.run(acquired.step, seeds, weights, iterations)  # the final read gives the classes
+    start = acquired.step.start(seeds, *start_arguments(factory, acquired.model, conv_id,
+                                                        METHOD_DEFAULTS[method].start, features))
+    ascent = render.run(acquired.step, seeds, weights, iterations, state=start)  # the final read gives the classes
     scores = scoring.scores(scoring.read(acquired.probe, ascent.images), ascent.images, weights, conv_id is None,
                             factory.judge(model))
     if ranked is not None:
         scores = [{**row, **examples.versus(row["objective"], examples.unit(ranked, feature)["best"])}
                   for row, feature in zip(scores, features)]
     return ascent.images, scores
+
+
+def start_arguments(factory: ModelFactory, loaded, conv_id: int | None, start: str, features: list[int]) -> tuple:
+    """A step's start arguments after the seeds for a batch of `features` starting at `start` (contract.STARTS), as
+    a worker's batch gives a job's (dataset_starts.py): a model with no dataset starts from noise, as its jobs do."""
+    fingerprint = datasets.fingerprint(factory.models.store_registry(), loaded.info) if start == "dataset" else None
+    return factory.dataset_starts.arguments(loaded, loaded.info.target_layer(conv_id), features, fingerprint)
 
 
 def ranking(factory: ModelFactory, conv_id: int | None) -> dict:

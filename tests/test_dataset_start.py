@@ -24,16 +24,26 @@ SHAPES = datasets.drawn_fingerprint("shapes")
 # The contract.
 
 def test_a_dataset_start_names_its_dataset_in_the_id_and_travels_as_dataset():
-    plain, started = normalize(CROSS), normalize({**CROSS, "start": "dataset"})
-    assert plain.start is None and "start" not in plain.fields() and normalize({**CROSS, "start": "noise"}) == plain
+    """Robust's default where a job can have it; a noise start keeps the id it always had and says so on the wire,
+    so the worker's normalize does not give it the default; every spec survives the wire."""
+    plain, started = normalize({**CROSS, "start": "noise"}), normalize({**CROSS, "start": "dataset"})
+    assert contract.METHOD_DEFAULTS["robust"].start == "dataset" and normalize(CROSS) == started
+    assert plain.start is None and plain.fields()["start"] == "noise" and normalize(plain.fields()) == plain
     assert started.start == SHAPES and started.job_id != plain.job_id
     assert started.fields()["start"] == "dataset" and normalize(started.fields()) == started
-    swept = normalize_sweep({"model": "shapes_cnn", "conv_id": 2, "features": [1, 4], "method": "robust",
-                             "seed": 1, "start": "dataset"})
+    swept = normalize_sweep({"model": "shapes_cnn", "conv_id": 2, "features": [1, 4], "method": "robust", "seed": 1})
     assert [spec.start for spec in swept] == [SHAPES, SHAPES]
-    # A target given as one channel of weight 1 is the plain job, so it may start from the dataset too.
-    one = normalize({**CROSS, "class": None, "targets": [{"feature": 3}], "start": "dataset"})
+    # A target given as one channel of weight 1 is the plain job, so it starts from the dataset too.
+    one = normalize({**CROSS, "class": None, "targets": [{"feature": 3}]})
     assert one.start == SHAPES and one.feature == 3
+    # Where the default cannot be had, noise, and the id robust jobs had: a composed objective, no dataset.
+    for cannot in ({"model": "shapes_cnn", "conv_id": 2, "method": "robust", "seed": 1,
+                    "targets": [{"feature": 1}, {"feature": 2, "weight": -0.5}]},
+                   {"model": "inception_v3_untrained", "conv_id": 3, "feature": 1, "method": "robust", "seed": 1}):
+        spec = normalize(cannot)
+        assert spec.start is None and spec.job_id == normalize({**cannot, "start": "noise"}).job_id
+        assert normalize(spec.fields()) == spec
+    assert "start" not in normalize({**CROSS, "method": "maco"}).fields()
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -122,12 +132,12 @@ def test_a_job_and_a_sweep_start_from_their_targets_dataset_examples(stack, prod
         start = factory.dataset_starts.picture(loaded, layer, feature, SHAPES)
         return float(np.corrcoef(np.load(results / result.array).ravel(), start.ravel())[0, 1])
 
-    from_noise = producer_api.enqueue(CROSS).wait(timeout=300)
-    from_data = producer_api.enqueue({**CROSS, "start": "dataset"}).wait(timeout=300)
+    from_noise = producer_api.enqueue({**CROSS, "start": "noise"}).wait(timeout=300)
+    from_data = producer_api.enqueue(CROSS).wait(timeout=300)
     assert json.loads((results / from_data.meta).read_text())["spec"]["start"] == SHAPES
     assert likeness(from_data, LOGITS, 3) > 0.5 > 0.2 > abs(likeness(from_noise, LOGITS, 3))
     swept = producer_api.sweep({"model": "shapes_cnn", "conv_id": 3, "features": [2, 5], "method": "robust",
-                                "iterations": 5, "seed": 1, "start": "dataset"}).wait(timeout=300)
+                                "iterations": 5, "seed": 1}).wait(timeout=300)
     layer = loaded.info.target_layer(3)
     first, second = swept.jobs
     assert likeness(first, layer, 2) > 0.5 > 0.2 > likeness(first, layer, 5)
