@@ -428,14 +428,16 @@ def _start(parsed: JobFields, models: registry.Registry, info: registry.ModelInf
     if parsed.method not in START_METHODS:
         raise JobError("start", f"'dataset' needs method {' or '.join(START_METHODS)} (its start takes the seeds' "
                                 f"noise), got method {parsed.method}")
+    if composed:
+        if asked:
+            raise JobError("start", "'dataset' needs one target, a class or a channel (`feature`): the dataset's "
+                                    "best examples are a unit's")
+        return None
     fingerprint = datasets.fingerprint(models, info)
-    if composed and asked:
-        raise JobError("start", "'dataset' needs one target, a class or a channel (`feature`): the dataset's best "
-                                "examples are a unit's")
     if fingerprint is None and asked:
         raise JobError("start", f"'dataset' needs a model with a dataset; {info.name} has none (`python -m producer "
                                 f"models dataset {info.name} PATH`), or use noise")
-    return None if composed else fingerprint
+    return fingerprint
 
 
 def _magnitude(parsed: JobFields, models: registry.Registry, info: registry.ModelInfo) -> str | None:

@@ -28,9 +28,9 @@ import numpy as np
 import tensorflow as tf
 
 from featurevis import registry, scoring
+from featurevis.dataset_starts import DatasetStarts
 from featurevis.model_cache import LoadedModel, ModelCache
 from featurevis.optvis import render
-from featurevis.dataset_starts import DatasetStarts
 from featurevis.registry import ModelInfo
 from featurevis.step_cache import StepCache
 from featurevis.uploads import Uploads

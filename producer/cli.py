@@ -107,8 +107,8 @@ JOB_OPTIONS = (
     ("--blur", _scalar, "regularizer: how hard each step is pulled to its own 3x3 blur, 0..1000 (default 0: off)"),
     ("--start-image", str, "a PNG, JPEG or .npy picture to start from instead of noise (DeepDream): uploaded first"),
     ("--magnitude", str, "maco's fixed magnitude spectrum: 1/f (the default) or dataset (the mean of the model's)"),
-    ("--start", str, "robust's start: noise (the default) or dataset (the mean of the model's dataset's best "
-                     "examples of the target, with the seed's noise on it)"),
+    ("--start", str, "robust's start: dataset (the mean of the model's dataset's best examples of the target, with "
+                     "the seed's noise on it; the default where a job can have it) or noise"),
 )
 
 

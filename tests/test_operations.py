@@ -60,7 +60,10 @@ def test_flower_shows_live_progress_in_a_browser(stack, producer_api, tmp_path):
     assert "PROGRESS" in first and "/150 loss=" in first, first[:2000]
     iteration = int(first.split("PROGRESS ")[1].split("/150")[0])
     time.sleep(2.5)  # events are throttled to one a second: a reload a little later shows a later iteration
-    listing = _chromium(f"{base}/tasks", "--dump-dom")
+    for _ in range(3):  # the list fills from a request of its own after the page loads: slower on a busy machine
+        listing = _chromium(f"{base}/tasks", "--dump-dom")
+        if job.id in listing:
+            break
     assert job.id in listing and "PROGRESS" in listing
     later = _chromium(f"{base}/task/{job.id}", "--dump-dom")
     assert int(later.split("PROGRESS ")[1].split("/150")[0]) > iteration

@@ -47,7 +47,7 @@ class CompiledStep:
 
     advance: Callable[..., tuple[Any, StepStats]] | None
     pixels: Callable[[Any], tf.Tensor]
-    start: Callable[[list[int], np.ndarray | None], Any]
+    start: Callable[..., Any]  # (seeds, picture=None), and (seeds, picture, noise) for contract.START_METHODS
     traces: int = 0
     extras: Callable[[Any], dict[str, tf.Tensor]] | None = None
 
