@@ -17,6 +17,8 @@ amounts, transform.Moves.lucid) and the iterations. Per method (robust and maco)
    from the mean of the dataset's contract.START_EXAMPLES best examples of its class or channel, with
    contract.START_NOISE times its seed's noise on it (steps 1-6 start from the noise alone). Its rows also give
    the judges' mean of the starts themselves (`at 0`), before any step: what the judges see of the dataset.
+Every row also gives how alike a class's pictures are from seed to seed (`alike`, quality.run.seeds_alike), which
+no judge's share sees; the rule does not read it.
 Every setting runs ITERATIONS[-1] iterations once and its pictures are read at each count of ITERATIONS on
 the way: a step does not depend on how many follow, so the picture after 30 steps of a 200-step run is a
 30-iteration job's, and the iterations cost nothing more. This coordinate search (24 runs; docs/methods-and-quality.md
@@ -61,7 +63,7 @@ from featurevis.contract import CLASS_OBJECTIVES, MAGNITUDES, METHOD_DEFAULTS, S
 from featurevis.factory import ModelFactory
 from featurevis.step_cache import target_network
 from featurevis.optvis import methods, objectives, render, transform
-from quality.run import CLASS_GOAL, SECOND_JUDGE, judges_mean, recognized, start_arguments
+from quality.run import CLASS_GOAL, SECOND_JUDGE, judges_mean, recognized, seeds_alike, start_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +152,8 @@ def scored(factory: ModelFactory, setting: Setting) -> list[dict]:
                            second_judge_transferability=float(second.mean()), judges_mean=float(both.mean()),
                            judges_mean_weakest_class=float(both.min()),
                            robustness=float(np.mean([row["robustness"] for row in scores])),
-                           start_judges_mean=judged(factory, by_count[0], classes, second_judge))
+                           start_judges_mean=judged(factory, by_count[0], classes, second_judge),
+                           seeds_alike=seeds_alike(batch, classes))
     for conv_id in CONV_IDS:
         by_count, weights, probe = pictures(factory, setting, conv_id, [CHANNEL] * len(SEEDS), list(SEEDS))
         for count in rows:
@@ -220,7 +223,7 @@ def line(row: dict) -> str:
     convs = "  ".join(f"{row[f'conv{conv_id}_robustness']:6.2f} {row[f'conv{conv_id}_specificity_z']:5.2f}"
                       for conv_id in CONV_IDS)
     return (f"{row['method']:16s} {rate:>9} {moves:>5} {coarse:>6} {start:>5} {magnitude:>8} {objective:>6} "
-            f"{row['iterations']:5d} {row['start_judges_mean']:6.0%} "
+            f"{row['iterations']:5d} {row['start_judges_mean']:6.0%} {row['seeds_alike']:5.2f} "
             f"{row['transferability']:7.0%} {row['weakest_class']:7.0%} {row['second_judge_transferability']:7.0%} "
             f"{row['judges_mean']:7.0%} {row['judges_mean_weakest_class']:7.0%} {row['robustness']:7.2f}  {convs}")
 
@@ -229,11 +232,12 @@ def main() -> int:
     began = time.perf_counter()
     factory = ModelFactory()
     print(f"{MODEL}, seeds {SEEDS[0]}-{SEEDS[-1]}; judged by {registry.JUDGES[MODEL]} and {SECOND_JUDGE} (clean), "
-          f"both judges' mean and its weakest class (at 0: the judges' mean of the starts, before a step); channel "
+          f"both judges' mean and its weakest class (at 0: the judges' mean of the starts, before a step; alike: how "
+          f"alike a class's pictures are from seed to seed, quality.run.seeds_alike); channel "
           f"{CHANNEL} of conv "
           f"{' and '.join(map(str, CONV_IDS))}: robustness and specificity z")
     print(f"{'method':16s} {'rate':>9} {'moves':>5} {'coarse':>6} {'start':>5} {'spectrum':>8} {'class':>6} {'iters':>5} "
-          f"{'at 0':>6} {'judged':>7} "
+          f"{'at 0':>6} {'alike':>5} {'judged':>7} "
           f"{'weakest':>7} {'clean':>7} {'mean':>7} {'weakest':>7} {'robust':>7}  "
           + "  ".join(f"{f'conv{conv_id} rob':>6} {'z':>5}" for conv_id in CONV_IDS))
     rows = scored(factory, Setting.held("gradient_ascent"))

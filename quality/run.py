@@ -93,6 +93,18 @@ def means(scores: list[dict]) -> dict:
             for name in names if any(name in row for row in scores)}
 
 
+def seeds_alike(batch: np.ndarray, classes: int) -> float:
+    """How alike a class's pictures are from seed to seed, for a batch laid out as `shapes` lays it out: the
+    correlation of every two seeds' pictures of a class (pixels less each picture's mean), averaged over pairs
+    and classes. Near 0 for pictures drawn independently; near 1 where every seed draws the same picture, which
+    a judge's share does not see (a start from the dataset's examples pulls it up)."""
+    pictures = np.asarray(batch, np.float64).reshape(-1, classes, np.asarray(batch[0]).size)  # seeds x classes
+    centred = pictures - pictures.mean(axis=2, keepdims=True)
+    unit = centred / np.linalg.norm(centred, axis=2, keepdims=True)
+    correlations = np.einsum("sck,tck->cst", unit, unit)
+    return float(correlations[:, ~np.eye(len(unit), dtype=bool)].mean())
+
+
 def shapes(factory: ModelFactory, seeds: tuple[int, ...] = SEEDS) -> tuple[dict, dict]:
     """Part 1: every class x seed of a method in one batch (batching never changes a picture)."""
     classes = registry.builtin_info(MODEL).classes
@@ -117,14 +129,15 @@ def shapes(factory: ModelFactory, seeds: tuple[int, ...] = SEEDS) -> tuple[dict,
             **means(rows), "per_class_transferability": agrees.mean(axis=0).tolist(),
             "misses": _misses(judged_as(batch).numpy(), classes, names),
             "second_judge": SECOND_JUDGE, "second_judge_transferability": float(np.mean(second.mean(axis=0))),
-            "second_judge_per_class": second.mean(axis=0).tolist(),
+            "second_judge_per_class": second.mean(axis=0).tolist(), "seeds_alike": seeds_alike(batch, classes),
         }
         both = judges_mean(summary[method]["per_class_transferability"], summary[method]["second_judge_per_class"])
         print(f"  {MODEL} {method:16s} {iterations:4d} iterations: transferability to {judge} "
               f"{summary[method]['transferability']:.0%} (to {SECOND_JUDGE} "
               f"{summary[method]['second_judge_transferability']:.0%}; their mean {both.mean():.1%}, its weakest "
               f"class {both.min():.1%}; to {SAME_GENERATOR_MODEL} "
-              f"{summary[method]['same_generator_agreement']:.0%}), robustness "
+              f"{summary[method]['same_generator_agreement']:.0%}), seeds alike "
+              f"{summary[method]['seeds_alike']:.2f}, robustness "
               f"{summary[method]['robustness_mean']:.2f}, activation_vs_dataset "
               f"{summary[method]['activation_vs_dataset_mean']:.2f}; the judge's misses: "
               + (", ".join(f"{name} as {', '.join(seen)}" for name, seen in summary[method]["misses"].items())
