@@ -131,7 +131,6 @@ def pictures(factory: ModelFactory, setting: Setting, conv_id: int | None, featu
             scoring.feature_probe(network, loaded.preprocess, shape, loaded.classes() if conv_id is None else None))
 
 
-
 def scored(factory: ModelFactory, setting: Setting) -> list[dict]:
     """One row per count of ITERATIONS: the setting's scores after that many steps (with a `settled_rate`, only
     the counts beyond SETTLE_AFTER: before it the pictures are the same setting's at one rate)."""
@@ -142,6 +141,7 @@ def scored(factory: ModelFactory, setting: Setting) -> list[dict]:
             for count in ITERATIONS if setting.settled_rate is None or count > SETTLE_AFTER}
     by_count, weights, probe = pictures(factory, setting, None, list(range(classes)) * len(SEEDS),
                                         [seed for seed in SEEDS for _ in range(classes)])
+    starts_judged = judged(factory, by_count[0], classes, second_judge)  # one start for every count
     for count in rows:
         batch = by_count[count]
         scores = scoring.scores(scoring.read(probe, batch), batch, weights, True, factory.judge(MODEL))
@@ -152,7 +152,7 @@ def scored(factory: ModelFactory, setting: Setting) -> list[dict]:
                            second_judge_transferability=float(second.mean()), judges_mean=float(both.mean()),
                            judges_mean_weakest_class=float(both.min()),
                            robustness=float(np.mean([row["robustness"] for row in scores])),
-                           start_judges_mean=judged(factory, by_count[0], classes, second_judge),
+                           start_judges_mean=starts_judged,
                            seeds_alike=seeds_alike(batch, classes))
     for conv_id in CONV_IDS:
         by_count, weights, probe = pictures(factory, setting, conv_id, [CHANNEL] * len(SEEDS), list(SEEDS))

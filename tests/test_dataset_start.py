@@ -58,7 +58,6 @@ def test_a_dataset_start_names_its_dataset_in_the_id_and_travels_as_dataset():
     ({**CROSS, "start": "photo"}, f"start: must be {contract.FIELD_RANGES['start']}, got \"photo\""),
 ])
 def test_a_dataset_start_it_cannot_have_is_refused_in_one_line(fields, message):
-    fields = {name: value for name, value in fields.items() if not (name == "class" and "conv_id" in fields)}
     with pytest.raises(JobError) as refused:
         normalize(fields)
     assert str(refused.value) == message
