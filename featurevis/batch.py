@@ -61,7 +61,7 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
     started, started_at = time.perf_counter(), time.time()
     report = _progress(specs, info.class_names, on_progress)
     ascent = render.run(acquired.step, seeds, terms, first.iterations, first.diversity,
-                        state=acquired.step.start(seeds, *_start(factory, acquired, per_image)),
+                        state=acquired.step.start(seeds, *_start(factory, acquired, per_image, seeds)),
                         classify=acquired.model.classify,
                         on_progress=_before_the_last(report, first.iterations),
                         frame_every=max(1, first.iterations // ANIMATION_FRAMES) if first.animate else 0,
@@ -86,14 +86,15 @@ def run(factory: ModelFactory, specs: list[JobSpec], on_progress: Callable[[cont
                                      for spec, rows in zip(specs, _rows(specs))])
 
 
-def _start(factory: ModelFactory, acquired: Acquired, per_image: list[JobSpec]) -> tuple:
+def _start(factory: ModelFactory, acquired: Acquired, per_image: list[JobSpec], seeds: list[int]) -> tuple:
     """The step's start arguments after the seeds: none (each seed's noise), the job's uploaded picture, or each
-    image's dataset start with contract.START_NOISE times its seed's noise on it (JobSpec.start)."""
+    image's dataset start (its facet's, by its seed) with contract.START_NOISE times its seed's noise on it
+    (JobSpec.start)."""
     first = per_image[0]
     if first.start_image is not None:
         return (factory.uploads.start_image(acquired.model, first.start_image),)
     return factory.dataset_starts.arguments(acquired.model, first.layer, [spec.feature for spec in per_image],
-                                            first.start)
+                                            seeds, first.start)
 
 
 def _rows(specs: list[JobSpec]) -> list[slice]:

@@ -60,11 +60,16 @@ COARSE_CYCLES = 4
 # Where a climb starts (JobSpec.start): each seed's noise, or the dataset's start, the mean of the registered
 # dataset's START_EXAMPLES images that excite the target most (examples.py's top examples, as multifaceted feature
 # visualization starts from a class's best training images), with START_NOISE times the method's noise of each
-# seed on it, so each seed still draws its own picture. Only where a method's start takes the noise.
-STARTS = ("noise", "dataset")
+# seed on it, so each seed still draws its own picture. Only where a method's start takes the noise. "facets" is
+# multifaceted feature visualization's start in full: the dataset's START_FACETS x START_EXAMPLES best examples
+# of the target fall into START_FACETS clusters (facets) of alike images, and seed s starts from the mean of
+# facet s mod START_FACETS, so a class's seeds draw its facets rather than one picture.
+STARTS = ("noise", "dataset", "facets")
 START_METHODS = ("robust",)
 START_EXAMPLES = 9
+START_FACETS = 3
 START_NOISE = 10.0
+FACETS_PREFIX = "facets:"  # JobSpec.start of a facets start: the prefix, then the dataset's fingerprint
 
 
 @dataclass(frozen=True)
@@ -260,8 +265,9 @@ class JobSpec(BaseModel):
     # pictures.
     magnitude: str | None = None
     # start "dataset": the fingerprint of the dataset whose best examples of the target the climb starts from
-    # (None: the seeds' noise, or start_image). On the wire as "dataset", the fingerprint in the job id, as magnitude;
-    # a noise start keeps the id it always had, and a method whose default is the dataset start says "noise".
+    # (None: the seeds' noise, or start_image); start "facets": FACETS_PREFIX and that fingerprint. On the wire as
+    # "dataset" or "facets", the fingerprint in the job id, as magnitude; a noise start keeps the id it always had,
+    # and a method whose default is a dataset's start says "noise".
     start: str | None = None
 
     def fields(self) -> dict[str, Any]:
@@ -273,7 +279,10 @@ class JobSpec(BaseModel):
                 + [term.wire() for term in self.terms or ()]
         fields.update({name: getattr(self, name) for name in self._added_and_set()
                        if name not in ("terms", "magnitude", "start")})
-        fields.update({name: "dataset" for name in ("magnitude", "start") if getattr(self, name)})
+        if self.magnitude:
+            fields["magnitude"] = "dataset"
+        if self.start:
+            fields["start"] = dataset_start(self.start)[0]
         if self.method in START_METHODS and self.start is None and self.start_image is None:
             fields["start"] = "noise"  # said, so the worker's normalize does not give it the method's default start
         return fields
@@ -368,7 +377,8 @@ FIELD_RANGES = {
                    f"(Producer.upload_image): the picture the job starts from instead of noise",
     "start": f"null (the method's default) or one of {', '.join(STARTS)}: where the climb starts (dataset: the "
              f"mean of the {START_EXAMPLES} images of the model's dataset that excite the one target most, with "
-             f"each seed's noise on it; method {' or '.join(START_METHODS)})",
+             f"each seed's noise on it; facets: the mean of one of {START_FACETS} clusters of its "
+             f"{START_FACETS * START_EXAMPLES} best, seed by seed; method {' or '.join(START_METHODS)})",
 }
 
 
@@ -420,24 +430,40 @@ def _start(parsed: JobFields, models: registry.Registry, info: registry.ModelInf
     A job that asks for the dataset's start gets it or an error; a method whose default is that start falls back
     to noise where the job cannot have it (a composed objective, or a model with no dataset), as a picture
     always could start from noise."""
-    asked = parsed.start == "dataset"
+    asked = parsed.start not in (None, "noise")
     if parsed.start is not None and parsed.start_image is not None:
         raise JobError("start", "give start or start_image, not both: a climb starts from one picture")
-    if parsed.start_image is not None or (parsed.start or METHOD_DEFAULTS[parsed.method].start) != "dataset":
+    kind = parsed.start or METHOD_DEFAULTS[parsed.method].start
+    if parsed.start_image is not None or kind == "noise":
         return None
     if parsed.method not in START_METHODS:
-        raise JobError("start", f"'dataset' needs method {' or '.join(START_METHODS)} (its start takes the seeds' "
+        raise JobError("start", f"'{kind}' needs method {' or '.join(START_METHODS)} (its start takes the seeds' "
                                 f"noise), got method {parsed.method}")
     if composed:
         if asked:
-            raise JobError("start", "'dataset' needs one target, a class or a channel (`feature`): the dataset's "
+            raise JobError("start", f"'{kind}' needs one target, a class or a channel (`feature`): the dataset's "
                                     "best examples are a unit's")
         return None
     fingerprint = datasets.fingerprint(models, info)
     if fingerprint is None and asked:
-        raise JobError("start", f"'dataset' needs a model with a dataset; {info.name} has none (`python -m producer "
+        raise JobError("start", f"'{kind}' needs a model with a dataset; {info.name} has none (`python -m producer "
                                 f"models dataset {info.name} PATH`), or use noise")
-    return fingerprint
+    return spec_start(kind, fingerprint)
+
+
+def spec_start(kind: str, fingerprint: str | None) -> str | None:
+    """A JobSpec.start from a start's kind (STARTS) and its model's dataset's fingerprint: None for noise or where
+    there is no dataset, the fingerprint for "dataset", FACETS_PREFIX and it for "facets"."""
+    if kind == "noise" or fingerprint is None:
+        return None
+    return FACETS_PREFIX + fingerprint if kind == "facets" else fingerprint
+
+
+def dataset_start(start: str) -> tuple[str, str]:
+    """A JobSpec.start as (its kind on the wire, "dataset" or "facets", and its dataset's fingerprint)."""
+    if start.startswith(FACETS_PREFIX):
+        return "facets", start.removeprefix(FACETS_PREFIX)
+    return "dataset", start
 
 
 def _magnitude(parsed: JobFields, models: registry.Registry, info: registry.ModelInfo) -> str | None:

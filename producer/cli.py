@@ -108,7 +108,8 @@ JOB_OPTIONS = (
     ("--start-image", str, "a PNG, JPEG or .npy picture to start from instead of noise (DeepDream): uploaded first"),
     ("--magnitude", str, "maco's fixed magnitude spectrum: 1/f (the default) or dataset (the mean of the model's)"),
     ("--start", str, "robust's start: dataset (the mean of the model's dataset's best examples of the target, with "
-                     "the seed's noise on it; the default where a job can have it) or noise"),
+                     "the seed's noise on it; the default where a job can have it), facets (the mean of the seed's "
+                     "cluster of them, so seeds draw different pictures) or noise"),
 )
 
 

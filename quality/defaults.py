@@ -13,17 +13,18 @@ amounts, transform.Moves.lucid) and the iterations. Per method (robust and maco)
    counts of ITERATIONS beyond it are its rows;
 6. a coarse start at the setting steps 1-5 chose: for its first COARSE steps the picture holds no frequency above
    contract.COARSE_CYCLES cycles per image (steps 1-5 start with every frequency);
-7. for a method of contract.START_METHODS, the dataset start at the setting steps 1-6 chose: each picture starts
-   from the mean of the dataset's contract.START_EXAMPLES best examples of its class or channel, with
-   contract.START_NOISE times its seed's noise on it (steps 1-6 start from the noise alone). Its rows also give
-   the judges' mean of the starts themselves (`at 0`), before any step: what the judges see of the dataset.
+7. for a method of contract.START_METHODS, the dataset's starts at the setting steps 1-6 chose: each picture
+   starts from the mean of the dataset's contract.START_EXAMPLES best examples of its class or channel ("dataset"),
+   or of its seed's facet of them ("facets", dataset_starts.py), with contract.START_NOISE times its seed's noise
+   on it (steps 1-6 start from the noise alone). Every row also gives the judges' mean of the starts themselves
+   (`at 0`), before any step: what the judges see of the dataset.
 Every row also gives how alike a class's pictures are from seed to seed (`alike`, quality.run.seeds_alike), which
 no judge's share sees; the rule does not read it.
 Every setting runs ITERATIONS[-1] iterations once and its pictures are read at each count of ITERATIONS on
 the way: a step does not depend on how many follow, so the picture after 30 steps of a 200-step run is a
-30-iteration job's, and the iterations cost nothing more. This coordinate search (24 runs; docs/methods-and-quality.md
+30-iteration job's, and the iterations cost nothing more. This coordinate search (25 runs; docs/methods-and-quality.md
 says how long it takes) replaces the full product of rates, strengths, spectra, class objectives, schedules and
-starts (882 runs).
+starts (681 runs).
 gradient_ascent has no rate and no transforms; its iterations are read the same way, for comparison, and its
 defaults stay the tutorial's (30, climbing the logit), so a job that leaves iterations out keeps its id and its
 picture.
@@ -59,7 +60,7 @@ from typing import NamedTuple
 import numpy as np
 
 from featurevis import registry, scoring
-from featurevis.contract import CLASS_OBJECTIVES, MAGNITUDES, METHOD_DEFAULTS, SETTLE_AFTER, START_METHODS
+from featurevis.contract import CLASS_OBJECTIVES, MAGNITUDES, METHOD_DEFAULTS, SETTLE_AFTER, START_METHODS, STARTS
 from featurevis.factory import ModelFactory
 from featurevis.step_cache import target_network
 from featurevis.optvis import methods, objectives, render, transform
@@ -124,7 +125,7 @@ def pictures(factory: ModelFactory, setting: Setting, conv_id: int | None, featu
     step = methods.BY_NAME[setting.method].compile_step(network, loaded.preprocess, objective, shape, **settings)
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], loaded.info.feature_count(conv_id))
     every = math.gcd(*ITERATIONS)
-    start = step.start(seeds, *start_arguments(factory, loaded, conv_id, setting.start, features))
+    start = step.start(seeds, *start_arguments(factory, loaded, conv_id, setting.start, features, seeds))
     frames = [step.pixels(start).numpy(), *render.run(step, seeds, weights, ITERATIONS[-1], state=start,
                                                         frame_every=every).frames]
     return ({count: frames[count // every] for count in (0, *ITERATIONS)}, weights,
@@ -190,7 +191,7 @@ def sweep(factory: ModelFactory, method: str) -> list[dict]:
     method that keeps a magnitude spectrum, the other spectra at the rate and strength chosen so far; step 4, the
     other class objectives at the setting chosen so far; step 5, that setting with its rate settling to SETTLED of
     it after SETTLE_AFTER steps; step 6, the setting chosen so far starting coarse for COARSE steps; step 7, for a
-    method of START_METHODS, the setting chosen so far starting from the dataset."""
+    method of START_METHODS, the setting chosen so far starting from the dataset, one mean or its facets."""
     plain = Setting.held(method)._replace(settled_rate=None, coarse_steps=None, start="noise")
     rows = [row for rate in RATES[method] for row in scored(factory, plain._replace(learning_rate=rate, moves=1.0))]
     rate = choose(rows)["learning_rate"]
@@ -207,7 +208,8 @@ def sweep(factory: ModelFactory, method: str) -> list[dict]:
     rows += scored(factory, chosen._replace(settled_rate=round(SETTLED * chosen.learning_rate, 6)))
     rows += scored(factory, Setting.of(choose(rows))._replace(coarse_steps=COARSE))
     if method in START_METHODS:
-        rows += scored(factory, Setting.of(choose(rows))._replace(start="dataset"))
+        chosen = Setting.of(choose(rows))
+        rows += [row for start in STARTS if start != chosen.start for row in scored(factory, chosen._replace(start=start))]
     return rows
 
 
@@ -217,7 +219,7 @@ def line(row: dict) -> str:
         rate += f">{row['settled_rate']:g}"
     moves = "-" if row["moves"] is None else f"{row['moves']:g}"
     coarse = "-" if row["coarse_steps"] is None else str(row["coarse_steps"])
-    start = {"noise": "noise", "dataset": "data"}[row["start"]]
+    start = {"noise": "noise", "dataset": "data", "facets": "facet"}[row["start"]]
     magnitude = row["magnitude"] or "-"
     objective = {"logit": "logit", "log_probability": "log p"}[row["class_objective"]]
     convs = "  ".join(f"{row[f'conv{conv_id}_robustness']:6.2f} {row[f'conv{conv_id}_specificity_z']:5.2f}"

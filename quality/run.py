@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from featurevis import datasets, examples, images, registry, scoring
-from featurevis.contract import METHOD_DEFAULTS, METHODS
+from featurevis.contract import METHOD_DEFAULTS, METHODS, spec_start
 from featurevis.factory import ModelFactory
 from featurevis.optvis import objectives, render
 
@@ -61,7 +61,7 @@ def run(factory: ModelFactory, model: str, conv_id, method: str, features: list[
     info = acquired.model.info
     weights = objectives.weights_matrix([{feature: 1.0} for feature in features], info.feature_count(conv_id))
     start = acquired.step.start(seeds, *start_arguments(factory, acquired.model, conv_id,
-                                                        METHOD_DEFAULTS[method].start, features))
+                                                        METHOD_DEFAULTS[method].start, features, seeds))
     ascent = render.run(acquired.step, seeds, weights, iterations, state=start)  # the final read gives the classes
     scores = scoring.scores(scoring.read(acquired.probe, ascent.images), ascent.images, weights, conv_id is None,
                             factory.judge(model))
@@ -71,11 +71,14 @@ def run(factory: ModelFactory, model: str, conv_id, method: str, features: list[
     return ascent.images, scores
 
 
-def start_arguments(factory: ModelFactory, loaded, conv_id: int | None, start: str, features: list[int]) -> tuple:
-    """A step's start arguments after the seeds for a batch of `features` starting at `start` (contract.STARTS), as
-    a worker's batch gives a job's (dataset_starts.py): a model with no dataset starts from noise, as its jobs do."""
-    fingerprint = datasets.fingerprint(factory.models.store_registry(), loaded.info) if start == "dataset" else None
-    return factory.dataset_starts.arguments(loaded, loaded.info.target_layer(conv_id), features, fingerprint)
+def start_arguments(factory: ModelFactory, loaded, conv_id: int | None, start: str, features: list[int],
+                    seeds: list[int]) -> tuple:
+    """A step's start arguments after the seeds for a batch of `features` and `seeds` starting at `start`
+    (contract.STARTS), as a worker's batch gives a job's (dataset_starts.py): a model with no dataset starts from
+    noise, as its jobs do."""
+    fingerprint = datasets.fingerprint(factory.models.store_registry(), loaded.info)
+    return factory.dataset_starts.arguments(loaded, loaded.info.target_layer(conv_id), features, seeds,
+                                            spec_start(start, fingerprint))
 
 
 def ranking(factory: ModelFactory, conv_id: int | None) -> dict:
@@ -95,14 +98,16 @@ def means(scores: list[dict]) -> dict:
 
 def seeds_alike(batch: np.ndarray, classes: int) -> float:
     """How alike a class's pictures are from seed to seed, for a batch laid out as `shapes` lays it out: the
-    correlation of every two seeds' pictures of a class (pixels less each picture's mean), averaged over pairs
-    and classes. Near 0 for pictures drawn independently; near 1 where every seed draws the same picture, which
-    a judge's share does not see (a start from the dataset's examples pulls it up)."""
+    size of the correlation of every two seeds' pictures of a class (pixels less each picture's mean), averaged
+    over pairs and classes. Near 0 for pictures drawn independently; near 1 where every seed draws the same
+    picture, which a judge's share does not see (a start from the dataset's examples pulls it up). The size, not
+    the sign: a picture and its negative share a layout, and a class drawn as a few facets, each the others'
+    near-negative, would otherwise average to 0 as if every seed drew its own."""
     pictures = np.asarray(batch, np.float64).reshape(-1, classes, np.asarray(batch[0]).size)  # seeds x classes
     centred = pictures - pictures.mean(axis=2, keepdims=True)
     unit = centred / np.linalg.norm(centred, axis=2, keepdims=True)
     correlations = np.einsum("sck,tck->cst", unit, unit)
-    return float(correlations[:, ~np.eye(len(unit), dtype=bool)].mean())
+    return float(np.abs(correlations[:, ~np.eye(len(unit), dtype=bool)]).mean())
 
 
 def shapes(factory: ModelFactory, seeds: tuple[int, ...] = SEEDS) -> tuple[dict, dict]:

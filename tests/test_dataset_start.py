@@ -1,5 +1,6 @@
 """A job's dataset start (issue 28): the contract's ids and refusals, robust's start under each seed's noise, the
-mean of a unit's best dataset examples, and jobs and a sweep through a real worker that start from them."""
+mean of a unit's best dataset examples or of its seed's facet of them, and jobs, a set and a sweep through a real
+worker that start from them."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featurevis import contract, datasets, examples, registry
+from featurevis import contract, dataset_starts, datasets, examples, registry
 from featurevis.contract import JobError, normalize, normalize_sweep
 from featurevis.optvis import objectives, robust
 from featurevis.registry import LOGITS
@@ -46,6 +47,17 @@ def test_a_dataset_start_names_its_dataset_in_the_id_and_travels_as_dataset():
     assert "start" not in normalize({**CROSS, "method": "maco"}).fields()
 
 
+def test_a_facets_start_names_its_dataset_in_an_id_of_its_own_and_travels_as_facets():
+    started, faceted = normalize({**CROSS, "start": "dataset"}), normalize({**CROSS, "start": "facets"})
+    assert faceted.start == contract.FACETS_PREFIX + SHAPES and contract.dataset_start(faceted.start) == ("facets", SHAPES)
+    assert contract.dataset_start(started.start) == ("dataset", SHAPES)
+    assert faceted.job_id not in (started.job_id, normalize({**CROSS, "start": "noise"}).job_id)
+    assert faceted.fields()["start"] == "facets" and normalize(faceted.fields()) == faceted
+    swept = normalize_sweep({"model": "shapes_cnn", "conv_id": 2, "features": [1, 4], "method": "robust", "seed": 1,
+                             "start": "facets"})
+    assert [spec.start for spec in swept] == [faceted.start] * 2
+
+
 @pytest.mark.parametrize("fields, message", [
     ({**CROSS, "method": "maco", "start": "dataset"},
      "start: 'dataset' needs method robust (its start takes the seeds' noise), got method maco"),
@@ -55,6 +67,8 @@ def test_a_dataset_start_names_its_dataset_in_the_id_and_travels_as_dataset():
     ({"model": "shapes_cnn", "conv_id": 2, "method": "robust", "targets": [{"feature": 1}, {"feature": 2}],
       "start": "dataset"},
      "start: 'dataset' needs one target, a class or a channel (`feature`): the dataset's best examples are a unit's"),
+    ({**CROSS, "method": "gradient_ascent", "start": "facets"},
+     "start: 'facets' needs method robust (its start takes the seeds' noise), got method gradient_ascent"),
     ({**CROSS, "start": "photo"}, f"start: must be {contract.FIELD_RANGES['start']}, got \"photo\""),
 ])
 def test_a_dataset_start_it_cannot_have_is_refused_in_one_line(fields, message):
@@ -90,12 +104,43 @@ def test_a_units_dataset_start_is_the_mean_of_its_best_examples_ranked_once_per_
     loaded, dataset = factory.model("shapes_cnn"), datasets.drawn("shapes")
     ranked = examples.ranking(loaded, dataset, LOGITS, contract.START_EXAMPLES)
     built = factory.builds["dataset start"]
-    starts = {feature: factory.dataset_starts.picture(loaded, LOGITS, feature, SHAPES) for feature in range(10)}
+    starts = {feature: factory.dataset_starts.picture(loaded, LOGITS, feature, 0, SHAPES) for feature in range(10)}
     assert factory.builds["dataset start"] == built + 1  # one pass ranks every class
     for feature, start in starts.items():
         best = ranked["top"]["indices"][feature]
         assert len(best) == contract.START_EXAMPLES
         np.testing.assert_allclose(start, dataset.images[best].astype(np.float32).mean(axis=0), atol=1e-3)
+
+
+def test_facets_are_the_clusters_of_alike_images_best_first_whatever_their_order():
+    """Three prototypes, each image one of them plus a little noise, given in a shuffled order: three facets,
+    each one prototype's images, the first holding the best (position 0); repeated images give fewer facets."""
+    rng = np.random.default_rng(0)
+    prototypes = rng.uniform(0, 255, (3, 8, 8, 3))
+    drawn = rng.permutation(np.repeat(np.arange(3), [5, 3, 1]))
+    images = prototypes[drawn] + rng.normal(0, 5, (len(drawn), 8, 8, 3))
+    found = dataset_starts.facets(images, 3)
+    assert [group[0] for group in found] == sorted(group[0] for group in found) and found[0][0] == 0
+    assert sorted(sorted(group.tolist()) for group in found) == sorted(
+        np.flatnonzero(drawn == prototype).tolist() for prototype in range(3))
+    assert len(dataset_starts.facets(np.repeat(images[:1], 4, axis=0), 3)) == 1
+
+
+def test_a_units_facets_start_is_its_seeds_facet_of_its_best_examples(factory):
+    """Seed s starts from the mean of facet s mod START_FACETS; the facets share out the unit's
+    START_FACETS x START_EXAMPLES best, and the first holds the best example."""
+    loaded, dataset = factory.model("shapes_cnn"), datasets.drawn("shapes")
+    best = examples.ranking(loaded, dataset, LOGITS, contract.START_FACETS * contract.START_EXAMPLES)["top"]["indices"][4]
+    start = contract.FACETS_PREFIX + SHAPES
+    starts = [factory.dataset_starts.picture(loaded, LOGITS, 4, seed, start) for seed in range(contract.START_FACETS + 1)]
+    found = factory.dataset_starts.facets_of(loaded, LOGITS, 4, SHAPES)
+    assert len(found) == contract.START_FACETS and found[0][0] == best[0]
+    assert sorted(index for facet in found for index in facet) == sorted(best)
+    for seed, facet in enumerate(found):
+        np.testing.assert_allclose(starts[seed], dataset.images[sorted(facet)].astype(np.float32).mean(axis=0),
+                                   atol=1e-3)
+    np.testing.assert_array_equal(starts[contract.START_FACETS], starts[0])
+    assert min(np.abs(starts[0] - starts[seed]).mean() for seed in range(1, contract.START_FACETS)) > 10
 
 
 def test_a_dataset_replaced_after_a_job_was_validated_fails_its_start_in_one_line(tmp_path):
@@ -113,7 +158,7 @@ def test_a_dataset_replaced_after_a_job_was_validated_fails_its_start_in_one_lin
         fingerprints.append(datasets.fingerprint(models, info))
     factory = ModelFactory(models=models)
     with pytest.raises(ValueError) as refused:
-        factory.dataset_starts.picture(factory.model("inception_v3_untrained"), "conv2d_3", 1, fingerprints[0])
+        factory.dataset_starts.picture(factory.model("inception_v3_untrained"), "conv2d_3", 1, 0, fingerprints[0])
     assert str(refused.value) == (f"start: inception_v3_untrained's dataset changed since this job was validated "
                                   f"({fingerprints[0]} -> {fingerprints[1]}); submit it again")
 
@@ -128,7 +173,7 @@ def test_a_job_and_a_sweep_start_from_their_targets_dataset_examples(stack, prod
     loaded = factory.model("shapes_cnn")
 
     def likeness(result, layer: str, feature: int) -> float:
-        start = factory.dataset_starts.picture(loaded, layer, feature, SHAPES)
+        start = factory.dataset_starts.picture(loaded, layer, feature, 0, SHAPES)
         return float(np.corrcoef(np.load(results / result.array).ravel(), start.ravel())[0, 1])
 
     from_noise = producer_api.enqueue({**CROSS, "start": "noise"}).wait(timeout=300)
@@ -141,3 +186,19 @@ def test_a_job_and_a_sweep_start_from_their_targets_dataset_examples(stack, prod
     first, second = swept.jobs
     assert likeness(first, layer, 2) > 0.5 > 0.2 > likeness(first, layer, 5)
     assert likeness(second, layer, 5) > 0.5 > 0.2 > likeness(second, layer, 2)
+
+
+def test_jobs_of_one_class_start_from_their_seeds_facets(stack, producer_api, factory):
+    """Two seeds of a class from the facets start: each picture keeps its own facet's layout, more than the other
+    seed's facet; meta.json names the facets start."""
+    results = Path(stack.results_dir)
+    loaded, start = factory.model("shapes_cnn"), contract.FACETS_PREFIX + SHAPES
+    done = {seed: producer_api.enqueue({**CROSS, "seed": seed, "start": "facets"}).wait(timeout=300) for seed in (1, 2)}
+    assert json.loads((results / done[1].meta).read_text())["spec"]["start"] == start
+
+    def likeness(seed: int, facet_seed: int) -> float:
+        facet = factory.dataset_starts.picture(loaded, LOGITS, 3, facet_seed, start)
+        return float(np.corrcoef(np.load(results / done[seed].array).ravel(), facet.ravel())[0, 1])
+
+    assert likeness(1, 1) > 0.5 and likeness(1, 1) > likeness(1, 2) + 0.2
+    assert likeness(2, 2) > 0.5 and likeness(2, 2) > likeness(2, 1) + 0.2

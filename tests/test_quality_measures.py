@@ -14,6 +14,8 @@ def test_seeds_alike_is_one_where_every_seed_draws_one_picture_and_near_zero_for
     brighter = np.concatenate([per_class * (1 + 0.1 * seed) + 20 * seed for seed in range(SEEDS)])
     assert seeds_alike(brighter, CLASSES) > 0.999  # a correlation: contrast and brightness do not count
     independent = rng.uniform(0, 255, (SEEDS * CLASSES, *SHAPE))
-    assert abs(seeds_alike(independent, CLASSES)) < 0.1
+    assert seeds_alike(independent, CLASSES) < 0.15
+    negatives = np.concatenate([per_class * (-1) ** seed for seed in range(SEEDS)])
+    assert seeds_alike(negatives, CLASSES) > 0.999  # a picture and its negative share a layout
     half = np.concatenate([0.5 * per_class + 0.5 * rng.uniform(0, 255, (CLASSES, *SHAPE)) for _ in range(SEEDS)])
     assert 0.3 < seeds_alike(half, CLASSES) < 0.7
