@@ -94,7 +94,7 @@ class Defaults:
 METHOD_DEFAULTS = {
     "gradient_ascent": Defaults(iterations=30),  # the tutorial's: its step is 1/std(grad), on the pixels
     "robust": Defaults(iterations=100, learning_rate=0.1, settled_rate=0.02, moves=1.5, class_objective="log_probability",
-                       start="dataset"),
+                       start="facets"),
     "maco": Defaults(iterations=200, learning_rate=0.5, moves=0.5, magnitude="1/f", class_objective="log_probability"),
 }
 ITERATIONS_BY_METHOD = ", ".join(f"{name} {defaults.iterations}" for name, defaults in METHOD_DEFAULTS.items())

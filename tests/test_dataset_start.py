@@ -20,23 +20,25 @@ from tests.test_start_image import picture
 
 CROSS = {"model": "shapes_cnn", "class": "cross", "method": "robust", "iterations": 5, "seed": 1}
 SHAPES = datasets.drawn_fingerprint("shapes")
+FACETS = contract.FACETS_PREFIX
 
 
 # The contract.
 
 def test_a_dataset_start_names_its_dataset_in_the_id_and_travels_as_dataset():
-    """Robust's default where a job can have it; a noise start keeps the id it always had and says so on the wire,
-    so the worker's normalize does not give it the default; every spec survives the wire."""
+    """Robust's default (its facets) where a job can have it; a noise start keeps the id it always had and says so
+    on the wire, so the worker's normalize does not give it the default; every spec survives the wire."""
     plain, started = normalize({**CROSS, "start": "noise"}), normalize({**CROSS, "start": "dataset"})
-    assert contract.METHOD_DEFAULTS["robust"].start == "dataset" and normalize(CROSS) == started
+    faceted = FACETS + SHAPES
+    assert contract.METHOD_DEFAULTS["robust"].start == "facets" and normalize(CROSS).start == faceted
     assert plain.start is None and plain.fields()["start"] == "noise" and normalize(plain.fields()) == plain
     assert started.start == SHAPES and started.job_id != plain.job_id
     assert started.fields()["start"] == "dataset" and normalize(started.fields()) == started
     swept = normalize_sweep({"model": "shapes_cnn", "conv_id": 2, "features": [1, 4], "method": "robust", "seed": 1})
-    assert [spec.start for spec in swept] == [SHAPES, SHAPES]
+    assert [spec.start for spec in swept] == [faceted, faceted]
     # A target given as one channel of weight 1 is the plain job, so it starts from the dataset too.
     one = normalize({**CROSS, "class": None, "targets": [{"feature": 3}]})
-    assert one.start == SHAPES and one.feature == 3
+    assert one.start == faceted and one.feature == 3
     # Where the default cannot be had, noise, and the id robust jobs had: a composed objective, no dataset.
     for cannot in ({"model": "shapes_cnn", "conv_id": 2, "method": "robust", "seed": 1,
                     "targets": [{"feature": 1}, {"feature": 2, "weight": -0.5}]},
@@ -49,7 +51,7 @@ def test_a_dataset_start_names_its_dataset_in_the_id_and_travels_as_dataset():
 
 def test_a_facets_start_names_its_dataset_in_an_id_of_its_own_and_travels_as_facets():
     started, faceted = normalize({**CROSS, "start": "dataset"}), normalize({**CROSS, "start": "facets"})
-    assert faceted.start == contract.FACETS_PREFIX + SHAPES and contract.dataset_start(faceted.start) == ("facets", SHAPES)
+    assert faceted.start == FACETS + SHAPES and contract.dataset_start(faceted.start) == ("facets", SHAPES)
     assert contract.dataset_start(started.start) == ("dataset", SHAPES)
     assert faceted.job_id not in (started.job_id, normalize({**CROSS, "start": "noise"}).job_id)
     assert faceted.fields()["start"] == "facets" and normalize(faceted.fields()) == faceted
@@ -131,7 +133,7 @@ def test_a_units_facets_start_is_its_seeds_facet_of_its_best_examples(factory):
     START_FACETS x START_EXAMPLES best, and the first holds the best example."""
     loaded, dataset = factory.model("shapes_cnn"), datasets.drawn("shapes")
     best = examples.ranking(loaded, dataset, LOGITS, contract.START_FACETS * contract.START_EXAMPLES)["top"]["indices"][4]
-    start = contract.FACETS_PREFIX + SHAPES
+    start = FACETS + SHAPES
     starts = [factory.dataset_starts.picture(loaded, LOGITS, 4, seed, start) for seed in range(contract.START_FACETS + 1)]
     found = factory.dataset_starts.facets_of(loaded, LOGITS, 4, SHAPES)
     assert len(found) == contract.START_FACETS and found[0][0] == best[0]
@@ -177,11 +179,11 @@ def test_a_job_and_a_sweep_start_from_their_targets_dataset_examples(stack, prod
         return float(np.corrcoef(np.load(results / result.array).ravel(), start.ravel())[0, 1])
 
     from_noise = producer_api.enqueue({**CROSS, "start": "noise"}).wait(timeout=300)
-    from_data = producer_api.enqueue(CROSS).wait(timeout=300)
+    from_data = producer_api.enqueue({**CROSS, "start": "dataset"}).wait(timeout=300)
     assert json.loads((results / from_data.meta).read_text())["spec"]["start"] == SHAPES
     assert likeness(from_data, LOGITS, 3) > 0.5 > 0.2 > abs(likeness(from_noise, LOGITS, 3))
     swept = producer_api.sweep({"model": "shapes_cnn", "conv_id": 3, "features": [2, 5], "method": "robust",
-                                "iterations": 5, "seed": 1}).wait(timeout=300)
+                                "iterations": 5, "seed": 1, "start": "dataset"}).wait(timeout=300)
     layer = loaded.info.target_layer(3)
     first, second = swept.jobs
     assert likeness(first, layer, 2) > 0.5 > 0.2 > likeness(first, layer, 5)
@@ -189,11 +191,11 @@ def test_a_job_and_a_sweep_start_from_their_targets_dataset_examples(stack, prod
 
 
 def test_jobs_of_one_class_start_from_their_seeds_facets(stack, producer_api, factory):
-    """Two seeds of a class from the facets start: each picture keeps its own facet's layout, more than the other
-    seed's facet; meta.json names the facets start."""
+    """Two seeds of a class from the facets start, robust's default: each picture keeps its own facet's layout, more
+    than the other seed's facet; meta.json names the facets start."""
     results = Path(stack.results_dir)
-    loaded, start = factory.model("shapes_cnn"), contract.FACETS_PREFIX + SHAPES
-    done = {seed: producer_api.enqueue({**CROSS, "seed": seed, "start": "facets"}).wait(timeout=300) for seed in (1, 2)}
+    loaded, start = factory.model("shapes_cnn"), FACETS + SHAPES
+    done = {seed: producer_api.enqueue({**CROSS, "seed": seed}).wait(timeout=300) for seed in (1, 2)}  # the default
     assert json.loads((results / done[1].meta).read_text())["spec"]["start"] == start
 
     def likeness(seed: int, facet_seed: int) -> float:

@@ -13,8 +13,8 @@ from producer import cli
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"
 CHANNEL_JOB = {"model": "shapes_cnn", "conv_id": 2, "feature": 1, "seed": 3}
 # Made by the contract before defaults depended on the method (commit 50a0d7d): naming the iterations keeps them.
-# Since robust starts from the dataset by default (issue 28), its fingerprint is in a robust job's id where the job
-# can start there; a job that asks for the noise start it had keeps its id.
+# Since robust starts from the dataset by default (issue 28; its facets since 2026-12-08), the dataset's fingerprint is
+# in a robust job's id where the job can start there; a job that asks for the noise start it had keeps its id.
 IDS_BEFORE = {
     "robust class, 30 iterations": ({"model": "shapes_cnn", "class": "circle", "method": "robust", "iterations": 30,
                                      "seed": 3, "start": "noise"}, "986e810e05f9a50dc75df7cc"),

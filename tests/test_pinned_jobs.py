@@ -1,7 +1,7 @@
 """Reshaping the code changes no job: the same fields give the same job ids, keys and pictures as before.
 
 tests/data/pinned_jobs.json holds what a real worker answered for a few jobs (see its `made_by`): a
-tutorial conv job, a channel, a class by name with the robust method (from noise, and from the dataset, robust's
+tutorial conv job, a channel, a class by name with the robust method (from noise, from the dataset's one mean, and from its facets, robust's
 default start since issue 28), a composed objective with a negative weight, a diverse set and a sweep. The ids and keys must match exactly (they address the
 store); the pictures must be the same pixels (tests/cpu.pinned_png_sha256) on a CPU of the vendor they were
 pinned on. The robust jobs' pictures changed on purpose when robust began climbing a class's
