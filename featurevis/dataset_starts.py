@@ -29,7 +29,7 @@ FACET_ROUNDS = 20  # k-means rounds: a few dozen images settle in a handful
 
 class Ranked(NamedTuple):
     """A layer's ranking of one dataset: each unit's best START_FACETS x START_EXAMPLES, best first, and the
-    facets of the units asked for so far (positions into its best, each facet best first)."""
+    facets of the units asked for so far (facets_of)."""
 
     dataset: datasets.Dataset
     best: list[list[int]]

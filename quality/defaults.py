@@ -209,7 +209,8 @@ def sweep(factory: ModelFactory, method: str) -> list[dict]:
     rows += scored(factory, Setting.of(choose(rows))._replace(coarse_steps=COARSE))
     if method in START_METHODS:
         chosen = Setting.of(choose(rows))
-        rows += [row for start in STARTS if start != chosen.start for row in scored(factory, chosen._replace(start=start))]
+        rows += [row for start in STARTS if start != chosen.start
+                 for row in scored(factory, chosen._replace(start=start))]
     return rows
 
 
