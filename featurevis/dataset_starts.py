@@ -57,23 +57,18 @@ class DatasetStarts:
         or LOGITS), or of the seed's facet of them; a ValueError of one line if the dataset was replaced since
         the job was validated."""
         kind, fingerprint = dataset_start(start)
+        ranked = self._ranked(loaded, layer, fingerprint)
         if kind == "dataset":
-            chosen = self._ranked(loaded, layer, fingerprint).best[feature][:START_EXAMPLES]
+            chosen = ranked.best[feature][:START_EXAMPLES]
         else:
-            unit_facets = self.facets_of(loaded, layer, feature, fingerprint)
+            unit_facets = _facets(ranked, feature)
             chosen = unit_facets[seed % len(unit_facets)]
-        images = self._ranked(loaded, layer, fingerprint).dataset.images
-        return np.asarray(images[np.sort(chosen)], np.float32).mean(axis=0)
+        return np.asarray(ranked.dataset.images[np.sort(chosen)], np.float32).mean(axis=0)
 
     def facets_of(self, loaded: LoadedModel, layer: str, feature: int, fingerprint: str) -> list[np.ndarray]:
         """The dataset indices of each facet of `feature`'s START_FACETS x START_EXAMPLES best (facets), the best
-        example's facet first; clustered once per unit while its ranking is kept."""
-        ranked = self._ranked(loaded, layer, fingerprint)
-        if feature not in ranked.facets:
-            best = np.asarray(ranked.best[feature])
-            groups = facets(np.asarray(ranked.dataset.images[best], np.float32), START_FACETS)
-            ranked.facets[feature] = [best[group] for group in groups]
-        return ranked.facets[feature]
+        example's facet first."""
+        return _facets(self._ranked(loaded, layer, fingerprint), feature)
 
     def _ranked(self, loaded: LoadedModel, layer: str, fingerprint: str) -> Ranked:
         cache_key = (loaded.info.name, loaded.info.sha256, fingerprint, layer)
@@ -90,6 +85,15 @@ class DatasetStarts:
         while len(self._ranked_cache) > RANKING_CACHE:
             self._ranked_cache.popitem(last=False)
         return self._ranked_cache[cache_key]
+
+
+def _facets(ranked: Ranked, feature: int) -> list[np.ndarray]:
+    """A unit's facets as dataset indices, clustered once while its ranking is kept."""
+    if feature not in ranked.facets:
+        best = np.asarray(ranked.best[feature])
+        groups = facets(np.asarray(ranked.dataset.images[best], np.float32), START_FACETS)
+        ranked.facets[feature] = [best[group] for group in groups]
+    return ranked.facets[feature]
 
 
 def facets(images: np.ndarray, count: int) -> list[np.ndarray]:
